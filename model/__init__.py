@@ -1,0 +1,4 @@
+"""affectstream.model: apply the method — aligned classifier, uniformity loss, rationales, captioners, deployed weights.
+
+No Kafka, no Redis here.
+"""

@@ -1,0 +1,101 @@
+"""The aligned classifier: encoder → token scorer → top-K selection → score-weighted pooling → heads.
+
+The whole forward pass reads top to bottom in `AlignedClassifier.forward`. Shapes: B batch, T tokens,
+H hidden, K selected tokens.
+
+Why score-weighted pooling: a hard top-K index has no gradient, so a scorer used only to *choose*
+tokens would never learn. Here the chosen tokens are pooled with weights softmax(scores of the chosen
+tokens): the choice stays hard (only K tokens reach the heads, and they are the rationale), while the
+loss reaches the scorer through the weights. `test_scorer_receives_gradient` proves it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from transformers import PreTrainedModel
+
+from model.config import AlignedConfig
+
+
+@dataclass
+class AlignedOutput:
+    sentiment_logits: torch.Tensor          # (B, n_sentiment)
+    emotion_logits: torch.Tensor | None     # (B, n_emotion) when the model has an emotion head
+    pooled: torch.Tensor                    # (B, H) what the heads see; the uniformity loss acts on it
+    token_scores: torch.Tensor              # (B, T) scorer output, -inf where not selectable
+    selected_idx: torch.Tensor              # (B, K) token positions, best first
+    selected_scores: torch.Tensor           # (B, K) raw scores of the selected tokens
+    selected_valid: torch.Tensor            # (B, K) bool: False where a post had fewer than K real tokens
+
+
+class TokenScorer(nn.Module):
+    """A small MLP ranking every token: hidden state -> one scalar."""
+
+    def __init__(self, hidden: int, inner: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(hidden, inner), nn.GELU(), nn.Dropout(dropout), nn.Linear(inner, 1))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.net(hidden_states).squeeze(-1)  # (B, T, H) -> (B, T)
+
+
+class AlignedClassifier(nn.Module):
+    def __init__(self, config: AlignedConfig, encoder: PreTrainedModel):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        hidden = encoder.config.hidden_size
+        self.scorer = TokenScorer(hidden, config.scorer_hidden, config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
+        self.sentiment_head = nn.Linear(hidden, len(config.sentiment_labels))
+        self.emotion_head = nn.Linear(hidden, len(config.emotion_labels)) if config.emotion_labels else None
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,                    # (B, T)
+        attention_mask: torch.Tensor,               # (B, T)
+        selectable: torch.Tensor,                   # (B, T) bool: real text/description tokens
+        token_type_ids: torch.Tensor | None = None,
+        top_k: int | None = None,
+    ) -> AlignedOutput:
+        # 1. one encoder over the text + description pair: both modalities in one space
+        encoder_kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            encoder_kwargs["token_type_ids"] = token_type_ids
+        hidden = self.encoder(**encoder_kwargs).last_hidden_state  # (B, T, H)
+
+        # 2. rank every token; padding and special tokens can never be chosen. A post with no real
+        #    token at all (empty text and description) falls back to the first position.
+        selectable = selectable.clone()
+        selectable[~selectable.any(dim=1), 0] = True
+        token_scores = self.scorer(hidden).float().masked_fill(~selectable, float("-inf"))  # (B, T)
+
+        # 3. hard top-K; positions beyond a short post's real tokens come back as -inf and are masked
+        k = min(top_k or self.config.top_k, hidden.shape[1])
+        selected_scores, selected_idx = token_scores.topk(k, dim=1)  # (B, K)
+        selected_valid = torch.isfinite(selected_scores)             # (B, K)
+
+        # 4. pooling: the method (score-weighted top-K) or the ablation (plain mean of all real tokens)
+        if self.config.pooling == "topk":
+            weights = torch.softmax(selected_scores, dim=1)          # (B, K); -inf -> 0; gradient path to the scorer
+            selected_hidden = hidden.gather(1, selected_idx.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # (B, K, H)
+            pooled = (weights.unsqueeze(-1).to(hidden.dtype) * selected_hidden).sum(dim=1)  # (B, H)
+        else:
+            mask = selectable.unsqueeze(-1).to(hidden.dtype)          # (B, T, 1)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1)     # (B, H)
+
+        # 5. heads
+        features = self.dropout(pooled)
+        sentiment_logits = self.sentiment_head(features)              # (B, n_sentiment)
+        emotion_logits = self.emotion_head(features) if self.emotion_head is not None else None
+        return AlignedOutput(
+            sentiment_logits=sentiment_logits,
+            emotion_logits=emotion_logits,
+            pooled=pooled,
+            token_scores=token_scores,
+            selected_idx=selected_idx,
+            selected_scores=selected_scores,
+            selected_valid=selected_valid,
+        )

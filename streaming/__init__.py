@@ -1,0 +1,1 @@
+"""affectstream.streaming: the faust app, its agents, sinks, embedded services and the command line."""

@@ -1,0 +1,247 @@
+"""Caption agent: ``posts`` -> ``posts-enriched`` (image posts gain a ``caption``), bad input -> DLQ.
+
+Per micro-batch:
+1. parse every message; a rejected one goes to the DLQ (stage ``parse``) with its reason;
+2. text-only posts pass straight through;
+3. image posts: load the bytes (base64 / URL with the SSRF guard / path) in an I/O thread pool, look the
+   sha256 up in the Redis caption cache, decode and describe the misses as one batch in the captioner's
+   own thread (the GPU when the device setting gives one), bounded by ``caption_timeout_s``;
+4. an image that cannot be loaded, decoded or described never loses its post: a post with text goes on
+   text-only with ``image_error`` set to the reason; a post with no text at all has nothing left to
+   classify, so it goes to the DLQ (stage ``caption``) with that reason.
+
+Offsets: events are taken with ``noack_take`` and acked only after every forward and DLQ send of the
+batch has been acknowledged by the broker (at least once; the classify stage is idempotent in Redis).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import faust
+
+from model.images import ImageError, ImageLimits, decode_image, image_sha256
+from streaming.dlq import dlq_record, post_id_guess
+from streaming.image_refs import load_image_bytes
+from streaming.schemas import InvalidPost, Post, parse_post
+from streaming.settings import Settings
+
+log = logging.getLogger("affectstream.caption")
+
+Record = tuple[bytes | None, bytes]  # (key, value) ready to send
+
+
+@dataclass
+class CaptionBatch:
+    """What one micro-batch turned into: messages for ``posts-enriched`` and for the DLQ."""
+    enriched: list[Record] = field(default_factory=list)
+    dlq: list[Record] = field(default_factory=list)
+    cache_hits: int = 0
+    described: int = 0
+
+
+@dataclass
+class _Pending:
+    post: Post
+    raw: bytes
+    data: bytes | None = None
+    sha: str | None = None
+
+
+class Captioning:
+    """The caption stage without Kafka: ``await process(raw_values)`` -> CaptionBatch.
+
+    ``captioner`` is anything with ``.name`` and ``.describe(list[PIL.Image]) -> list[str]``; ``cache`` is
+    anything with ``async get_caption(sha, name)`` / ``async put_caption(sha, name, caption)`` (the
+    RedisSink) or None.
+    """
+
+    def __init__(self, settings: Settings, captioner, cache=None, io_threads: int = 4):
+        self.settings = settings
+        self.captioner = captioner
+        self.cache = cache
+        self.limits = ImageLimits(max_bytes=settings.image_max_bytes, max_pixels=settings.image_max_pixels)
+        self.io_pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="image-io")
+        # one thread owns the captioner: models are not re-entrant, and torch has its own threads
+        self.model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner")
+
+    def close(self) -> None:
+        self.io_pool.shutdown(wait=False, cancel_futures=True)
+        self.model_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def process(self, raws: list[bytes]) -> CaptionBatch:
+        out = CaptionBatch()
+        pending: list[_Pending] = []
+        for raw in raws:
+            try:
+                post = parse_post(raw, self.settings)
+            except InvalidPost as e:
+                post_id = e.post_id or post_id_guess(raw)
+                log.warning("dlq stage=parse reason=%s id=%s", e.reason, post_id)
+                out.dlq.append(dlq_record(raw, e.reason, "parse", str(e), post_id))
+                continue
+            if post.image is None:
+                out.enriched.append(_forward(post))
+            else:
+                pending.append(_Pending(post, raw))
+        if pending:
+            await self._caption(pending, out)
+        return out
+
+    async def _caption(self, pending: list[_Pending], out: CaptionBatch) -> None:
+        loop = asyncio.get_running_loop()
+        loaded = await asyncio.gather(
+            *(loop.run_in_executor(self.io_pool, self._load, p) for p in pending), return_exceptions=True)
+        ok: list[_Pending] = []
+        for p, result in zip(pending, loaded):
+            if isinstance(result, BaseException):
+                self._image_failed(p, _reason(result, "fetch_failed"), str(result), out)
+            else:
+                p.data, p.sha = result
+                ok.append(p)
+        # cache: a reposted image is described once (per captioner)
+        captions: dict[str, str] = {}
+        if self.cache is not None and ok:
+            shas = sorted({p.sha for p in ok})
+            found = await asyncio.gather(
+                *(self.cache.get_caption(sha, self.captioner.name) for sha in shas), return_exceptions=True)
+            for sha, caption in zip(shas, found):
+                if isinstance(caption, str):
+                    captions[sha] = caption
+                    out.cache_hits += sum(p.sha == sha for p in ok)
+        misses: dict[str, bytes] = {}
+        for p in ok:
+            if p.sha not in captions:
+                misses.setdefault(p.sha, p.data)
+        failed: dict[str, tuple[str, str]] = {}
+        if misses:
+            fresh, failed = await self._describe(misses)
+            captions.update(fresh)
+            out.described += len(fresh)
+            if self.cache is not None:
+                await asyncio.gather(
+                    *(self.cache.put_caption(sha, self.captioner.name, c) for sha, c in fresh.items()),
+                    return_exceptions=True)
+        for p in ok:
+            if p.sha in captions:
+                p.post.caption = captions[p.sha] or None
+                out.enriched.append(_forward(p.post))
+            else:
+                reason, error = failed.get(p.sha, ("caption_failed", "no caption"))
+                self._image_failed(p, reason, error, out)
+
+    def _load(self, p: _Pending) -> tuple[bytes, str]:
+        data = load_image_bytes(p.post.image, self.settings)
+        return data, image_sha256(data)
+
+    async def _describe(self, misses: dict[str, bytes]) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+        """Decode (I/O pool) then describe as one batch (captioner thread), with a time limit.
+        Returns (captions by sha, (reason, error) by sha for the ones that failed)."""
+        loop = asyncio.get_running_loop()
+        shas = list(misses)
+        decoded = await asyncio.gather(
+            *(loop.run_in_executor(self.io_pool, decode_image, misses[s], self.limits) for s in shas),
+            return_exceptions=True)
+        failed: dict[str, tuple[str, str]] = {}
+        images, image_shas = [], []
+        for sha, img in zip(shas, decoded):
+            if isinstance(img, BaseException):
+                failed[sha] = (_reason(img, "image_corrupt"), str(img))
+            else:
+                images.append(img)
+                image_shas.append(sha)
+        if not images:
+            return {}, failed
+        timeout = self.settings.caption_timeout_s
+        try:
+            texts = await asyncio.wait_for(
+                loop.run_in_executor(self.model_pool, self.captioner.describe, images), timeout)
+            if len(texts) != len(images):
+                raise RuntimeError(f"captioner returned {len(texts)} descriptions for {len(images)} images")
+            return dict(zip(image_shas, (str(t) for t in texts))), failed
+        except asyncio.TimeoutError:
+            # the thread cannot be interrupted; its late answer is dropped
+            log.warning("caption batch of %d timed out after %.1fs", len(images), timeout)
+            failed.update({s: ("caption_timeout", f"no description within {timeout}s") for s in image_shas})
+            return {}, failed
+        except Exception as e:  # noqa: BLE001 - one bad image must not fail its neighbours: retry one by one
+            log.warning("caption batch failed (%s: %s); retrying per image", type(e).__name__, e)
+        captions: dict[str, str] = {}
+        for sha, img in zip(image_shas, images):
+            try:
+                text = await asyncio.wait_for(
+                    loop.run_in_executor(self.model_pool, self.captioner.describe, [img]), timeout)
+                captions[sha] = str(text[0])
+            except asyncio.TimeoutError:
+                failed[sha] = ("caption_timeout", f"no description within {timeout}s")
+            except Exception as e:  # noqa: BLE001
+                failed[sha] = ("caption_failed", f"{type(e).__name__}: {e}")
+        return captions, failed
+
+    def _image_failed(self, p: _Pending, reason: str, error: str, out: CaptionBatch) -> None:
+        if p.post.text.strip():
+            log.info("image_error reason=%s id=%s: forwarding text-only", reason, p.post.id)
+            p.post.image_error = reason
+            out.enriched.append(_forward(p.post))
+        else:
+            log.warning("dlq stage=caption reason=%s id=%s (image-only post)", reason, p.post.id)
+            out.dlq.append(dlq_record(p.raw, reason, "caption", error, p.post.id))
+
+
+def _forward(post: Post) -> Record:
+    return post.id.encode("utf-8"), post.to_json()
+
+
+def _reason(exc: BaseException, default: str) -> str:
+    if isinstance(exc, (InvalidPost, ImageError)):
+        return exc.reason
+    return default
+
+
+async def send_all(app: faust.App, records: dict[str, list[Record]]) -> None:
+    """Send every record and wait until the broker has acknowledged all of them."""
+    topics = app.affect_topics  # type: ignore[attr-defined]
+    futures = []
+    for name, recs in records.items():
+        for key, value in recs:
+            futures.append(await topics[name].send(key=key, value=value, force=True))
+    if futures:
+        await asyncio.gather(*futures)
+
+
+def build_stage(settings: Settings) -> Captioning:
+    from model.captioners import build_captioner
+    from streaming.redis_sink import RedisSink
+
+    captioner = build_captioner(settings.captioner, settings.device)
+    return Captioning(settings, captioner, cache=RedisSink(settings))
+
+
+def register(app: faust.App, settings: Settings) -> str:
+    """Attach the caption agent to ``app``; returns its name."""
+    topics = app.affect_topics  # type: ignore[attr-defined]
+    stage: dict[str, Captioning] = {}
+
+    @app.agent(topics["posts"], name="caption")
+    async def caption(stream: faust.StreamT) -> None:
+        if "s" not in stage:
+            loop = asyncio.get_running_loop()
+            stage["s"] = await loop.run_in_executor(None, build_stage, settings)
+            log.info("captioner %s ready", stage["s"].captioner.name)
+        captioning = stage["s"]
+        async for events in stream.noack_take(settings.caption_batch_max, within=settings.caption_batch_window_s):
+            batch = await captioning.process([e.message.value for e in events])
+            await send_all(app, {"enriched": batch.enriched, "dlq": batch.dlq})
+            for event in events:
+                await stream.ack(event)
+
+    @app.on_before_shutdown.connect
+    async def _close(app: faust.App, **kwargs) -> None:
+        if "s" in stage:
+            stage["s"].close()
+            if stage["s"].cache is not None:
+                await stage["s"].cache.close()
+
+    return "caption"

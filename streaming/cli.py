@@ -1,0 +1,181 @@
+"""The ``affectstream`` command line: wires flags and ``AFFECTSTREAM_*`` variables to settings, and settings
+to the streaming pieces. Precedence: flags, then environment, then defaults (``Settings.load``).
+
+Other packages add their commands to the same group::
+
+    from streaming.cli import main
+    main.add_command(train)
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from streaming.settings import ENV_PREFIX, Settings, _coerce
+
+SAMPLE = Path(__file__).resolve().parent / "sample" / "posts.jsonl"
+
+# flag -> (setting, click type, help). Every setting also has an AFFECTSTREAM_<NAME> variable and --set.
+SETTING_FLAGS: dict[str, tuple[str, Any, str]] = {
+    "--broker": ("broker_url", str, "Kafka bootstrap, e.g. kafka://127.0.0.1:9092 (several: comma-separated)."),
+    "--redis": ("redis_url", str, "Redis URL, e.g. redis://127.0.0.1:6379/0."),
+    "--app-id": ("app_id", str, "Faust app id = consumer group."),
+    "--partitions": ("partitions", int, "Partitions for topics this command creates."),
+    "--model-dir": ("model_dir", str, "Deployed model directory (models/<version>)."),
+    "--device": ("device", click.Choice(["auto", "cpu", "cuda"]), "Where the models run."),
+    "--threads": ("threads", int, "Torch intra-op threads (0: torch default)."),
+    "--captioner": ("captioner", str, "offline | none | vlm:<id or path>."),
+    "--batch-max": ("batch_max", int, "Classify micro-batch size."),
+    "--batch-window": ("batch_window_s", float, "Classify micro-batch wait, seconds."),
+    "--caption-batch-max": ("caption_batch_max", int, "Caption micro-batch size."),
+    "--caption-batch-window": ("caption_batch_window_s", float, "Caption micro-batch wait, seconds."),
+    "--redis-prefix": ("redis_prefix", str, "Prefix of every Redis key."),
+    "--web-port": ("web_port", int, "Worker web server port."),
+}
+
+
+def settings_options(func: Callable) -> Callable:
+    """Add the setting flags, ``--with-web/--without-web`` and ``--set NAME=VALUE`` to a command; the
+    command receives ``settings: Settings`` instead of them."""
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        overrides: dict[str, Any] = {}
+        for flag, (name, _, _) in SETTING_FLAGS.items():
+            value = kwargs.pop(_param_name(flag))
+            if value is not None:
+                overrides[name] = value
+        web = kwargs.pop("web")
+        if web is not None:
+            overrides["web_enabled"] = web
+        for item in kwargs.pop("set_values"):
+            overrides.update(parse_set(item))
+        try:
+            kwargs["settings"] = Settings.load(overrides)
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+        return func(*args, **kwargs)
+
+    wrapper = click.option("--set", "set_values", multiple=True, metavar="NAME=VALUE",
+                           help="Any other setting, e.g. --set caption_timeout_s=10.")(wrapper)
+    wrapper = click.option("--with-web/--without-web", "web", default=None,
+                           help="Start the worker web server (default: settings.web_enabled).")(wrapper)
+    for flag, (_, kind, help_) in reversed(SETTING_FLAGS.items()):
+        wrapper = click.option(flag, _param_name(flag), type=kind, default=None, help=help_)(wrapper)
+    return wrapper
+
+
+def _param_name(flag: str) -> str:
+    return "opt_" + flag.lstrip("-").replace("-", "_")
+
+
+def parse_set(item: str) -> dict[str, Any]:
+    """``name=value`` -> {name: typed value}, typed like the environment variable would be."""
+    name, sep, raw = item.partition("=")
+    name = name.strip().lower().replace("-", "_")
+    if name.upper().startswith(ENV_PREFIX):
+        name = name[len(ENV_PREFIX):]
+    by_name = {f.name: f for f in fields(Settings)}
+    if not sep or name not in by_name:
+        raise click.BadParameter(f"--set {item!r}: expected NAME=VALUE with NAME one of {sorted(by_name)}")
+    try:
+        return {name: _coerce(by_name[name], raw)}
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """affectstream: streaming multimodal sentiment with rationales."""
+
+
+@main.command()
+@click.option("--role", type=click.Choice(["caption", "classify", "all"]), default="all", show_default=True,
+              help="Which agents this worker runs; scale each role by starting more workers.")
+@click.option("--loglevel", default="info", show_default=True)
+@click.option("--create-topics/--no-create-topics", default=True, show_default=True,
+              help="Create missing topics with settings.partitions before starting.")
+@settings_options
+def worker(settings: Settings, role: str, loglevel: str, create_topics: bool) -> None:
+    """Run a faust worker for ROLE until SIGINT/SIGTERM."""
+    import faust
+
+    from streaming.app import create_app
+
+    if not settings.broker_url or not settings.redis_url:
+        raise click.UsageError("worker needs --broker and --redis (the embedded services are for `demo`)")
+    if create_topics:
+        from streaming.services import create_topics as create
+
+        create(settings)
+    app = create_app(settings, role)
+    click.echo(f"affectstream worker role={role} app={settings.app_id} broker={settings.redacted()['broker_url']}",
+               err=True)
+    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True), default=str(SAMPLE))
+@click.option("--topic", default=None, help="Target topic (default: settings.topic_posts).")
+@click.option("--rate", type=float, default=0.0, help="Posts per second (0: as fast as possible).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@settings_options
+def produce(settings: Settings, file: str, topic: str | None, rate: float, progress: bool) -> None:
+    """Send FILE.jsonl (one post per line; '-' reads stdin) to the posts topic.
+
+    The key is the post id when one can be read; lines that are not valid posts are sent as they are,
+    so they reach the dead-letter topic with a reason."""
+    from streaming.producer import produce_file
+
+    stats = produce_file(settings, file, topic=topic, rate=rate, progress=progress)
+    click.echo(f"sent {stats.sent} messages to {stats.topic} ({stats.without_key} without a readable id) "
+               f"in {stats.seconds:.2f}s", err=True)
+
+
+@main.command()
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest retained result.")
+@click.option("--json", "as_json", is_flag=True, help="Print each result as one JSON line.")
+@click.option("--limit", type=int, default=0, help="Stop after this many results (0: never).")
+@click.option("--dlq", is_flag=True, help="Tail the dead-letter topic instead.")
+@settings_options
+def tail(settings: Settings, from_beginning: bool, as_json: bool, limit: int, dlq: bool) -> None:
+    """Print results from the sentiment topic as they arrive."""
+    from streaming.tail import tail as run_tail
+
+    run_tail(settings, from_beginning=from_beginning, as_json=as_json, limit=limit, dlq=dlq)
+
+
+@main.command()
+@click.option("--sample", type=click.Path(exists=True, dir_okay=False), default=str(SAMPLE), show_default=False,
+              help="Posts to stream (default: the bundled sample).")
+@click.option("--live/--no-live", default=True, help="Live terminal view, or plain progress lines for logs.")
+@click.option("--rate", type=float, default=0.0, help="Posts per second (0: as fast as possible).")
+@click.option("--timeout", "timeout_s", type=float, default=600.0, show_default=True,
+              help="Give up after this many seconds.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Worker processes (role all).")
+@click.option("--embedded/--external", default=True, show_default=True,
+              help="Start an embedded broker and Redis (default), or use --broker/--redis.")
+@settings_options
+def demo(settings: Settings, sample: str, live: bool, rate: float, timeout_s: float, workers: int,
+         embedded: bool) -> None:
+    """Embedded broker + Redis, a model, a worker, the bundled sample, and a live per-brand view."""
+    from streaming.demo import run_demo
+
+    if embedded:
+        settings = settings.replace(broker_url="", redis_url="")
+    summary = run_demo(settings, sample=Path(sample), live=live, rate=rate, timeout_s=timeout_s, workers=workers)
+    sys.exit(0 if summary.complete else 1)
+
+
+if __name__ == "__main__":
+    main()

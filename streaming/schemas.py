@@ -1,0 +1,266 @@
+"""Message schemas: Post (input), Result (output), and the machine-readable rejection reasons.
+
+`parse_post` turns *any* bytes into a `Post` or raises `InvalidPost` with a `reason` from `REASONS`;
+nothing else escapes. All JSON goes through orjson (DESIGN.md).
+"""
+from __future__ import annotations
+
+import math
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import orjson
+
+from streaming.settings import Settings
+
+IMAGE_REASONS = frozenset({
+    "image_empty", "image_too_large", "image_too_many_pixels", "image_format_not_allowed",
+    "not_an_image", "image_truncated", "image_corrupt",
+})
+FETCH_REASONS = frozenset({
+    "url_not_allowed", "url_scheme_not_allowed", "fetch_failed", "fetch_timeout",
+    "path_not_allowed", "bad_base64", "image_not_found",
+})
+PARSE_REASONS = frozenset({
+    "invalid_json", "invalid_utf8", "not_an_object", "missing_id", "bad_id", "id_too_long", "bad_text",
+    "text_too_long", "empty_post", "bad_image_ref", "bad_created_at", "bad_brands", "bad_caption",
+    "message_too_large", "too_deeply_nested",
+})
+STAGE_REASONS = frozenset({"caption_failed", "caption_timeout", "inference_failed"})
+REASONS: frozenset[str] = PARSE_REASONS | IMAGE_REASONS | FETCH_REASONS | STAGE_REASONS
+
+MAX_BRANDS = 32
+MAX_BRAND_CHARS = 64
+ALL_BRANDS = "_all"  # reserved aggregate bucket in Redis; not a valid brand name
+IMAGE_KINDS = ("url", "b64", "path")
+_MAX_EPOCH_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
+
+
+class InvalidPost(ValueError):
+    """A rejected input. `reason` is one of REASONS; `post_id` is set when the id was readable."""
+
+    def __init__(self, reason: str, message: str = "", post_id: str | None = None):
+        super().__init__(f"{reason}: {message}" if message else reason)
+        self.reason = reason
+        self.message = message
+        self.post_id = post_id
+
+
+@dataclass
+class ImageRef:
+    kind: Literal["url", "b64", "path"]
+    value: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {self.kind: self.value}
+
+
+@dataclass
+class Post:
+    id: str
+    text: str
+    image: ImageRef | None
+    created_at_ms: int | None
+    brands: list[str]
+    author: str | None = None
+    lang: str | None = None
+    meta: dict | None = None
+    caption: str | None = None       # set by the caption stage
+    image_error: str | None = None   # set by the caption stage (a reason from REASONS)
+    raw: dict = field(default_factory=dict, repr=False)  # original object: unknown fields pass through
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dict(self.raw)
+        out.update({
+            "id": self.id, "text": self.text,
+            "image": self.image.to_dict() if self.image else None,
+            "created_at": self.created_at_ms, "brands": list(self.brands),
+        })
+        for name in ("author", "lang", "meta", "caption", "image_error"):
+            value = getattr(self, name)
+            if value is None:
+                out.pop(name, None)
+            else:
+                out[name] = value
+        return out
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+
+def parse_post(data: bytes, settings: Settings) -> Post:
+    """Bytes -> Post, or InvalidPost(reason). Never raises anything else."""
+    try:
+        return _parse_post(data, settings)
+    except InvalidPost:
+        raise
+    except Exception as e:  # noqa: BLE001 - untrusted input: any surprise is a bad message, never a crash
+        raise InvalidPost("invalid_json", f"{type(e).__name__}: {e}") from None
+
+
+def _parse_post(data: bytes, settings: Settings) -> Post:
+    obj = _load_object(data, settings)
+    post_id = _parse_id(obj, settings)
+    try:
+        image = _parse_image(obj.get("image"))
+        text = _parse_text(obj.get("text"), image, settings)
+        return Post(
+            id=post_id, text=text, image=image,
+            created_at_ms=parse_created_at(obj.get("created_at")),
+            brands=_parse_brands(obj.get("brands")),
+            author=_opt_str(obj.get("author")), lang=_opt_str(obj.get("lang")),
+            meta=obj["meta"] if isinstance(obj.get("meta"), dict) else None,
+            caption=_parse_caption(obj.get("caption"), settings),
+            image_error=_opt_str(obj.get("image_error")),
+            raw=obj,
+        )
+    except InvalidPost as e:
+        e.post_id = post_id
+        raise
+
+
+def _load_object(data: bytes, settings: Settings) -> dict:
+    if isinstance(data, (bytearray, memoryview)):
+        data = bytes(data)
+    if not isinstance(data, bytes):
+        raise InvalidPost("invalid_json", f"expected bytes, got {type(data).__name__}")
+    if len(data) > settings.max_message_bytes:
+        raise InvalidPost("message_too_large", f"{len(data)} bytes > limit {settings.max_message_bytes}")
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise InvalidPost(_json_error_reason(data, str(e)), str(e)[:200]) from None
+    if not isinstance(obj, dict):
+        raise InvalidPost("not_an_object", f"top level is {type(obj).__name__}")
+    return obj
+
+
+def _json_error_reason(data: bytes, message: str) -> str:
+    if "depth limit" in message or "recursion" in message:
+        return "too_deeply_nested"
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "invalid_utf8"
+    return "invalid_json"
+
+
+def _parse_id(obj: dict, settings: Settings) -> str:
+    raw = obj.get("id")
+    if raw is None:
+        raise InvalidPost("missing_id", "no id")
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+        raise InvalidPost("bad_id", f"id is {type(raw).__name__}")
+    post_id = str(raw)
+    if not post_id or not post_id.strip():
+        raise InvalidPost("bad_id", "empty id")
+    if len(post_id) > settings.max_id_chars:
+        raise InvalidPost("id_too_long", f"{len(post_id)} chars > {settings.max_id_chars}")
+    if any(unicodedata.category(c) == "Cc" for c in post_id):
+        raise InvalidPost("bad_id", "control character in id")
+    return post_id
+
+
+def _parse_image(raw: Any) -> ImageRef | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or len(raw) != 1:
+        raise InvalidPost("bad_image_ref", 'image must be null or one of {"url"}, {"b64"}, {"path"}')
+    (kind, value), = raw.items()
+    if kind not in IMAGE_KINDS or not isinstance(value, str) or not value:
+        raise InvalidPost("bad_image_ref", f"image.{kind} must be a non-empty string")
+    return ImageRef(kind=kind, value=value)
+
+
+def _parse_text(raw: Any, image: ImageRef | None, settings: Settings) -> str:
+    if raw is None:
+        raw = ""
+    if not isinstance(raw, str):
+        raise InvalidPost("bad_text", f"text is {type(raw).__name__}")
+    if len(raw) > settings.max_text_chars:
+        raise InvalidPost("text_too_long", f"{len(raw)} chars > {settings.max_text_chars}")
+    if not raw.strip() and image is None:
+        raise InvalidPost("empty_post", "no text and no image")
+    return raw
+
+
+def parse_created_at(raw: Any) -> int | None:
+    """ISO-8601 string (naive = UTC) or epoch milliseconds -> epoch ms; None when absent."""
+    if raw is None:
+        return None
+    if isinstance(raw, bool):
+        raise InvalidPost("bad_created_at", "created_at is a boolean")
+    if isinstance(raw, (int, float)):
+        if not math.isfinite(raw) or not 0 <= raw <= _MAX_EPOCH_MS:
+            raise InvalidPost("bad_created_at", f"epoch ms out of range: {raw}")
+        return int(raw)
+    if isinstance(raw, str):
+        try:
+            dt = datetime.fromisoformat(raw.strip())
+        except ValueError:
+            raise InvalidPost("bad_created_at", f"not ISO-8601: {raw[:64]!r}") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        try:
+            ms = int(dt.timestamp() * 1000)
+        except (OverflowError, ValueError, OSError):
+            raise InvalidPost("bad_created_at", f"out of range: {raw[:64]!r}") from None
+        if not 0 <= ms <= _MAX_EPOCH_MS:
+            raise InvalidPost("bad_created_at", f"out of range: {raw[:64]!r}")
+        return ms
+    raise InvalidPost("bad_created_at", f"created_at is {type(raw).__name__}")
+
+
+def _parse_brands(raw: Any) -> list[str]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise InvalidPost("bad_brands", f"brands is {type(raw).__name__}")
+    brands: list[str] = []
+    for item in raw:
+        if not isinstance(item, str):
+            raise InvalidPost("bad_brands", f"brand is {type(item).__name__}")
+        brand = item.strip().lower()
+        if not brand or brand in brands:
+            continue
+        if len(brand) > MAX_BRAND_CHARS:
+            raise InvalidPost("bad_brands", f"brand longer than {MAX_BRAND_CHARS} chars")
+        if brand == ALL_BRANDS or any(unicodedata.category(c) in ("Cc", "Cs") for c in brand):
+            raise InvalidPost("bad_brands", f"invalid brand name {brand[:64]!r}")
+        brands.append(brand)
+    if len(brands) > MAX_BRANDS:
+        raise InvalidPost("bad_brands", f"{len(brands)} brands > {MAX_BRANDS}")
+    return brands
+
+
+def _parse_caption(raw: Any, settings: Settings) -> str | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or len(raw) > settings.max_text_chars:
+        raise InvalidPost("bad_caption", "caption must be a string within the text limit")
+    return raw
+
+
+def _opt_str(raw: Any) -> str | None:
+    return raw if isinstance(raw, str) else None
+
+
+def make_result(post: Post, prediction: dict, model_version: str, processed_at_ms: int) -> dict:
+    """Result JSON (DESIGN.md) from a parsed post and `Prediction.to_dict()`."""
+    created = post.created_at_ms
+    return {
+        "id": post.id,
+        "label": prediction["label"],
+        "scores": prediction["scores"],
+        "emotion": prediction.get("emotion"),
+        "rationale": prediction.get("rationale", []),
+        "caption": post.caption,
+        "image_error": post.image_error,
+        "brands": list(post.brands),
+        "model": model_version,
+        "created_at": created,
+        "processed_at": processed_at_ms,
+        "latency_ms": processed_at_ms - created if created is not None else None,
+    }

@@ -1,0 +1,89 @@
+"""Print results from the ``sentiment`` topic (or the DLQ) as they arrive.
+
+No consumer group: tailing never moves a worker's offsets and any number of tails can run.
+"""
+from __future__ import annotations
+
+import base64
+import sys
+
+import orjson
+from rich.console import Console
+from rich.text import Text
+
+from streaming.services import bootstrap_servers, kafka_client_kwargs
+from streaming.settings import Settings
+
+LABEL_STYLE = {"positive": "bold green", "negative": "bold red", "neutral": "bold yellow"}
+SOURCE_STYLE = {"text": "cyan", "image": "magenta"}
+
+
+def result_text(result: dict, width: int = 60) -> Text:
+    """One line: label, confidence, id, brands, rationale words coloured by source (text / image)."""
+    label = str(result.get("label", "?"))
+    score = (result.get("scores") or {}).get(label)
+    line = Text()
+    line.append(f"{label:<8}", style=LABEL_STYLE.get(label, "bold"))
+    line.append(f" {score:.2f} " if isinstance(score, (int, float)) else "  ?   ")
+    line.append(f"{str(result.get('id', ''))[:24]:<24} ", style="dim")
+    brands = ",".join(result.get("brands") or [])
+    if brands:
+        line.append(f"[{brands}] ", style="blue")
+    for word in result.get("rationale") or []:
+        line.append(str(word.get("text", "")), style=SOURCE_STYLE.get(word.get("source"), ""))
+        line.append(" ")
+    if result.get("image_error"):
+        line.append(f"(image_error: {result['image_error']})", style="dim red")
+    return line
+
+
+def dlq_text(record: dict) -> Text:
+    line = Text()
+    line.append("DLQ     ", style="bold red")
+    line.append(f"{record.get('stage', '?')}/{record.get('reason', '?')} ", style="red")
+    line.append(str(record.get("post_id") or "-"), style="dim")
+    raw = base64.b64decode(record.get("raw_b64", ""))[:60]
+    line.append(f"  {raw!r}", style="dim")
+    return line
+
+
+def make_consumer(settings: Settings, topic: str, from_beginning: bool):
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers(settings), group_id=None,
+                             enable_auto_commit=False, client_id="affectstream-tail",
+                             **kafka_client_kwargs(settings))
+    partitions = consumer.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    if from_beginning:
+        consumer.seek_to_beginning(*tps)
+    else:
+        consumer.seek_to_end(*tps)  # NB: Tansu's end offsets can be early: a few older records may show
+    return consumer
+
+
+def tail(settings: Settings, *, from_beginning: bool = False, as_json: bool = False, limit: int = 0,
+         dlq: bool = False) -> int:
+    topic = settings.topic_dlq if dlq else settings.topic_sentiment
+    console = Console(file=sys.stdout, highlight=False, soft_wrap=True)
+    consumer = make_consumer(settings, topic, from_beginning)
+    seen = 0
+    try:
+        while not limit or seen < limit:
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    seen += 1
+                    if as_json:
+                        sys.stdout.write(record.value.decode("utf-8", "replace") + "\n")
+                        sys.stdout.flush()
+                    else:
+                        value = orjson.loads(record.value)
+                        console.print(dlq_text(value) if dlq else result_text(value))
+                    if limit and seen >= limit:
+                        break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    return seen

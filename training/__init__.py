@@ -1,0 +1,1 @@
+"""Offline training: dataset loaders, caption pre-computation, the training loop, evaluation, export."""
