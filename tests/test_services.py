@@ -9,6 +9,8 @@ import uuid
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
@@ -72,7 +74,7 @@ def test_redis_password_is_required_when_set():
         from_settings = redis.Redis.from_url(f"redis://127.0.0.1:{service.port}/0",
                                              **redis_client_kwargs(Settings(redis_password="s3cret/pw")))
         assert from_settings.ping()
-        without = redis.Redis.from_url(f"redis://127.0.0.1:{service.port}/0")
+        without = redis.Redis.from_url(f"redis://127.0.0.1:{service.port}/0", retry=Retry(NoBackoff(), 0))
         with pytest.raises(redis.exceptions.AuthenticationError):
             without.set("k", "v")
     finally:

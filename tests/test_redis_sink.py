@@ -1,0 +1,193 @@
+"""Redis sink against a real redis-server: idempotent counts, live channel, outage retry, caption cache."""
+import asyncio
+import logging
+import threading
+import time
+
+import orjson
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from streaming.redis_sink import RedisSink, SinkStopped, minute_bucket, redis_client
+from streaming.services import free_port, start_redis
+from tests.servers import settings_for
+
+T0 = 1_795_946_400_000  # 2026-11-29T10:00:00Z
+MINUTE = "202611291000"
+
+
+def result(i: int, label: str = "positive", brands=("acme",), created_at: int | None = T0) -> dict:
+    return {"id": f"p{i}", "label": label, "scores": {label: 1.0}, "emotion": None, "rationale": [],
+            "caption": None, "image_error": None, "brands": list(brands), "model": "v1",
+            "created_at": created_at, "processed_at": T0 + 60_000, "latency_ms": 60_000}
+
+
+def batch() -> list[dict]:
+    return ([result(i, "positive") for i in range(5)] + [result(i, "negative") for i in range(5, 8)]
+            + [result(8, "neutral", brands=("acme", "other")), result(9, "neutral", brands=())])
+
+
+async def write_and_count(settings, results, times: int = 1) -> tuple[RedisSink, dict]:
+    sink = RedisSink(settings)
+    for _ in range(times):
+        await sink.write(results)
+    counts = {b: await sink.brand_counts(b, MINUTE) for b in ("acme", "other", "_all")}
+    return sink, counts
+
+
+EXPECTED = {"acme": {"positive": 5, "negative": 3, "neutral": 1}, "other": {"neutral": 1},
+            "_all": {"positive": 5, "negative": 3, "neutral": 2}}
+
+
+def test_minute_bucket_is_utc():
+    assert minute_bucket(T0 + 59_999) == MINUTE
+
+
+def test_results_are_stored_and_counted_per_brand_minute(redis_server):
+    settings = settings_for(redis=redis_server)
+
+    async def run():
+        sink, counts = await write_and_count(settings, batch())
+        stored = await sink.client.get(settings.key("post", "p3"))
+        ttl = await sink.client.ttl(settings.key("brand", "acme", MINUTE))
+        keys = await sink.client.keys(settings.key("post", "*"))
+        await sink.close()
+        return counts, stored, ttl, keys
+
+    counts, stored, ttl, keys = asyncio.run(run())
+    assert counts == EXPECTED
+    assert orjson.loads(stored) == result(3)
+    assert 0 < ttl <= settings.bucket_ttl_s
+    assert len(keys) == 10
+
+
+def test_redelivered_post_does_not_count_twice(redis_server):
+    settings = settings_for(redis=redis_server)
+
+    async def run():
+        sink, counts = await write_and_count(settings, batch(), times=3)
+        await sink.close()
+        return counts
+
+    assert asyncio.run(run()) == EXPECTED
+
+
+def test_unknown_created_at_uses_processed_minute(redis_server):
+    settings = settings_for(redis=redis_server)
+
+    async def run():
+        sink = RedisSink(settings)
+        await sink.write([result(1, created_at=None)])
+        counts = await sink.brand_counts("acme", minute_bucket(T0 + 60_000))
+        await sink.close()
+        return counts
+
+    assert asyncio.run(run()) == {"positive": 1}
+
+
+def test_every_result_is_published_on_the_live_channel(redis_server):
+    settings = settings_for(redis=redis_server)
+
+    async def run():
+        sink = RedisSink(settings)
+        pubsub = sink.client.pubsub()
+        await pubsub.subscribe(settings.key("live"))
+        await pubsub.get_message(timeout=1.0)  # subscribe confirmation
+        await sink.write([result(1), result(2)])
+        received = []
+        deadline = time.monotonic() + 5
+        while len(received) < 2 and time.monotonic() < deadline:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message:
+                received.append(orjson.loads(message["data"])["id"])
+        await pubsub.aclose()
+        await sink.close()
+        return received
+
+    assert asyncio.run(run()) == ["p1", "p2"]
+
+
+def test_write_retries_through_an_outage_and_counts_exactly(caplog):
+    port = free_port()
+    server = start_redis(port)
+    settings = settings_for(redis=server)
+    restarted = threading.Event()
+
+    async def run():
+        sink = RedisSink(settings)
+        await sink.write([result(0)])            # warm connection, then the server goes away
+        server.stop()
+        task = asyncio.create_task(sink.write(batch()))
+        await asyncio.sleep(1.0)
+        assert not task.done(), "write must block while Redis is down, not give up"
+        restart = await asyncio.get_running_loop().run_in_executor(None, start_redis, port)
+        restarted.set()
+        await asyncio.wait_for(task, 20)
+        counts = {b: await sink.brand_counts(b, MINUTE) for b in ("acme", "other", "_all")}
+        await sink.close()
+        return restart, counts
+
+    caplog.set_level(logging.WARNING, logger="streaming.redis_sink")
+    restart, counts = asyncio.run(run())
+    try:
+        assert restarted.is_set()
+        assert counts == EXPECTED  # the fresh server holds exactly one copy of the batch
+        assert any("retry" in r.getMessage() for r in caplog.records)
+    finally:
+        restart.stop()
+
+
+def test_stop_abandons_a_retrying_write():
+    server = start_redis()
+    settings = settings_for(redis=server)
+    server.stop()
+
+    async def run():
+        sink = RedisSink(settings)
+        task = asyncio.create_task(sink.write([result(1)]))
+        await asyncio.sleep(0.5)
+        sink.stop()
+        with pytest.raises(SinkStopped):
+            await asyncio.wait_for(task, 10)
+        await sink.client.aclose()
+
+    asyncio.run(run())
+
+
+def test_caption_cache_round_trip_and_outage_tolerance(redis_server):
+    settings = settings_for(redis=redis_server)
+
+    async def run():
+        sink = RedisSink(settings)
+        assert await sink.get_caption("abc", "offline") is None
+        await sink.put_caption("abc", "offline", "a cat on a sofa")
+        assert await sink.get_caption("abc", "offline") == "a cat on a sofa"
+        assert await sink.get_caption("abc", "vlm:blip") is None   # captioner is part of the key
+        assert await sink.client.exists(settings.key("caption", "offline", "abc"))
+        await sink.close()
+
+        down = RedisSink(settings_for(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+        assert await down.get_caption("abc", "offline") is None   # no raise, no cache
+        await down.put_caption("abc", "offline", "x")
+        await down.close()
+
+    asyncio.run(run())
+
+
+def test_redis_client_uses_password_from_settings():
+    server = start_redis(password="pw-1")
+    try:
+        async def run():
+            client = redis_client(settings_for(redis_url=f"redis://127.0.0.1:{server.port}/0",
+                                               redis_password="pw-1"))
+            pong = await client.ping()
+            await client.aclose()
+            return pong
+
+        assert asyncio.run(run())
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis(port=server.port, retry=Retry(NoBackoff(), 0)).ping()
+    finally:
+        server.stop()

@@ -1,0 +1,218 @@
+"""The Markdown model card written next to deployed weights (``models/<version>/card.md``).
+
+``render_card`` takes plain dicts so the trainer can build them from what it already has:
+
+- ``config``: ``AlignedConfig.to_dict()`` (plus any training options, e.g. ``epochs``, ``lr``);
+- ``metrics``: ``classification_metrics`` on the test split, or ``{"sentiment": m, "emotion": m}`` when the
+  model has an emotion head;
+- ``dataset``: ``dataset_info(ds)``;
+- ``baseline``: ``classification_metrics`` of a reference predictor on the same test split (a ``"name"``
+  key names it; default: VADER's rule analyzer);
+- ``ablations``: table rows, one dict per run;
+- ``plots``: image filenames, relative to the card;
+- ``reproducibility``: ``{"seed", "data_fingerprint", "git_commit", ...}``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from training.evaluate import format_report, format_table
+from training.samples import SPLITS, Dataset
+
+VADER_CITATION = ("Hutto, C.J. & Gilbert, E.E. (2014). VADER: A Parsimonious Rule-based Model for Sentiment "
+                  "Analysis of Social Media Text. ICWSM-14.")
+DEFAULT_BASELINE_NAME = "VADER rule analyzer (compound ±0.05)"
+RESULT_ROWS = (("accuracy", "Accuracy"), ("weighted_f1", "Weighted F1"), ("macro_precision", "Macro precision"),
+               ("macro_recall", "Macro recall"), ("macro_f1", "Macro F1"))
+
+
+def dataset_info(ds: Dataset) -> dict[str, Any]:
+    """What the card (and metrics.json) says about the training data."""
+    return {"name": ds.name, "counts": ds.counts(), "fingerprint": ds.fingerprint(), "source": ds.source,
+            "citation": ds.citation, "skipped": dict(ds.skipped), "notes": dict(ds.notes),
+            "emotion_counts": ds.emotion_counts() if ds.has_emotion else {}}
+
+
+def _is_vader(dataset: dict[str, Any]) -> bool:
+    return "vader" in str(dataset.get("name", "")).lower()
+
+
+def _is_synthetic(dataset: dict[str, Any]) -> bool:
+    name = str(dataset.get("name", "")).lower()
+    return bool(dataset.get("synthetic")) or "synthetic" in name or "proxy" in name
+
+
+def _heads(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """head name → metrics, whether one head's metrics or a dict of heads was given."""
+    if "per_class" in metrics:
+        return {"sentiment": metrics}
+    return {head: m for head, m in metrics.items() if isinstance(m, dict) and "per_class" in m}
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * value:.2f}" if isinstance(value, (int, float)) else "–"
+
+
+def _counts_table(dataset: dict[str, Any]) -> str:
+    counts: dict[str, dict[str, int]] = dataset.get("counts") or {}
+    if not counts:
+        return "_(counts not given)_\n"
+    labels: list[str] = []
+    for split_counts in counts.values():
+        labels += [lab for lab in split_counts if lab not in labels]
+    splits = [sp for sp in SPLITS if sp in counts] + [sp for sp in counts if sp not in SPLITS]
+    lines = ["| split | " + " | ".join(labels) + " | total |", "|---|" + "---:|" * (len(labels) + 1)]
+    totals = dict.fromkeys(labels, 0)
+    for sp in splits:
+        row = [counts[sp].get(lab, 0) for lab in labels]
+        for lab, v in zip(labels, row):
+            totals[lab] += v
+        lines.append(f"| {sp} | " + " | ".join(map(str, row)) + f" | {sum(row)} |")
+    lines.append("| **all** | " + " | ".join(str(totals[lab]) for lab in labels) + f" | {sum(totals.values())} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_ref(plot: str) -> str:
+    p = Path(plot)
+    return p.name if p.is_absolute() else PurePosixPath(*p.parts).as_posix()
+
+
+def render_card(*, config: dict[str, Any], metrics: dict[str, Any], dataset: dict[str, Any],
+                baseline: dict[str, Any] | None, ablations: list[dict[str, Any]] | None, plots: list[str],
+                reproducibility: dict[str, Any]) -> str:
+    version = config.get("version", "untrained")
+    encoder = config.get("encoder", "?")
+    captioner = config.get("captioner", "?")
+    top_k = config.get("top_k", "?")
+    lam = config.get("uniformity_weight", "?")
+    max_length = config.get("max_length", "?")
+    pooling = config.get("pooling", "topk")
+    heads = _heads(metrics)
+    out: list[str] = []
+    add = out.append
+
+    add(f"# affectstream sentiment model — `{version}`\n")
+    add(f"Aligned multimodal sentiment classifier trained on **{dataset.get('name', '?')}**; "
+        f"encoder `{encoder}`, captioner `{captioner}`.\n")
+
+    add("## Intended use\n")
+    add("- Streaming brand monitoring: label social posts (text, optionally with an image) as "
+        + "/".join(f"`{lab}`" for lab in config.get("sentiment_labels", ("negative", "neutral", "positive")))
+        + ", with a rationale — the top-K input tokens the model pooled, merged into words and tagged as "
+          "coming from the post text or from the image description.")
+    add("- Aggregate trends (per-brand counts per minute) read by people, where single errors average out.\n")
+    add("### Out of scope\n")
+    add("- Decisions about individual people (moderation, hiring, credit, law enforcement) made on a label alone.")
+    add("- Languages other than English; long documents; domains far from social posts (reviews, news, "
+        "clinical text) without re-training and re-evaluation.")
+    add("- Reading the rationale as a causal explanation: it shows which tokens were pooled, not why the "
+        "label is right.\n")
+
+    add("## Method\n")
+    add(f"1. An image is turned into language by the captioner (`{captioner}`); a text-only post has no description.")
+    add("2. The encoder reads one pair: `text </s></s> description` (`[SEP]` for BERT-style encoders), "
+        f"at most {max_length} tokens.")
+    add("3. A small MLP token scorer gives every token a score; the top-K tokens are kept "
+        f"(K = {top_k}, pooling `{pooling}`).")
+    add("4. The kept tokens' hidden states are averaged with softmax-normalised score weights; linear heads "
+        "classify the pooled vector.")
+    add(f"5. Loss: cross-entropy + λ·uniformity, the mean off-diagonal cosine similarity of a batch's pooled "
+        f"vectors, which pushes them apart (λ = {lam}).\n")
+
+    add("| setting | value |\n|---|---|")
+    for key, label in (("encoder", "encoder"), ("captioner", "captioner"), ("top_k", "K"),
+                       ("uniformity_weight", "λ"), ("max_length", "max length"), ("pooling", "pooling"),
+                       ("sentiment_labels", "sentiment labels"), ("emotion_labels", "emotion labels")):
+        if key in config and config[key] not in ("", (), []):
+            value = config[key]
+            shown = ", ".join(value) if isinstance(value, (list, tuple)) else value
+            add(f"| {label} | `{shown}` |")
+    add("")
+
+    add("## Training data\n")
+    add(f"- Name: **{dataset.get('name', '?')}**")
+    if dataset.get("source"):
+        add(f"- Source: {dataset['source']}")
+    if dataset.get("fingerprint"):
+        add(f"- Fingerprint (sha256 of id/label/split): `{dataset['fingerprint']}`")
+    for key, label in (("skipped", "Records dropped"), ("notes", "Kept with a caveat")):
+        if dataset.get(key):
+            add(f"- {label}: " + ", ".join(f"{k} = {v}" for k, v in sorted(dataset[key].items())))
+    if _is_vader(dataset):
+        add(f"- Citation: {VADER_CITATION}")
+        add("- These are the tweets VADER's authors rated and evaluated their analyzer on, so the VADER baseline "
+            "below is not an out-of-sample figure for VADER.")
+    elif dataset.get("citation"):
+        add(f"- Citation: {dataset['citation']}")
+    if _is_synthetic(dataset):
+        add("- **This multimodal proxy set is synthetic**: generated images whose sentiment the text alone does "
+            "not carry. It checks that the image path works end to end; its scores say nothing about real posts.")
+    add("")
+    add(_counts_table(dataset))
+    if dataset.get("emotion_counts"):
+        add("Emotion counts: " + ", ".join(f"{k} = {v}" for k, v in dataset["emotion_counts"].items()) + "\n")
+
+    add("## Results (test split)\n")
+    sentiment = heads.get("sentiment") or next(iter(heads.values()), {})
+    baseline_name = (baseline or {}).get("name", DEFAULT_BASELINE_NAME)
+    header = "| metric (%) | this model |" + (f" {baseline_name} |" if baseline else "")
+    add(header)
+    add("|---|---:|" + ("---:|" if baseline else ""))
+    for key, label in RESULT_ROWS:
+        add(f"| {label} | {_pct(sentiment.get(key))} |" + (f" {_pct(baseline.get(key))} |" if baseline else ""))
+    add(f"| n | {sentiment.get('n', '–')} |" + (f" {baseline.get('n', '–')} |" if baseline else ""))
+    add("")
+    add("Weighted F1 weights each class's F1 by its support (the MVSA convention); macro scores are the "
+        "unweighted mean over classes (the MSED convention).")
+    if baseline:
+        add(f"The baseline is {baseline_name}, run on the post text of the same test split.")
+    add("")
+    for head, m in heads.items():
+        add(f"### Per-class report: {head}\n")
+        add("```text\n" + format_report(m).rstrip("\n") + "\n```\n")
+        if head != "sentiment" or len(heads) > 1:
+            add(f"{head}: accuracy {_pct(m.get('accuracy'))}, macro F1 {_pct(m.get('macro_f1'))}, "
+                f"weighted F1 {_pct(m.get('weighted_f1'))}.\n")
+
+    if ablations:
+        add("## Ablations\n")
+        columns: list[str] = []
+        for row in ablations:
+            columns += [c for c in row if c not in columns]
+        add("```text\n" + format_table(ablations, columns).rstrip("\n") + "\n```\n")
+
+    if plots:
+        add("## Plots\n")
+        for plot in plots:
+            ref = _plot_ref(plot)
+            add(f"![{PurePosixPath(ref).stem}]({ref})\n")
+
+    add("## Limitations\n")
+    add("- English only: the encoder, the captioner's vocabulary and the training data are English.")
+    if "minilm" in str(encoder).lower():
+        add(f"- The offline default encoder (`{encoder}`) is small (MiniLM, 6 layers); the production setup "
+            "uses `roberta-base` and a real vision-language captioner.")
+    else:
+        add("- The offline default encoder is a small MiniLM; scores from it are lower than the production setup's.")
+    add("- Published targets for the production setup — MVSA-Single accuracy 82.3 / F1 81.8, MSED sentiment F1 "
+        "89.46, emotion F1 87.09 — are the paper's, with `roberta-base` and a real VLM. They are **not reproduced "
+        "here**: those datasets and models are not reachable offline. Compare this card's numbers only with "
+        "runs on the same data.")
+    add("- Sarcasm, irony and sentiment that needs world knowledge remain hard; the rationale can point at "
+        "plausible-looking tokens on a wrong label.")
+    add("- Label distributions shift over time and across brands; monitor and re-evaluate on fresh posts.\n")
+
+    add("## Reproducibility\n")
+    repro = dict(reproducibility)
+    for key, label in (("seed", "Seed"), ("data_fingerprint", "Data fingerprint"), ("git_commit", "Git commit")):
+        value = repro.pop(key, None)
+        if key == "data_fingerprint" and value is None:
+            value = dataset.get("fingerprint")
+        add(f"- {label}: `{value if value is not None else 'unknown'}`")
+    for key, value in repro.items():
+        add(f"- {key}: `{value}`")
+    add("\nConfig:\n")
+    add("```json\n" + json.dumps(config, indent=2, sort_keys=True, default=str) + "\n```")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,68 @@
+"""Training options as one dataclass; presets are named instances of it (nanoGPT style)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def default_cache_dir() -> str:
+    return str(Path(os.environ.get("AFFECTSTREAM_CACHE", Path.home() / ".cache" / "affectstream")) / "descriptions")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    dataset: str = "vader"                    # a training.datasets kind
+    data_path: str | None = None
+    split_file: str | None = None
+    extra_datasets: tuple[str, ...] = ()      # trained on together (e.g. "proxy"); each test split is reported
+    proxy_size: int = 600
+    max_train_samples: int = 0                # 0: all
+    # model
+    encoder: str = "offline"                  # hub id, path, "offline" (packaged MiniLM) or "tiny-random"
+    captioner: str = "offline"                # offline | offline:no-ocr | none | vlm:<id>
+    top_k: int = 16
+    pooling: str = "topk"                     # topk | all (ablation)
+    uniformity_weight: float = 0.1            # λ
+    max_length: int = 96
+    # optimisation
+    epochs: int = 4
+    batch_size: int = 32
+    lr: float = 8e-5                          # encoder
+    head_lr: float = 1e-3                     # scorer and heads start from scratch
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    grad_clip: float = 1.0
+    patience: int = 2                         # epochs without dev improvement before stopping
+    metric: str = "macro_f1"                  # dev metric for early stopping / best checkpoint
+    bf16: bool = True                         # autocast where the device supports it
+    seed: int = 13
+    threads: int = 0
+    # outputs
+    out_dir: str = "models/default"
+    run_dir: str = "runs/default"             # checkpoints and logs
+    cache_dir: str = field(default_factory=default_cache_dir)
+    resume: bool = True
+    version: str = ""                         # "" → derived from dataset, encoder and date
+    ablations: bool = False                   # also train the ablations and put their table in the card
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # the deployed offline default: packaged MiniLM + offline describer, VADER tweets + proxy memes (< 20 min, 2 cores)
+    "default": TrainConfig(extra_datasets=("proxy",), out_dir="models/default", run_dir="runs/default"),
+    # the published setup (needs roberta-base from the hub, MVSA-Single on disk and a GPU for the VLM)
+    "mvsa-roberta": TrainConfig(dataset="mvsa-single", encoder="roberta-base", captioner="vlm:Salesforce/blip-image-captioning-large",
+                                top_k=24, max_length=128, epochs=10, lr=2e-5, batch_size=32, metric="weighted_f1",
+                                out_dir="models/mvsa-roberta", run_dir="runs/mvsa-roberta"),
+    "msed-roberta": TrainConfig(dataset="msed", encoder="roberta-base", captioner="vlm:Salesforce/blip-image-captioning-large",
+                                top_k=24, max_length=160, epochs=10, lr=2e-5, batch_size=32, metric="macro_f1",
+                                out_dir="models/msed-roberta", run_dir="runs/msed-roberta"),
+    # seconds-long smoke run: random tiny encoder
+    "tiny": TrainConfig(encoder="tiny-random", captioner="none", top_k=4, max_length=48, epochs=3, batch_size=16,
+                        lr=3e-3, head_lr=3e-3, warmup_ratio=0.0, patience=5, out_dir="models/tiny", run_dir="runs/tiny"),
+}

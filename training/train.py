@@ -1,0 +1,311 @@
+"""The training loop: data → descriptions → forward → CE (+ emotion CE) + λ·uniformity → backward → step
+→ dev eval → checkpoint → export. One function, `train`, reads top to bottom.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import random
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from model.aligned import AlignedClassifier
+from model.captioners import build_captioner
+from model.config import AlignedConfig
+from model.deploy import save_pretrained
+from model.encoders import load_encoder
+from model.losses import aligned_objective
+from model.predictor import cpu_has_bf16_units
+from model.tokenization import encode_pairs
+from training.config import TrainConfig
+from training.datasets import load_dataset
+from training.descriptions import describe_samples
+from training.samples import EMOTIONS, SENTIMENTS, Dataset, Sample
+
+log = logging.getLogger("affectstream.train")
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    metrics: dict
+    history: list[dict]
+
+
+# ---------------------------------------------------------------- data
+
+def load_datasets(cfg: TrainConfig) -> list[Dataset]:
+    datasets = [load_dataset(cfg.dataset, cfg.data_path, seed=cfg.seed, split_file=cfg.split_file)]
+    for kind in cfg.extra_datasets:
+        options = {"size": cfg.proxy_size} if kind == "proxy" else {}
+        datasets.append(load_dataset(kind, None, seed=cfg.seed, **options))
+    return datasets
+
+
+def length_bucketed_batches(samples: list[Sample], descriptions: dict[str, str], batch_size: int,
+                            rng: random.Random) -> list[list[Sample]]:
+    """Shuffle, sort within windows of 20 batches by length, cut, shuffle the batches: little padding, still random."""
+    order = samples[:]
+    rng.shuffle(order)
+    window = batch_size * 20
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window], key=lambda s: len(s.text) + len(descriptions.get(s.id, "")))
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def encode_batch(tokenizer, batch: list[Sample], descriptions: dict[str, str], max_length: int):
+    encoded = encode_pairs(tokenizer, [s.text for s in batch], [descriptions.get(s.id, "") for s in batch], max_length)
+    labels = torch.tensor([SENTIMENTS.index(s.label) for s in batch])
+    emotions = torch.tensor([EMOTIONS.index(s.emotion) if s.emotion else -100 for s in batch])
+    return encoded, labels, emotions
+
+
+# ---------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def predict_labels(model: AlignedClassifier, tokenizer, samples: list[Sample], descriptions: dict[str, str],
+                   cfg: TrainConfig, device: torch.device) -> tuple[list[str], list[str | None]]:
+    model.eval()
+    sentiments: dict[str, str] = {}
+    emotions: dict[str, str | None] = {}
+    ordered = sorted(samples, key=lambda s: len(s.text) + len(descriptions.get(s.id, "")))
+    for start in range(0, len(ordered), 64):
+        batch = ordered[start:start + 64]
+        encoded, _, _ = encode_batch(tokenizer, batch, descriptions, cfg.max_length)
+        with autocast(device, cfg.bf16):
+            out = model(**{k: v.to(device) for k, v in encoded.model_inputs().items()})
+        for s, i in zip(batch, out.sentiment_logits.argmax(-1).tolist()):
+            sentiments[s.id] = model.config.sentiment_labels[i]
+        if out.emotion_logits is not None:
+            for s, i in zip(batch, out.emotion_logits.argmax(-1).tolist()):
+                emotions[s.id] = model.config.emotion_labels[i]
+    return [sentiments[s.id] for s in samples], [emotions.get(s.id) for s in samples]
+
+
+def evaluate_split(model, tokenizer, samples, descriptions, cfg, device) -> dict:
+    from training.evaluate import classification_metrics
+
+    predicted, predicted_emotion = predict_labels(model, tokenizer, samples, descriptions, cfg, device)
+    metrics = classification_metrics([s.label for s in samples], predicted, SENTIMENTS)
+    with_emotion = [(s.emotion, e) for s, e in zip(samples, predicted_emotion) if s.emotion and e]
+    if with_emotion:
+        metrics["emotion"] = classification_metrics([t for t, _ in with_emotion], [p for _, p in with_emotion], EMOTIONS)
+    return metrics
+
+
+def autocast(device: torch.device, enabled: bool):
+    use = enabled and (device.type == "cuda" or cpu_has_bf16_units())
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use)
+
+
+# ---------------------------------------------------------------- checkpoints (safetensors + JSON; never pickle)
+
+def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: dict) -> None:
+    ckpt = run_dir / "checkpoint"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(ckpt / "model.safetensors"))
+    opt_tensors, opt_meta = flatten_optimizer(optimizer.state_dict())
+    save_file(opt_tensors, str(ckpt / "optimizer.safetensors"))
+    (ckpt / "state.json").write_text(json.dumps({**state, "optimizer_meta": opt_meta,
+                                                 "scheduler": scheduler.state_dict()}, default=str))
+
+
+def flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, meta = {}, {"param_groups": state_dict["param_groups"], "state": {}}
+    for pid, pstate in state_dict["state"].items():
+        meta["state"][str(pid)] = {}
+        for key, value in pstate.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value.contiguous()
+            else:
+                meta["state"][str(pid)][key] = value
+    return tensors, meta
+
+
+def load_checkpoint(run_dir: Path, model, optimizer, scheduler, config: dict) -> dict | None:
+    """Resume state, or None when there is no checkpoint or it belongs to a different configuration."""
+    ckpt = run_dir / "checkpoint"
+    if not (ckpt / "state.json").exists():
+        return None
+    state = json.loads((ckpt / "state.json").read_text())
+    if state.get("config") != json.loads(json.dumps(config, default=str)):
+        log.warning("ignoring checkpoint in %s: it was made with a different configuration", run_dir)
+        return None
+    model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+    tensors = load_file(str(ckpt / "optimizer.safetensors"))
+    meta = state.pop("optimizer_meta")
+    opt_state = {int(pid): dict(values) for pid, values in meta["state"].items()}
+    for name, tensor in tensors.items():
+        pid, key = name.split(".", 1)
+        opt_state.setdefault(int(pid), {})[key] = tensor
+    optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+    scheduler.load_state_dict(state.pop("scheduler"))
+    return state
+
+
+# ---------------------------------------------------------------- the loop
+
+def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
+    started = time.time()
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    run_dir, out_dir = Path(cfg.run_dir), Path(cfg.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    # data and descriptions (cached on disk by image hash and captioner)
+    datasets = load_datasets(cfg)
+    has_emotion = any(d.has_emotion for d in datasets)
+    samples = [s for d in datasets for s in d.samples]
+    captioner = build_captioner(cfg.captioner, device=device.type)
+    descriptions, image_errors = describe_samples([s for s in samples if s.has_image], captioner, cfg.cache_dir)
+    train_samples = [s for s in samples if s.split == "train"]
+    if cfg.max_train_samples:
+        train_samples = random.Random(cfg.seed).sample(train_samples, min(cfg.max_train_samples, len(train_samples)))
+    dev_samples = [s for s in samples if s.split == "dev"]
+
+    # model: pretrained encoder + fresh scorer and heads
+    encoder, tokenizer = load_encoder(cfg.encoder)
+    model_cfg = AlignedConfig(
+        encoder=cfg.encoder, emotion_labels=EMOTIONS if has_emotion else (), top_k=cfg.top_k,
+        max_length=cfg.max_length, pooling=cfg.pooling, uniformity_weight=cfg.uniformity_weight,
+        captioner=captioner.name, version=cfg.version or default_version(cfg), trained=True,
+        training_data="+".join(d.name for d in datasets))
+    model = AlignedClassifier(model_cfg, encoder).to(device)
+
+    encoder_params = list(model.encoder.parameters())
+    head_params = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
+    optimizer = torch.optim.AdamW([{"params": encoder_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.head_lr}],
+                                  weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_samples) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+
+    history: list[dict] = []
+    best = {"metric": -1.0, "epoch": 0}
+    start_epoch, step = 1, 0
+    best_state_path = run_dir / "best.safetensors"
+    state = load_checkpoint(run_dir, model, optimizer, scheduler, dataclasses.asdict(cfg)) if cfg.resume else None
+    if state is not None:
+        start_epoch, step, history, best = state["epoch"] + 1, state["step"], state["history"], state["best"]
+        log.info("resumed from %s at epoch %d", run_dir, start_epoch)
+
+    rng = random.Random(cfg.seed)
+    for _ in range(1, start_epoch):  # replay the shuffles of finished epochs so a resumed run sees the same order
+        length_bucketed_batches(train_samples, descriptions, cfg.batch_size, rng)
+    log_file = (run_dir / "train_log.jsonl").open("a")
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        model.train()
+        sums = {"loss": 0.0, "ce": 0.0, "uniformity": 0.0}
+        batches = length_bucketed_batches(train_samples, descriptions, cfg.batch_size, rng)
+        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not progress)
+        for batch in bar:
+            encoded, labels, emotions = encode_batch(tokenizer, batch, descriptions, cfg.max_length)
+            with autocast(device, cfg.bf16):
+                out = model(**{k: v.to(device) for k, v in encoded.model_inputs().items()})
+            parts = aligned_objective(out.sentiment_logits, labels.to(device), out.pooled, cfg.uniformity_weight,
+                                      out.emotion_logits, emotions.to(device) if has_emotion else None)
+            optimizer.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            for key in sums:
+                sums[key] += parts[key].item()
+            record = {"epoch": epoch, "step": step, **{k: round(v.item(), 5) for k, v in parts.items()}}
+            log_file.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{parts['loss'].item():.3f}")
+        dev = evaluate_split(model, tokenizer, dev_samples, descriptions, cfg, device)
+        row = {"epoch": epoch, "step": step, **{f"train_{k}": v / max(1, len(batches)) for k, v in sums.items()},
+               "dev_accuracy": dev["accuracy"], "dev_macro_f1": dev["macro_f1"], "dev_weighted_f1": dev["weighted_f1"]}
+        history.append(row)
+        log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items() if isinstance(v, float)})
+        if progress:
+            print(f"epoch {epoch}: train loss {row['train_loss']:.4f}  dev acc {dev['accuracy']:.4f}  "
+                  f"dev macro-F1 {dev['macro_f1']:.4f}  dev weighted-F1 {dev['weighted_f1']:.4f}")
+        if dev[cfg.metric] > best["metric"]:
+            best = {"metric": dev[cfg.metric], "epoch": epoch}
+            save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(best_state_path))
+        save_checkpoint(run_dir, model, optimizer, scheduler, {"epoch": epoch, "step": step, "history": history,
+                                                               "best": best, "config": dataclasses.asdict(cfg)})
+        if epoch - best["epoch"] >= cfg.patience:
+            log.info("early stop: no dev improvement for %d epochs", cfg.patience)
+            break
+    log_file.close()
+
+    # best weights → test metrics per dataset → export
+    model.load_state_dict(load_file(str(best_state_path)))
+    tests = {d.name: evaluate_split(model, tokenizer, d.split("test"), descriptions, cfg, device)
+             for d in datasets if d.split("test")}
+    metrics = {
+        "version": model_cfg.version, "test": tests, "dev_best": best, "history": history,
+        "baselines": baselines_for(datasets),
+        "data": {d.name: {"counts": d.counts(), "fingerprint": d.fingerprint(), "skipped": d.skipped,
+                          "source": d.source, "citation": d.citation} for d in datasets},
+        "image_errors": image_errors,
+        "reproducibility": {"seed": cfg.seed, "git_commit": git_commit(), "config": dataclasses.asdict(cfg),
+                            "torch": torch.__version__, "device": str(device)},
+        "train_seconds": round(time.time() - started, 1),
+    }
+    export(model, tokenizer, out_dir, metrics, datasets)
+    return TrainResult(out_dir=out_dir, metrics=metrics, history=history)
+
+
+def baselines_for(datasets: list[Dataset]) -> dict:
+    """The VADER rule analyzer on the same test split, where the data is text (tweets)."""
+    from training.baselines import vader_rule_baseline
+    from training.evaluate import classification_metrics
+
+    out = {}
+    for d in datasets:
+        test = d.split("test")
+        if test and d.name.startswith("vader"):
+            out[d.name] = {"vader_rule": classification_metrics([s.label for s in test], vader_rule_baseline(test), SENTIMENTS)}
+    return out
+
+
+def export(model, tokenizer, out_dir: Path, metrics: dict, datasets: list[Dataset], ablations: list[dict] | None = None) -> None:
+    from training.card import render_card
+    from training.plots import plot_confusion, plot_curves
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = [plot_curves(metrics["history"], out_dir / "curves.png").name]
+    for name, test in metrics["test"].items():
+        plots.append(plot_confusion(test, out_dir / f"confusion-{slug(name)}.png", title=f"{name} test").name)
+    card = render_card(config=model.config.to_dict(), metrics=metrics["test"],
+                       dataset=metrics["data"], baseline=metrics["baselines"] or None, ablations=ablations,
+                       plots=plots, reproducibility=metrics["reproducibility"])
+    save_pretrained(model, tokenizer, out_dir, metrics=metrics, card=card)
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name.lower())
+
+
+def default_version(cfg: TrainConfig) -> str:
+    encoder = "minilm" if cfg.encoder == "offline" else Path(cfg.encoder).name
+    return f"{cfg.dataset}-{encoder}-{datetime.now(timezone.utc):%Y%m%d%H%M}"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
