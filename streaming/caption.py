@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import faust
 
 from model.images import ImageError, ImageLimits, decode_image, image_sha256
+from streaming import metrics
 from streaming.dlq import dlq_record, post_id_guess
 from streaming.image_refs import load_image_bytes
 from streaming.schemas import InvalidPost, Post, parse_post
@@ -221,6 +223,9 @@ def build_stage(settings: Settings) -> Captioning:
 
 def register(app: faust.App, settings: Settings) -> str:
     """Attach the caption agent to ``app``; returns its name."""
+    import model.captioners  # noqa: F401 - heavy imports now, not on the event loop
+    import streaming.redis_sink  # noqa: F401
+
     topics = app.affect_topics  # type: ignore[attr-defined]
     stage: dict[str, Captioning] = {}
 
@@ -232,7 +237,9 @@ def register(app: faust.App, settings: Settings) -> str:
             log.info("captioner %s ready", stage["s"].captioner.name)
         captioning = stage["s"]
         async for events in stream.noack_take(settings.caption_batch_max, within=settings.caption_batch_window_s):
+            started = time.perf_counter()
             batch = await captioning.process([e.message.value for e in events])
+            metrics.observe_caption_batch(batch, len(events), time.perf_counter() - started)
             await send_all(app, {"enriched": batch.enriched, "dlq": batch.dlq})
             for event in events:
                 await stream.ack(event)

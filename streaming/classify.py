@@ -26,6 +26,7 @@ from pathlib import Path
 import faust
 import orjson
 
+from streaming import metrics
 from streaming.dlq import dlq_record, post_id_guess
 from streaming.schemas import InvalidPost, make_result, parse_post
 from streaming.settings import Settings
@@ -138,7 +139,7 @@ class Classifying:
 
 
 def build_stage(settings: Settings) -> Classifying:
-    from model.predictor import BatchPredictor
+    from model.predictor import BatchPredictor  # torch: imported by register(), before the loop runs
 
     def load():
         return BatchPredictor.from_directory(settings.model_dir, device=settings.device,
@@ -149,6 +150,7 @@ def build_stage(settings: Settings) -> Classifying:
 
 def register(app: faust.App, settings: Settings) -> str:
     """Attach the classify agent to ``app``; returns its name."""
+    import model.predictor  # noqa: F401 - import torch now: importing it inside the agent blocks the loop
     from streaming.caption import send_all
     from streaming.redis_sink import RedisSink
 
@@ -164,7 +166,9 @@ def register(app: faust.App, settings: Settings) -> str:
         stage, sink = state["stage"], state["sink"]
         async for events in stream.noack_take(settings.batch_max, within=settings.batch_window_s):
             await stage.maybe_reload()
+            started = time.perf_counter()
             batch = await stage.process([e.message.value for e in events])
+            metrics.observe_classify_batch(batch, len(events), time.perf_counter() - started, stage.predictor.version)
             if batch.results:
                 await sink.write(batch.results)  # returns once Redis has accepted every result
             await send_all(app, {
@@ -173,6 +177,9 @@ def register(app: faust.App, settings: Settings) -> str:
             })
             for event in events:
                 await stream.ack(event)
+            log.info("classified batch n=%d results=%d dlq=%d in %.0f ms (model %s)", len(events),
+                     len(batch.results), len(batch.dlq), 1000 * (time.perf_counter() - started),
+                     stage.predictor.version)
 
     @app.on_before_shutdown.connect
     async def _close(app: faust.App, **kwargs) -> None:

@@ -177,5 +177,15 @@ def demo(settings: Settings, sample: str, live: bool, rate: float, timeout_s: fl
     sys.exit(0 if summary.complete else 1)
 
 
+def _add_training_commands() -> None:
+    # train / evaluate / ablate live with the trainer; the CLI only wires them in
+    from training.cli import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_add_training_commands()
+
 if __name__ == "__main__":
     main()

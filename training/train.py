@@ -281,16 +281,24 @@ def baselines_for(datasets: list[Dataset]) -> dict:
 
 
 def export(model, tokenizer, out_dir: Path, metrics: dict, datasets: list[Dataset], ablations: list[dict] | None = None) -> None:
-    from training.card import render_card
+    """Deployed directory: weights + tokenizer + config, metrics.json, card.md and its plots."""
+    from training.card import dataset_info, render_card
+    from training.evaluate import format_report
     from training.plots import plot_confusion, plot_curves
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    primary = datasets[0]
     plots = [plot_curves(metrics["history"], out_dir / "curves.png").name]
     for name, test in metrics["test"].items():
         plots.append(plot_confusion(test, out_dir / f"confusion-{slug(name)}.png", title=f"{name} test").name)
-    card = render_card(config=model.config.to_dict(), metrics=metrics["test"],
-                       dataset=metrics["data"], baseline=metrics["baselines"] or None, ablations=ablations,
-                       plots=plots, reproducibility=metrics["reproducibility"])
+    baseline = metrics["baselines"].get(primary.name, {}).get("vader_rule")
+    card = render_card(config=model.config.to_dict(), metrics=metrics["test"].get(primary.name, {}),
+                       dataset=dataset_info(primary), baseline=baseline, ablations=ablations, plots=plots,
+                       reproducibility={**metrics["reproducibility"], "data_fingerprint": primary.fingerprint()})
+    for extra in datasets[1:]:
+        if extra.name in metrics["test"]:
+            card += (f"\n## Also trained on: {extra.name}\n\n{extra.summary()}\n\n```text\n"
+                     f"{format_report(metrics['test'][extra.name], title=f'{extra.name} test')}\n```\n")
     save_pretrained(model, tokenizer, out_dir, metrics=metrics, card=card)
 
 

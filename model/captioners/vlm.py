@@ -63,6 +63,10 @@ class VLMCaptioner:
         if tokenizer is not None:
             # Decoder-only models must be left-padded so every row's new tokens start at the same index.
             tokenizer.padding_side = "left"
+            if not getattr(self._processor, "chat_template", None) and getattr(tokenizer, "chat_template", None):
+                # A saved chat_template.jinja lands on the tokenizer when the processor class takes no
+                # template (BLIP); the directory still asks for chat prompts.
+                self._processor.chat_template = tokenizer.chat_template
         self._model = _load_model(self.config.model, dtype).to(self._device).eval()
 
     def _is_chat(self) -> bool:
@@ -74,7 +78,7 @@ class VLMCaptioner:
         if self._is_chat():
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.config.prompt}]}]
             prompt = self._processor.apply_chat_template(messages, add_generation_prompt=True)
-            inputs = self._processor(images=[[im] for im in images], text=[prompt] * len(images),
+            inputs = self._processor(images=images, text=[prompt] * len(images),
                                      return_tensors="pt", padding=True)
         else:
             inputs = self._processor(images=images, return_tensors="pt")
@@ -83,12 +87,19 @@ class VLMCaptioner:
             inputs["pixel_values"] = inputs["pixel_values"].to(self._model.dtype)
         with torch.inference_mode():
             generated = self._model.generate(**inputs, max_new_tokens=self.config.max_new_tokens, do_sample=False)
-        # Decoder-only models echo the prompt; encoder-decoder ones (BLIP) return only new tokens.
-        prompt_len = inputs["input_ids"].shape[1] if "input_ids" in inputs else 0
-        if prompt_len and generated.shape[1] > prompt_len and bool((generated[:, :prompt_len] == inputs["input_ids"]).all()):
-            generated = generated[:, prompt_len:]
+        if "input_ids" in inputs:
+            generated = _new_tokens(generated, inputs["input_ids"])
         texts = self._processor.batch_decode(generated, skip_special_tokens=True)
         return [" ".join(t.split()) for t in texts]
+
+
+def _new_tokens(generated: Any, prompt_ids: Any) -> Any:
+    """Drop the echoed prompt. Decoder-only models echo it whole, BLIP echoes it less its final [SEP],
+    encoder-decoder models (Florence-2) echo nothing: compare rather than assume."""
+    for echoed in (prompt_ids.shape[1], prompt_ids.shape[1] - 1):
+        if 0 < echoed < generated.shape[1] and bool((generated[:, :echoed] == prompt_ids[:, :echoed]).all()):
+            return generated[:, echoed:]
+    return generated
 
 
 def _load_model(path: str, dtype: Any) -> Any:

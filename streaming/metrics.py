@@ -1,0 +1,67 @@
+"""Prometheus metrics for every stage, in one registry a worker exposes at ``/metrics``.
+
+Agents call ``observe_caption_batch`` / ``observe_classify_batch`` once per micro-batch; everything
+else (DLQ reasons, cache hit rate, latency) is derived from the batch objects they already build.
+"""
+from __future__ import annotations
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+POSTS = Counter("affectstream_posts_total", "Messages processed, by stage and outcome",
+                ["stage", "outcome"], registry=REGISTRY)
+DLQ = Counter("affectstream_dlq_total", "Messages sent to the dead-letter topic, by stage and reason",
+              ["stage", "reason"], registry=REGISTRY)
+BATCH_SIZE = Histogram("affectstream_batch_size", "Micro-batch size", ["stage"], registry=REGISTRY,
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+BATCH_SECONDS = Histogram("affectstream_batch_seconds", "Time to process one micro-batch (parse + model)", ["stage"],
+                          registry=REGISTRY, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+LATENCY = Histogram("affectstream_end_to_end_latency_seconds", "Post created_at to result written",
+                    registry=REGISTRY, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+CAPTION_CACHE = Counter("affectstream_caption_cache_total", "Caption cache lookups by result", ["result"],
+                        registry=REGISTRY)
+MODEL_INFO = Gauge("affectstream_model_info", "Deployed model version (value 1)", ["version"], registry=REGISTRY)
+LABELS = Counter("affectstream_results_total", "Results by sentiment label", ["label"], registry=REGISTRY)
+
+
+def observe_dlq(stage: str, records: list[tuple[bytes | None, bytes]]) -> None:
+    for _, value in records:
+        try:
+            record = orjson.loads(value)
+            DLQ.labels(record.get("stage", stage), record.get("reason", "unknown")).inc()
+        except orjson.JSONDecodeError:
+            DLQ.labels(stage, "unknown").inc()
+
+
+def observe_caption_batch(batch, n_events: int, seconds: float) -> None:
+    BATCH_SIZE.labels("caption").observe(n_events)
+    BATCH_SECONDS.labels("caption").observe(seconds)
+    POSTS.labels("caption", "forwarded").inc(len(batch.enriched))
+    POSTS.labels("caption", "dlq").inc(len(batch.dlq))
+    CAPTION_CACHE.labels("hit").inc(batch.cache_hits)
+    CAPTION_CACHE.labels("miss").inc(batch.described)
+    observe_dlq("caption", batch.dlq)
+
+
+def observe_classify_batch(batch, n_events: int, seconds: float, model_version: str) -> None:
+    BATCH_SIZE.labels("classify").observe(n_events)
+    BATCH_SECONDS.labels("classify").observe(seconds)
+    POSTS.labels("classify", "result").inc(len(batch.results))
+    POSTS.labels("classify", "dlq").inc(len(batch.dlq))
+    observe_dlq("classify", batch.dlq)
+    for result in batch.results:
+        LABELS.labels(result["label"]).inc()
+        if result.get("latency_ms") is not None and result["latency_ms"] >= 0:
+            LATENCY.observe(result["latency_ms"] / 1000)
+    set_model_version(model_version)
+
+
+def set_model_version(version: str) -> None:
+    MODEL_INFO.clear()
+    MODEL_INFO.labels(version).set(1)
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)

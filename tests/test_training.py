@@ -1,0 +1,72 @@
+"""Training smoke tests: a tiny random encoder learns a keyword task, exports, reloads, predicts the same."""
+import json
+import random
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from model.deploy import load_pretrained
+from model.predictor import BatchPredictor
+from training.config import PRESETS
+from training.train import train
+
+WORDS = {"positive": ["love", "great", "awesome"], "negative": ["hate", "awful", "terrible"], "neutral": ["table", "monday", "blue"]}
+
+
+@pytest.fixture(scope="module")
+def keyword_jsonl(tmp_path_factory):
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("data") / "posts.jsonl"
+    lines = []
+    for i in range(240):
+        label = ["negative", "neutral", "positive"][i % 3]
+        text = f"{rng.choice(['so', 'the', 'my'])} {rng.choice(WORDS[label])} {rng.choice(['phone', 'coffee', 'car'])}"
+        lines.append(orjson.dumps({"id": f"k{i}", "text": text, "label": label}))
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def tiny_cfg(tmp_path, data, **changes):
+    options = dict(dataset="jsonl", data_path=str(data), out_dir=str(tmp_path / "out"), run_dir=str(tmp_path / "run"),
+                   cache_dir=str(tmp_path / "cache"), epochs=4)
+    return PRESETS["tiny"].replace(**{**options, **changes})
+
+
+def test_tiny_training_loss_falls_and_export_reloads(tmp_path, keyword_jsonl):
+    result = train(tiny_cfg(tmp_path, keyword_jsonl), progress=False)
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < losses[0]
+    assert result.metrics["test"]["posts"]["accuracy"] > 0.6   # chance is 0.33
+    out = result.out_dir
+    for name in ("config.json", "model.safetensors", "metrics.json", "card.md", "curves.png", "tokenizer.json"):
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["reproducibility"]["seed"] == 13 and metrics["data"]["posts"]["fingerprint"]
+    # the exported directory predicts what the in-memory model measured
+    model, tokenizer, config = load_pretrained(out)
+    assert config.trained
+    predictor = BatchPredictor.from_directory(out, dtype="fp32")
+    preds = predictor.predict([("i love my phone", ""), ("i hate my car", "")])
+    assert [p.label for p in preds] == ["positive", "negative"]
+    assert any(w.text in ("love", "hate") for p in preds for w in p.rationale)
+
+
+def test_resume_continues_from_checkpoint(tmp_path, keyword_jsonl):
+    cfg = tiny_cfg(tmp_path, keyword_jsonl, epochs=2, patience=10)
+    first = train(cfg, progress=False)
+    resumed = train(cfg, progress=False)  # every epoch already done: nothing retrained
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    assert resumed.history == first.history
+    longer = train(cfg.replace(epochs=3), progress=False)  # a different config never resumes someone else's run
+    assert [r["epoch"] for r in longer.history] == [1, 2, 3]
+
+
+def test_ablation_command_prints_one_table(tmp_path, keyword_jsonl):
+    from streaming.cli import main
+
+    result = CliRunner().invoke(main, ["ablate", "--preset", "tiny", "--dataset", "jsonl", "--data-path", str(keyword_jsonl),
+                                       "--epochs", "1", "--run-dir", str(tmp_path / "abl")])
+    assert result.exit_code == 0, result.output
+    for variant in ("full method", "text only", "no token selection", "no uniformity"):
+        assert variant in result.output

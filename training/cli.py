@@ -1,0 +1,107 @@
+"""`affectstream train | evaluate | ablate`: wire flags to TrainConfig and the training functions."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import click
+
+from training.config import PRESETS, TrainConfig
+
+OPTIONS = [  # (flag, TrainConfig field, type)
+    ("--dataset", "dataset", str), ("--data-path", "data_path", str), ("--split-file", "split_file", str),
+    ("--encoder", "encoder", str), ("--captioner", "captioner", str), ("--top-k", "top_k", int),
+    ("--pooling", "pooling", click.Choice(["topk", "all"])), ("--lambda", "uniformity_weight", float),
+    ("--max-length", "max_length", int), ("--epochs", "epochs", int), ("--batch-size", "batch_size", int),
+    ("--lr", "lr", float), ("--head-lr", "head_lr", float), ("--seed", "seed", int), ("--out", "out_dir", str),
+    ("--run-dir", "run_dir", str), ("--max-train-samples", "max_train_samples", int),
+    ("--proxy-size", "proxy_size", int), ("--threads", "threads", int), ("--version", "version", str),
+]
+
+
+def train_options(fn):
+    fn = click.option("--preset", type=click.Choice(sorted(PRESETS)), default="default", show_default=True)(fn)
+    fn = click.option("--extra", "extra_datasets", multiple=True, help="Also train on this dataset kind (repeatable).")(fn)
+    fn = click.option("--no-resume", is_flag=True, help="Ignore an existing checkpoint in --run-dir.")(fn)
+    for flag, name, kind in OPTIONS:
+        fn = click.option(flag, name, type=kind, default=None, help=f"Overrides TrainConfig.{name}.")(fn)
+    return fn
+
+
+def config_from(preset: str, extra_datasets: tuple[str, ...], no_resume: bool, **flags) -> TrainConfig:
+    changes = {k: v for k, v in flags.items() if v is not None}
+    if extra_datasets:
+        changes["extra_datasets"] = tuple(extra_datasets)
+    if no_resume:
+        changes["resume"] = False
+    return PRESETS[preset].replace(**changes)
+
+
+@click.command()
+@train_options
+@click.option("--ablations", is_flag=True, help="Also train the ablations and add their table to the card.")
+def train(ablations: bool, **flags) -> None:
+    """Train and export a deployed model directory (default: the offline default model)."""
+    from training.train import train as run_train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = config_from(**flags)
+    result = run_train(cfg)
+    print_summary(result.metrics)
+    if ablations:
+        from training.ablations import attach_to_model, rows_of, run_ablations
+
+        rows = rows_of("full method", result.metrics) + run_ablations(cfg, skip_full=True)
+        click.echo("\nAblations\n" + attach_to_model(result.out_dir, rows))
+    click.echo(f"exported {result.out_dir}  (card: {result.out_dir / 'card.md'})")
+
+
+@click.command()
+@train_options
+def ablate(**flags) -> None:
+    """Full method vs text only vs all tokens pooled vs λ = 0, printed as one table."""
+    from training.ablations import run_ablations
+    from training.evaluate import format_table
+
+    logging.basicConfig(level=logging.WARNING)
+    rows = run_ablations(config_from(**flags))
+    click.echo(format_table(rows, ["variant", "test set", "accuracy", "weighted_f1", "macro_f1"]))
+
+
+@click.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--dataset", default="vader", show_default=True)
+@click.option("--data-path", default=None)
+@click.option("--split", default="test", type=click.Choice(["train", "dev", "test"]), show_default=True)
+@click.option("--seed", default=13, show_default=True)
+def evaluate(model_dir: str, dataset: str, data_path: str | None, split: str, seed: int) -> None:
+    """Score a deployed model directory on a dataset split."""
+    import torch
+
+    from model.captioners import build_captioner
+    from model.deploy import load_pretrained
+    from training.datasets import load_dataset
+    from training.descriptions import describe_samples
+    from training.evaluate import format_report
+    from training.train import evaluate_split
+
+    model, tokenizer, model_cfg = load_pretrained(model_dir)
+    data = load_dataset(dataset, data_path, seed=seed)
+    samples = data.split(split)
+    cfg = TrainConfig(max_length=model_cfg.max_length)
+    descriptions, _ = describe_samples([s for s in samples if s.has_image], build_captioner(model_cfg.captioner), cfg.cache_dir)
+    metrics = evaluate_split(model, tokenizer, samples, descriptions, cfg, torch.device("cpu"))
+    click.echo(format_report(metrics, title=f"{Path(model_dir).name} on {data.name} {split}"))
+
+
+def print_summary(metrics: dict) -> None:
+    for name, m in metrics["test"].items():
+        click.echo(f"{name} test: accuracy {m['accuracy']:.4f}  weighted-F1 {m['weighted_f1']:.4f}  macro-F1 {m['macro_f1']:.4f}")
+    for name, b in metrics["baselines"].items():
+        for baseline, m in b.items():
+            click.echo(f"{name} test, {baseline}: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}")
+    click.echo(f"trained in {metrics['train_seconds']:.0f} s")
+
+
+COMMANDS = [train, ablate, evaluate]
