@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from model.captioners import Captioner, OfflineConfig, OfflineDescriber, build_captioner
+from model.captioners import Captioner, OfflineDescriber, build_captioner
 from model.captioners.offline import clean_text, scene_attributes
 
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
@@ -79,17 +79,23 @@ def test_offline_keeps_batch_order(offline: OfflineDescriber) -> None:
     assert offline.describe([]) == []
 
 
-def test_offline_without_ocr_has_no_text_clause() -> None:
+@pytest.fixture(scope="module")
+def offline_no_ocr() -> OfflineDescriber:
     describer = build_captioner("offline:no-ocr")
+    assert isinstance(describer, OfflineDescriber)
+    return describer
+
+
+def test_offline_without_ocr_has_no_text_clause(offline_no_ocr: OfflineDescriber) -> None:
+    describer = offline_no_ocr
     assert describer.name == "offline:no-ocr"
     [description] = describer.describe([_meme("WORST MONDAY EVER")])
     assert DESCRIPTION.match(description), description
     assert "text in image" not in description
 
 
-def test_offline_accepts_non_rgb_and_tiny_images() -> None:
-    describer = OfflineDescriber(OfflineConfig(ocr=False))
-    out = describer.describe([Image.new("L", (3, 2), 30), Image.new("RGBA", (1, 500), (0, 0, 255, 255))])
+def test_offline_accepts_non_rgb_and_tiny_images(offline_no_ocr: OfflineDescriber) -> None:
+    out = offline_no_ocr.describe([Image.new("L", (3, 2), 30), Image.new("RGBA", (1, 500), (0, 0, 255, 255))])
     assert len(out) == 2 and all(DESCRIPTION.match(d) for d in out)
 
 

@@ -90,7 +90,8 @@ class OfflineDescriber:
 
         out: list[list[str]] = []
         for start in range(0, len(images), self.config.batch_size):
-            batch = torch.from_numpy(np.stack([_classifier_input(im) for im in images[start:start + self.config.batch_size]]))
+            chunk = images[start:start + self.config.batch_size]
+            batch = torch.from_numpy(np.stack([_classifier_input(im) for im in chunk]))  # (batch, 224, 224, 3)
             batch = batch.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)  # (batch, 3, 224, 224)
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16):
                 probs = self._classifier(batch).float().softmax(dim=-1)  # (batch, 1000)
@@ -103,6 +104,8 @@ class OfflineDescriber:
 
     def _read_text(self, image: Image.Image) -> str:
         cfg = self.config
+        if min(image.size) < 16:
+            return ""  # no legible line fits; the detector would upsample a sliver to thousands of px
         small = _bgr(_thumbnail(image, cfg.det_side))
         boxes, _ = self._ocr.text_det(small)
         if boxes is None or len(boxes) == 0:
@@ -129,13 +132,13 @@ def _bgr(image: Image.Image) -> np.ndarray:
 
 
 def _classifier_input(image: Image.Image) -> np.ndarray:
-    """Shorter side to 224, centre crop 224, scaled to [-1, 1] (EfficientNet-Lite's mean/std 0.5)."""
+    """Centre square, resized to 224, scaled to [-1, 1] (EfficientNet-Lite's mean/std 0.5)."""
     w, h = image.size
-    scale = 224 / min(w, h)
-    resized = image.resize((max(224, round(w * scale)), max(224, round(h * scale))), Image.Resampling.BILINEAR)
-    left, top = (resized.width - 224) // 2, (resized.height - 224) // 2
-    crop = np.asarray(resized.crop((left, top, left + 224, top + 224)), dtype=np.float32)  # (224, 224, 3)
-    return crop / 127.5 - 1.0
+    side = min(w, h)
+    # Crop before resizing: scaling the shorter side first turns a 1x5000 banner into 224x1.1M pixels.
+    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    crop = image.resize((224, 224), Image.Resampling.BILINEAR, box=box, reducing_gap=2.0)
+    return np.asarray(crop, dtype=np.float32) / 127.5 - 1.0  # (224, 224, 3)
 
 
 def clean_text(text: str, max_chars: int) -> str:
