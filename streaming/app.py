@@ -17,7 +17,7 @@ import faust
 
 from streaming.settings import Settings
 
-ROLES = ("caption", "classify", "all")
+ROLES = ("caption", "classify", "all", "monitor")  # monitor: web + alerts only (python -m streaming.web)
 
 
 def broker_urls(settings: Settings) -> list[str]:
@@ -83,17 +83,24 @@ def create_app(settings: Settings, role: str = "all", *, register: bool = True) 
         web_enabled=settings.web_enabled,
         web_port=settings.web_port,
         web_host="127.0.0.1" if settings.web_enabled else "localhost",
+        # no tables here: the built-in table and router endpoints would only expose internals
+        web_tables_enabled=False,
+        web_router_enabled=False,
         autodiscover=False,
     )
     app.affect_settings = settings  # type: ignore[attr-defined]
     app.affect_topics = declare_topics(app, settings)  # type: ignore[attr-defined]
     if register:
         register_agents(app, settings, role)
+        if settings.web_enabled:
+            from streaming.web import register_web
+
+            register_web(app, settings)  # dashboard, JSON API, SSE, /metrics, sentiment-shift alerts
     return app
 
 
 def declare_topics(app: faust.App, settings: Settings) -> dict[str, faust.TopicT]:
-    """The four contract topics with their partition counts (faust creates missing ones on start)."""
+    """The contract topics with their partition counts (faust creates missing ones on start)."""
     def topic(name: str) -> faust.TopicT:
         return app.topic(name, key_type=bytes, value_type=bytes, partitions=settings.partitions,
                          replicas=settings.replication_factor)
@@ -103,13 +110,14 @@ def declare_topics(app: faust.App, settings: Settings) -> dict[str, faust.TopicT
         "enriched": topic(settings.topic_enriched),
         "sentiment": topic(settings.topic_sentiment),
         "dlq": topic(settings.topic_dlq),
+        "alerts": topic(settings.topic_alerts),
     }
 
 
 def register_agents(app: faust.App, settings: Settings, role: str) -> list[str]:
     """Attach the agents of ``role``; imported lazily so a caption worker never loads the classifier."""
     names: list[str] = []
-    roles: Iterable[str] = ("caption", "classify") if role == "all" else (role,)
+    roles: Iterable[str] = ("caption", "classify") if role == "all" else () if role == "monitor" else (role,)
     for r in roles:
         if r == "caption":
             from streaming.caption import register

@@ -100,8 +100,9 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--role", type=click.Choice(["caption", "classify", "all"]), default="all", show_default=True,
-              help="Which agents this worker runs; scale each role by starting more workers.")
+@click.option("--role", type=click.Choice(["caption", "classify", "all", "monitor"]), default="all", show_default=True,
+              help="Which agents this worker runs; scale each role by starting more workers. "
+                   "monitor: dashboard, /metrics and alerts only, in its own consumer group.")
 @click.option("--loglevel", default="info", show_default=True)
 @click.option("--create-topics/--no-create-topics", default=True, show_default=True,
               help="Create missing topics with settings.partitions before starting.")
@@ -118,6 +119,8 @@ def worker(settings: Settings, role: str, loglevel: str, create_topics: bool) ->
         from streaming.services import create_topics as create
 
         create(settings)
+    if role == "monitor":  # its own group: starting or stopping it never rebalances the processing workers
+        settings = settings.replace(app_id=settings.app_id + "-monitor", web_enabled=True)
     app = create_app(settings, role)
     click.echo(f"affectstream worker role={role} app={settings.app_id} broker={settings.redacted()['broker_url']}",
                err=True)
@@ -165,16 +168,27 @@ def tail(settings: Settings, from_beginning: bool, as_json: bool, limit: int, dl
 @click.option("--workers", type=int, default=1, show_default=True, help="Worker processes (role all).")
 @click.option("--embedded/--external", default=True, show_default=True,
               help="Start an embedded broker and Redis (default), or use --broker/--redis.")
+@click.option("--hold", is_flag=True, help="Keep the workers and the dashboard up after the stream, until Ctrl-C.")
 @settings_options
 def demo(settings: Settings, sample: str, live: bool, rate: float, timeout_s: float, workers: int,
-         embedded: bool) -> None:
+         embedded: bool, hold: bool) -> None:
     """Embedded broker + Redis, a model, a worker, the bundled sample, and a live per-brand view."""
     from streaming.demo import run_demo
 
     if embedded:
         settings = settings.replace(broker_url="", redis_url="")
-    summary = run_demo(settings, sample=Path(sample), live=live, rate=rate, timeout_s=timeout_s, workers=workers)
+    summary = run_demo(settings, sample=Path(sample), live=live, rate=rate, timeout_s=timeout_s, workers=workers, hold=hold)
     sys.exit(0 if summary.complete else 1)
+
+
+@main.command()
+@settings_options
+def topics(settings: Settings) -> None:
+    """Create every topic with settings.partitions partitions (idempotent)."""
+    from streaming.services import create_topics
+
+    create_topics(settings, timeout_s=120)  # a broker in a fresh cluster can take a while
+    click.echo(f"topics ready on {settings.redacted()['broker_url']}")
 
 
 def _add_training_commands() -> None:

@@ -4,10 +4,12 @@
    create the topics;
 2. ensure a model: ``settings.model_dir`` when it holds a trained model, else an untrained one built
    from the packaged encoder (with a loud warning: its labels mean nothing until ``affectstream train``);
-3. start worker process(es) ``affectstream worker --role all --without-web`` — subprocesses, so faust
-   owns its own event loop and signal handling and a crash cannot take the view down; they are stopped
-   (SIGTERM, then SIGKILL) on exit, Ctrl-C or error, and die with this process on Linux;
-4. stream the bundled sample and show results as they arrive (from the ``sentiment`` and DLQ topics)
+3. start worker process(es) ``affectstream worker --role all`` — subprocesses, so faust owns its own event
+   loop and signal handling and a crash cannot take the view down; they are stopped (SIGTERM, then
+   SIGKILL) on exit, Ctrl-C or error, and die with this process on Linux. Unless web is disabled, the first
+   worker serves the live dashboard on ``settings.web_port`` (or a free port when that one is taken) and
+   the demo prints ``dashboard: http://127.0.0.1:PORT/``;
+4. stream the bundled sample (``created_at`` shifted so the newest post is "now") and show results as they arrive (from the ``sentiment`` and DLQ topics)
    and per-brand counts (from the Redis minute buckets);
 5. stop once every sample line is accounted for — a result or a dead letter — or at the timeout, and
    print a summary.
@@ -55,7 +57,8 @@ class WorkerProcess:
             fd, log_path = tempfile.mkstemp(prefix=f"affectstream-worker-{role}-", suffix=".log")
             os.close(fd)
         self.log_path = log_path
-        cmd = [sys.executable, "-m", "streaming.cli", "worker", "--role", role, "--without-web",
+        web = "--with-web" if settings.web_enabled else "--without-web"  # port: settings.web_port
+        cmd = [sys.executable, "-m", "streaming.cli", "worker", "--role", role, web,
                "--no-create-topics", "--loglevel", loglevel, *(extra_args or [])]
         root = str(Path(__file__).resolve().parent.parent)
         env = settings_env(settings)
@@ -98,6 +101,50 @@ def _die_with_parent():
         return die()
     except ImportError:
         return None
+
+
+def shift_to_now(lines: list[bytes], now_ms: int | None = None) -> list[bytes]:
+    """Move the posts' ``created_at`` (epoch ms) so the newest is now, keeping their spacing: the sample is
+    replayed as a live stream, so the dashboard's last hour and the minute buckets show it as it happens.
+    Lines that are not JSON objects with an integer ``created_at`` are left exactly as they are."""
+    stamps = []
+    for line in lines:
+        try:
+            post = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(post, dict) and isinstance(post.get("created_at"), int):
+            stamps.append(post["created_at"])
+    if not stamps:
+        return lines
+    offset = (now_ms if now_ms is not None else int(time.time() * 1000)) - max(stamps)
+    out = []
+    for line in lines:
+        try:
+            post = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            out.append(line)
+            continue
+        if isinstance(post, dict) and isinstance(post.get("created_at"), int):
+            post["created_at"] += offset
+            out.append(orjson.dumps(post))
+        else:
+            out.append(line)
+    return out
+
+
+def dashboard_port(settings: Settings) -> int:
+    """``settings.web_port`` when it is free, else any free port (a second demo, or a worker on 6066)."""
+    import socket
+
+    from streaming.services import free_port
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("0.0.0.0", settings.web_port))
+            return settings.web_port
+        except OSError:
+            return free_port()
 
 
 # --- the model -------------------------------------------------------------------------------------
@@ -294,7 +341,8 @@ class Summary:
 
 
 def run_demo(settings: Settings, *, sample: Path, live: bool = True, rate: float = 0.0, timeout_s: float = 600.0,
-             workers: int = 1, say=None) -> Summary:
+             workers: int = 1, say=None, hold: bool = False) -> Summary:
+    """Run the demo; ``hold`` keeps the workers and the dashboard up after the stream until Ctrl-C."""
     from rich.console import Console
 
     from streaming.producer import produce_lines, read_lines
@@ -303,7 +351,7 @@ def run_demo(settings: Settings, *, sample: Path, live: bool = True, rate: float
     console = Console(stderr=False, highlight=False)
     say = say or (lambda msg: print(msg, flush=True))
     started = time.monotonic()
-    lines = list(read_lines(str(sample)))
+    lines = shift_to_now(list(read_lines(str(sample))))
     progress = Progress(total=len(lines))
     procs: list[WorkerProcess] = []
     watcher = None
@@ -315,9 +363,14 @@ def run_demo(settings: Settings, *, sample: Path, live: bool = True, rate: float
             say(f"broker {s.redacted()['broker_url']}   redis {s.redacted()['redis_url']}")
             model_dir, trained = ensure_model(s, say)
             s = s.replace(model_dir=str(model_dir), web_enabled=False)
+            web_port = dashboard_port(settings) if settings.web_enabled else None
             for i in range(workers):
-                procs.append(WorkerProcess(s, "all"))
+                # the first worker serves the dashboard (and /metrics); the others run without web
+                web = {"web_enabled": True, "web_port": web_port} if i == 0 and web_port else {}
+                procs.append(WorkerProcess(s.replace(**web), "all"))
             say(f"started {workers} worker(s); logs: {', '.join(w.log_path for w in procs)}")
+            if web_port:
+                say(f"dashboard: http://127.0.0.1:{web_port}/   (metrics: http://127.0.0.1:{web_port}/metrics)")
             since_ms = int(time.time() * 1000) - 1000
             watcher = Watcher(s, progress, since_ms)
             producer_done = threading.Event()
@@ -338,6 +391,8 @@ def run_demo(settings: Settings, *, sample: Path, live: bool = True, rate: float
             if produce_error:
                 raise produce_error[0]
             watcher.refresh_brands()
+            if hold and web_port and complete:
+                _hold(procs, web_port, say)
         finally:
             for w in procs:
                 w.stop()
@@ -357,6 +412,16 @@ def run_demo(settings: Settings, *, sample: Path, live: bool = True, rate: float
     for line in summary.lines():
         say(line)
     return summary
+
+
+def _hold(procs: list[WorkerProcess], web_port: int, say) -> None:
+    """Keep the workers (and so the dashboard) up after the stream, until Ctrl-C or a worker exits."""
+    say(f"stream done; the dashboard stays up at http://127.0.0.1:{web_port}/ until Ctrl-C")
+    try:
+        while all(w.alive() for w in procs):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
 
 
 def _watch(progress: Progress, watcher: Watcher, procs: list[WorkerProcess], deadline: float, live: bool,

@@ -1,0 +1,175 @@
+"""Sentiment-shift alerts: a sudden rise of a brand's negative share against its own recent baseline.
+
+The rule (``AlertRule`` defaults), evaluated per brand for a minute ``m`` of event time (``created_at``):
+
+* window   = the ``window_minutes`` minute buckets ending at ``m``: n₁ posts, x₁ of them negative;
+* baseline = the ``baseline_minutes`` buckets just before the window: n₀ posts, x₀ negative;
+* one-sided two-proportion z-test with the pooled share p = (x₁ + x₀) / (n₁ + n₀)::
+
+      z = (x₁/n₁ − x₀/n₀) / sqrt(p (1 − p) (1/n₁ + 1/n₀))
+
+* fire when z ≥ ``z_threshold`` (3.0, one-sided p ≈ 0.0013), n₁ ≥ ``min_window_posts`` (20),
+  n₀ ≥ ``min_baseline_posts`` (20) and the share rose by at least ``min_rise`` (0.10 absolute: at high
+  volume a tiny rise is "significant" but not worth waking anyone);
+* cooldown: a brand that fired at minute m does not fire again for any minute within
+  ``cooldown_minutes`` (30) of m, so one burst gives one alert even while it lasts several minutes.
+
+``detect_shift`` is a pure function of minute buckets (label -> count dicts), testable without servers.
+``claim_alert`` applies the cooldown atomically in Redis (one Lua script: compare-and-set of the brand's
+last alert minute, plus recording and publishing the alert), so any number of workers may evaluate the
+same brand and exactly one of them fires. State lives in Redis, not in a faust Table.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Mapping, Sequence
+
+import orjson
+
+MINUTE_FORMAT = "%Y%m%d%H%M"
+ALERTS_KEEP = 200  # newest alerts kept in the Redis list for the dashboard
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    label: str = "negative"
+    window_minutes: int = 1
+    baseline_minutes: int = 30
+    z_threshold: float = 3.0
+    min_window_posts: int = 20
+    min_baseline_posts: int = 20
+    min_rise: float = 0.10
+    cooldown_minutes: int = 30
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Shift:
+    """The test statistic for one brand and window, and whether the rule fires."""
+    n: int                    # posts in the window
+    hits: int                 # of them with rule.label
+    baseline_n: int
+    baseline_hits: int
+    share: float
+    baseline_share: float
+    z: float
+    fired: bool
+    why: str                  # "fired" or the first condition that failed
+
+
+def _count(buckets: Sequence[Mapping[str, int]], label: str) -> tuple[int, int]:
+    total = sum(sum(b.values()) for b in buckets)
+    hits = sum(b.get(label, 0) for b in buckets)
+    return total, hits
+
+
+def two_proportion_z(x1: int, n1: int, x0: int, n0: int) -> float:
+    """One-sided z of share x1/n1 above x0/n0 with the pooled variance; 0 when undefined."""
+    if n1 <= 0 or n0 <= 0:
+        return 0.0
+    p = (x1 + x0) / (n1 + n0)
+    var = p * (1 - p) * (1 / n1 + 1 / n0)
+    if var <= 0:
+        return 0.0
+    return (x1 / n1 - x0 / n0) / math.sqrt(var)
+
+
+def detect_shift(window: Sequence[Mapping[str, int]], baseline: Sequence[Mapping[str, int]],
+                 rule: AlertRule = AlertRule()) -> Shift:
+    """Apply ``rule`` to the window's and the baseline's minute buckets (each a label -> count dict)."""
+    n, hits = _count(window, rule.label)
+    n0, hits0 = _count(baseline, rule.label)
+    share = hits / n if n else 0.0
+    share0 = hits0 / n0 if n0 else 0.0
+    z = two_proportion_z(hits, n, hits0, n0)
+    if n < rule.min_window_posts:
+        why = f"window volume {n} < {rule.min_window_posts}"
+    elif n0 < rule.min_baseline_posts:
+        why = f"baseline volume {n0} < {rule.min_baseline_posts}"
+    elif share - share0 < rule.min_rise:
+        why = f"rise {share - share0:.3f} < {rule.min_rise}"
+    elif z < rule.z_threshold:
+        why = f"z {z:.2f} < {rule.z_threshold}"
+    else:
+        why = "fired"
+    return Shift(n=n, hits=hits, baseline_n=n0, baseline_hits=hits0, share=share, baseline_share=share0,
+                 z=z, fired=why == "fired", why=why)
+
+
+# --- minutes ----------------------------------------------------------------------------------------
+
+def parse_minute(minute: str) -> datetime:
+    return datetime.strptime(minute, MINUTE_FORMAT).replace(tzinfo=timezone.utc)
+
+
+def format_minute(dt: datetime) -> str:
+    return dt.strftime(MINUTE_FORMAT)
+
+
+def minute_range(end: str, count: int) -> list[str]:
+    """The ``count`` minutes ending at ``end`` (inclusive), oldest first."""
+    last = parse_minute(end)
+    return [format_minute(last - timedelta(minutes=i)) for i in range(count - 1, -1, -1)]
+
+
+def epoch_minute(minute: str) -> int:
+    return int(parse_minute(minute).timestamp()) // 60
+
+
+def windows_for(minute: str, rule: AlertRule) -> tuple[list[str], list[str]]:
+    """(window minutes, baseline minutes) for evaluating ``minute``, oldest first."""
+    span = minute_range(minute, rule.window_minutes + rule.baseline_minutes)
+    return span[rule.baseline_minutes:], span[:rule.baseline_minutes]
+
+
+def make_alert(brand: str, minute: str, shift: Shift, rule: AlertRule, at_ms: int) -> dict:
+    """The alert message (``sentiment-alerts`` topic, Redis list, dashboard)."""
+    return {
+        "id": f"{brand}:{minute}",
+        "brand": brand,
+        "minute": minute,
+        "label": rule.label,
+        "share": round(shift.share, 4),
+        "baseline_share": round(shift.baseline_share, 4),
+        "n": shift.n,
+        "hits": shift.hits,
+        "baseline_n": shift.baseline_n,
+        "baseline_hits": shift.baseline_hits,
+        "z": round(shift.z, 2),
+        "rule": rule.to_dict(),
+        "at": at_ms,
+    }
+
+
+# --- Redis: atomic cooldown claim ------------------------------------------------------------------
+
+# KEYS: last-alert marker of the brand, alerts list   ARGV: epoch minute, cooldown minutes, marker ttl s,
+# alert json, keep, channel.  Returns 1 when this caller owns the alert, 0 when within the cooldown.
+CLAIM_LUA = """
+local last = redis.call('GET', KEYS[1])
+if last and math.abs(tonumber(ARGV[1]) - tonumber(last)) < tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+redis.call('LPUSH', KEYS[2], ARGV[4])
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
+redis.call('PUBLISH', ARGV[6], ARGV[4])
+return 1
+"""
+
+
+def alert_keys(key, brand: str) -> tuple[str, str, str]:
+    """(last-alert marker, alerts list, alerts channel) from ``settings.key``."""
+    return key("alert", "last", brand), key("alerts"), key("live", "alerts")
+
+
+async def claim_alert(client, key, alert: dict, rule: AlertRule, ttl_s: int) -> bool:
+    """Record and publish ``alert`` unless its brand fired within the cooldown (atomic across workers)."""
+    marker, alerts, channel = alert_keys(key, alert["brand"])
+    fired = await client.eval(CLAIM_LUA, 2, marker, alerts, epoch_minute(alert["minute"]),
+                              rule.cooldown_minutes, ttl_s, orjson.dumps(alert), ALERTS_KEEP, channel)
+    return bool(fired)
