@@ -1,0 +1,265 @@
+"""``affectstream bench``: every speed figure of affectstream in one run, printed side by side.
+
+    affectstream bench                 # full run (~10-15 min on 2 cores)
+    affectstream bench --quick         # CI smoke run: every figure at reduced sizes (< ~2 min)
+    affectstream bench --json out.json --skip-e2e --skip-caption --shapes minilm
+
+OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE, set here before torch loads unless already set):
+with the default spin-waiting, a host whose cores are shared with other processes loses 2-5x on every
+small op, because each parallel region waits for a descheduled sibling thread (measured: naive per-post
+inference 15 -> 70 posts/s on 2 busy cores). Worker processes started by the bench inherit it.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must precede libgomp's start (the torch import)
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import asdict, dataclass, replace  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import click  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Sizes:
+    posts: int = 512                       # posts per serving round
+    naive_posts: int = 64                  # posts per naive / pipeline round
+    batch_sizes: tuple[int, ...] = (1, 8, 32, 64)
+    rounds: int = 3
+    roberta_layers: int | None = None      # None: the real 12 layers
+    roberta_posts: int = 128
+    roberta_naive_posts: int = 16
+    peak_seconds: float = 1.5
+    burst: int = 2000                      # e2e: posts in the max-rate burst
+    load_seconds: float = 15.0             # e2e: seconds per load level
+    caption_images: int = 32               # images through a caption worker (memory figure)
+    offline_images: int = 64
+    offline_rounds: int = 2
+    vlm_images: int = 4
+    vlm_batch: int = 4
+    vlm_tokens: int = 24
+    vlm_image_size: int | None = None      # None: BLIP-base's 384 px
+    cache_lookups: int = 20_000
+
+
+FULL = Sizes()
+QUICK = Sizes(posts=64, naive_posts=8, batch_sizes=(1, 8, 32, 64), rounds=1, roberta_layers=2, roberta_posts=64,
+              roberta_naive_posts=4, peak_seconds=0.3, burst=200, load_seconds=2.0, caption_images=4,
+              offline_images=32, offline_rounds=1, vlm_images=1, vlm_batch=1, vlm_tokens=4, vlm_image_size=96,
+              cache_lookups=2_000)
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from model.predictor import cpu_has_bf16_units
+
+    info = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "bf16_units": cpu_has_bf16_units(), "torch": torch.__version__, "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "load_average_start": os.getloadavg()[0],
+    }
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def run_bench(sizes: Sizes, *, shapes: tuple[str, ...], e2e: bool, caption: bool, device: str,
+              say=print) -> dict:
+    import torch
+
+    from bench import classify, workload
+    from model.predictor import pick_device
+
+    dev = pick_device(device)
+    root = workload.scratch_dir()
+    results: dict = {"machine": machine(), "sizes": asdict(sizes), "device": dev.type, "scratch": str(root)}
+    say(f"affectstream bench: device {dev.type}, scratch {root}")
+    built = []
+    if "minilm" in shapes:
+        built.append((workload.minilm_dir(root), sizes.posts, sizes.naive_posts))
+    if "roberta-base" in shapes:
+        built.append((workload.roberta_base_dir(root, sizes.roberta_layers), sizes.roberta_posts,
+                      sizes.roberta_naive_posts))
+    say("matmul peaks ...")
+    results["peaks_gflops"] = classify.peaks([shape for shape, _, _ in built], dev, sizes.peak_seconds)
+    results["classify"] = {}
+    for shape, n, naive_n in built:
+        say(f"classify, model only: {shape.name}")
+        results["classify"][shape.name] = classify.model_only(
+            shape, root, pairs=workload.posts(n), batch_sizes=sizes.batch_sizes, naive_posts=naive_n,
+            rounds=sizes.rounds, device=device, say=say)
+        torch.cuda.empty_cache() if dev.type == "cuda" else None
+    if e2e and built:
+        from bench import e2e as e2e_bench
+
+        say("end to end (real broker + Redis, one classify worker) ...")
+        shape = built[0][0]
+        batch_max = 32
+        results["e2e"] = e2e_bench.run(
+            shape.directory, burst=sizes.burst, load_seconds=sizes.load_seconds, loads=(0.25, 0.5, 0.8),
+            batch_max=batch_max, batch_window_s=0.05, device=device, threads=0, pairs=workload.posts(512, seed=1),
+            caption_images=sizes.caption_images if caption else 0, say=say)
+        results["e2e"]["shape"] = shape.name
+    if caption:
+        from bench import caption as caption_bench
+
+        say("captioning ...")
+        results["caption"] = caption_bench.run(
+            root, offline_n=sizes.offline_images, offline_rounds=sizes.offline_rounds, vlm_n=sizes.vlm_images,
+            vlm_batch=sizes.vlm_batch, vlm_tokens=sizes.vlm_tokens, vlm_image_size=sizes.vlm_image_size,
+            cache_lookups=sizes.cache_lookups, device=device, say=say)
+    results["machine"]["load_average_end"] = os.getloadavg()[0]
+    results["targets"] = targets(results)
+    return results
+
+
+def targets(r: dict) -> list[dict]:
+    """The issue's targets, each met or not (never asserted: measurements, not tests)."""
+    out = []
+
+    def add(name: str, value: float | None, goal: float, unit: str = "x") -> None:
+        if value is None:
+            return
+        out.append({"target": name, "value": round(value, 3), "goal": goal, "unit": unit, "met": value >= goal})
+
+    peak = r.get("peaks_gflops", {}).get("bf16_2048")
+    for name, c in r.get("classify", {}).items():
+        best = max(c["serving_posts_per_s"].values())
+        add(f"{name}: serving / naive", best / c["naive_posts_per_s"], 10)
+        add(f"{name}: serving / pipeline", best / c["pipeline_posts_per_s"], 3)
+        if peak:
+            add(f"{name}: forward@{c['forward_batch']} / bf16 2048³ peak", c["forward_gflops"] / peak, 0.30, "share")
+    e2e = r.get("e2e")
+    if e2e and "max_posts_per_s" in e2e:
+        c = r["classify"][e2e["shape"]]
+        model_rate = c["serving_posts_per_s"].get(e2e["batch_max"])
+        if model_rate:
+            add("e2e sustained / model-only (same batch)", e2e["max_posts_per_s"] / model_rate, 0.80, "share")
+            half = e2e.get("latency", {}).get("50%")
+            if half:
+                budget_ms = 1000 * e2e["batch_window_s"] + 2 * 1000 * e2e["batch_max"] / model_rate
+                add("p99 at 50% load within window + 2 x batch compute", budget_ms / max(half["p99_ms"], 1e-6), 1.0,
+                    f"budget {budget_ms:.0f} ms / p99")
+    cap = r.get("caption")
+    if cap:
+        add("offline describer images/s", cap["offline_images_per_s"], 5, "images/s")
+    return out
+
+
+def table(r: dict) -> str:
+    m = r["machine"]
+    lines = [f"affectstream bench — {m['date']}",
+             f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
+             f"bf16 units: {m['bf16_units']}, GPU: {m['gpu'] or 'none'}, OMP_WAIT_POLICY={m['omp_wait_policy']}, "
+             f"load average {m['load_average_start']:.1f} -> {m.get('load_average_end', float('nan')):.1f}", ""]
+    p = r.get("peaks_gflops", {})
+    if p:
+        lines.append("matmul peak (GFLOP/s, best of the run): " + ", ".join(f"{k} {v:.0f}" for k, v in p.items()))
+        lines.append("")
+    for name, c in r.get("classify", {}).items():
+        lines += [f"classify, model only — {name} (tokenize → forward → top-K → rationale → JSON), posts/s",
+                  "| batch | naive fp32, 1 post/call | HF pipeline, batch 1 | affectstream serving "
+                  f"({c['dtype_serving']}) | serving/naive | serving/pipeline |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        for b, v in c["serving_posts_per_s"].items():
+            lines.append(f"| {b} | {c['naive_posts_per_s']:.1f} | {c['pipeline_posts_per_s']:.1f} | {v:.1f} | "
+                         f"{v / c['naive_posts_per_s']:.1f}x | {v / c['pipeline_posts_per_s']:.1f}x |")
+        peak = p.get("bf16_2048")
+        ffn = p.get(f"bf16_ffn_{name}")
+        lines.append(
+            f"forward only @ batch {c['forward_batch']}: {c['forward_posts_per_s']:.0f} posts/s, "
+            f"{c['forward_gflops']:.0f} GFLOP/s useful ({c['tokens_per_post']:.1f} real tokens/post, "
+            f"{c['flops_per_post'] / 1e9:.2f} GFLOP/post, padding {100 * c['padding_share']:.0f}%)"
+            + (f" = {100 * c['forward_gflops'] / peak:.0f}% of bf16 2048³ peak" if peak else "")
+            + (f", {100 * c['forward_gflops'] / ffn:.0f}% of the bf16 FFN-shape peak" if ffn else "")
+            + (f", {100 * c['forward_gflops'] / p['fp32_2048']:.0f}% of fp32 2048³ peak" if p.get("fp32_2048") else ""))
+        lines.append("")
+    e = r.get("e2e")
+    if e and "max_posts_per_s" in e:
+        c = r["classify"][e["shape"]]
+        model_rate = c["serving_posts_per_s"].get(e["batch_max"], float("nan"))
+        lines += [f"end to end — {e['shape']}, real broker + real Redis, one classify worker, batch_max "
+                  f"{e['batch_max']}, window {1000 * e['batch_window_s']:.0f} ms",
+                  f"max sustained: {e['max_posts_per_s']:.1f} posts/s = {e['max_posts_per_s'] / model_rate:.2f} x "
+                  f"model-only at batch {e['batch_max']} ({model_rate:.1f} posts/s)",
+                  "| load | rate posts/s | posts | p50 ms | p95 ms | p99 ms |", "|---:|---:|---:|---:|---:|---:|"]
+        for level, v in e.get("latency", {}).items():
+            lines.append(f"| {level} | {v['rate']:.1f} | {v['n']} | {v['p50_ms']:.0f} | {v['p95_ms']:.0f} | "
+                         f"{v['p99_ms']:.0f} |")
+        lines.append("")
+    cap = r.get("caption")
+    if cap:
+        v = cap["vlm"]
+        lines += ["captioning",
+                  f"offline describer (EfficientNet-Lite0 + RapidOCR + colours), batch 32, 1 in 4 images with text: "
+                  f"{cap['offline_images_per_s']:.1f} images/s",
+                  f"vlm: {v['shape']} (random weights, {r['device']}), batch {v['batch']}, {v['max_new_tokens']} new "
+                  f"tokens: {cap['vlm_images_per_s']:.2f} images/s",
+                  "caption cache hit (RedisSink.get_caption): "
+                  + ", ".join(f"{k} {val:.0f} lookups/s" for k, val in cap["cache_hits_per_s"].items()), ""]
+    if e:
+        lines.append("memory (peak resident set, VmHWM): classify worker "
+                     f"{e.get('classify_worker_peak_rss_mb', float('nan')):.0f} MB"
+                     + (f", caption worker (offline describer) {e['caption_worker_peak_rss_mb']:.0f} MB"
+                        if "caption_worker_peak_rss_mb" in e else ""))
+        lines.append("")
+    if r.get("targets"):
+        lines += ["targets", "| target | value | goal | met |", "|---|---:|---:|:---:|"]
+        for t in r["targets"]:
+            lines.append(f"| {t['target']} | {t['value']} | {t['goal']} ({t['unit']}) | {'yes' if t['met'] else 'NO'} |")
+    return "\n".join(lines)
+
+
+@click.command("bench")
+@click.option("--quick", is_flag=True, help="CI smoke run: every figure at reduced sizes (< ~2 min).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the results here.")
+@click.option("--skip-e2e", is_flag=True, help="Skip the broker + Redis end-to-end part (and worker memory).")
+@click.option("--skip-caption", is_flag=True, help="Skip captioning (offline describer, VLM, cache).")
+@click.option("--shapes", default="minilm,roberta-base", show_default=True,
+              help="Encoder shapes for the classify part, comma-separated: minilm, roberta-base.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--rounds", type=int, default=None, help="Timing rounds per variant (default: the preset's).")
+def bench(quick: bool, json_path: str | None, skip_e2e: bool, skip_caption: bool, shapes: str, device: str,
+          rounds: int | None) -> None:
+    """Speed of every path, side by side: naive vs pipeline vs serving, MFU, end to end, captioning, memory."""
+    sizes = QUICK if quick else FULL
+    if rounds:
+        sizes = replace(sizes, rounds=rounds)
+    if "torch" in sys.modules and os.environ.get("OMP_WAIT_POLICY") != "PASSIVE":
+        click.echo("note: torch was loaded before the bench could set OMP_WAIT_POLICY=PASSIVE", err=True)
+    started = time.monotonic()
+    results = run_bench(sizes, shapes=tuple(s.strip() for s in shapes.split(",") if s.strip()),
+                        e2e=not skip_e2e, caption=not skip_caption, device=device,
+                        say=lambda msg: click.echo(msg, err=True))
+    results["seconds"] = time.monotonic() - started
+    click.echo(table(results))
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    bench()
