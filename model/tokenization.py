@@ -7,9 +7,11 @@ never selected) and the rationale's `source`.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
+from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
 SOURCE_SPECIAL, SOURCE_TEXT, SOURCE_IMAGE = -1, 0, 1
@@ -32,33 +34,37 @@ class EncodedPairs:
         return inputs
 
 
+@functools.lru_cache(maxsize=16)
+def pair_encoder(tokenizer: PreTrainedTokenizerFast, max_length: int) -> Tokenizer:
+    """The Rust tokenizer behind `tokenizer`, configured once for pair truncation and dynamic padding.
+
+    Calling it directly skips transformers' per-call Python (re-configuring truncation and padding,
+    flattening encodings): 20 ms -> 4.5 ms per batch of 64 posts. A private copy, so the shared
+    tokenizer's state is never mutated under another thread.
+    """
+    rust = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    rust.enable_truncation(max_length, strategy="longest_first")
+    rust.enable_padding(direction=tokenizer.padding_side, pad_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token,
+                        pad_type_id=tokenizer.pad_token_type_id)
+    return rust
+
+
 def encode_pairs(
     tokenizer: PreTrainedTokenizerFast, texts: list[str], descriptions: list[str], max_length: int
 ) -> EncodedPairs:
     """Tokenise a batch with dynamic padding (to the longest pair in the batch, not to max_length)."""
     if not tokenizer.is_fast:
         raise TypeError("affectstream needs a fast tokenizer (offsets and sequence ids)")
-    enc = tokenizer(
-        list(texts),
-        list(descriptions),
-        truncation="longest_first",
-        max_length=max_length,
-        padding=True,
-        return_offsets_mapping=True,
-        return_tensors="pt",
-    )
-    # one list per row from the Rust encodings; a per-token Python loop costs ~10-20 ms per batch of 64
-    source = torch.tensor([[SOURCE_SPECIAL if seq_id is None else seq_id for seq_id in encoding.sequence_ids]
-                           for encoding in enc.encodings], dtype=torch.int8)
+    encodings = pair_encoder(tokenizer, max_length).encode_batch(list(zip(texts, descriptions)))
+    input_ids = torch.tensor([e.ids for e in encodings])
+    attention_mask = torch.tensor([e.attention_mask for e in encodings])
+    offsets = torch.tensor([e.offsets for e in encodings]).reshape(len(encodings), -1, 2)
+    source = torch.tensor([[SOURCE_SPECIAL if seq_id is None else seq_id for seq_id in e.sequence_ids]
+                           for e in encodings], dtype=torch.int8)
+    uses_token_types = "token_type_ids" in tokenizer.model_input_names
+    token_type_ids = torch.tensor([e.type_ids for e in encodings]) if uses_token_types else None
     # a token with an empty char span (e.g. a lone space piece) carries no word for the rationale
-    offsets = enc["offset_mapping"]
     non_empty = offsets[..., 1] > offsets[..., 0]
-    selectable = (source != SOURCE_SPECIAL) & enc["attention_mask"].bool() & non_empty
-    return EncodedPairs(
-        input_ids=enc["input_ids"],
-        attention_mask=enc["attention_mask"],
-        token_type_ids=enc.get("token_type_ids"),
-        selectable=selectable,
-        source=source,
-        offsets=offsets,
-    )
+    selectable = (source != SOURCE_SPECIAL) & attention_mask.bool() & non_empty
+    return EncodedPairs(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                        selectable=selectable, source=source, offsets=offsets)

@@ -69,3 +69,30 @@ def test_merge_never_crashes_and_is_deduplicated_and_sorted(text, description, r
     assert [w.score for w in words] == sorted((w.score for w in words), reverse=True)
     for w in words:
         assert w.text and w.text in (text if w.source == "text" else description)
+
+
+@given(st.lists(st.tuples(st.text(max_size=80), st.text(max_size=80)), min_size=1, max_size=6))
+def test_fast_pair_encoding_matches_the_transformers_call(pairs):
+    from model.tokenization import encode_pairs as fast
+
+    tokenizer = bert_tokenizer_cached()
+    texts, descriptions = [t for t, _ in pairs], [d for _, d in pairs]
+    ours = fast(tokenizer, texts, descriptions, 32)
+    ref = tokenizer(texts, descriptions, truncation="longest_first", max_length=32, padding=True,
+                    return_offsets_mapping=True, return_tensors="pt")
+    assert ours.input_ids.tolist() == ref["input_ids"].tolist()
+    assert ours.attention_mask.tolist() == ref["attention_mask"].tolist()
+    assert ours.token_type_ids.tolist() == ref["token_type_ids"].tolist()
+    assert ours.offsets.tolist() == ref["offset_mapping"].tolist()
+    for row in range(len(pairs)):
+        expected = [-1 if s is None else s for s in ref.sequence_ids(row)]
+        assert ours.source[row].tolist() == expected
+
+
+_BERT = []
+
+
+def bert_tokenizer_cached():
+    if not _BERT:
+        _BERT.append(bert_tokenizer())
+    return _BERT[0]
