@@ -68,6 +68,7 @@ class Captioning:
         self.io_pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="image-io")
         # one thread owns the captioner: models are not re-entrant, and torch has its own threads
         self.model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner")
+        self._stuck = None  # concurrent Future of a describe call that timed out and still runs
 
     def close(self) -> None:
         self.io_pool.shutdown(wait=False, cancel_futures=True)
@@ -157,9 +158,14 @@ class Captioning:
         if not images:
             return {}, failed
         timeout = self.settings.caption_timeout_s
+        if self._stuck is not None and not self._stuck.done():
+            # the captioner thread is still inside a call that timed out: do not queue behind it
+            log.warning("captioner still busy with a timed-out call; %d images go on text-only", len(images))
+            failed.update({s: ("caption_timeout", "captioner busy with a call that timed out") for s in image_shas})
+            return {}, failed
+        self._stuck = None
         try:
-            texts = await asyncio.wait_for(
-                loop.run_in_executor(self.model_pool, self.captioner.describe, images), timeout)
+            texts = await self._call_captioner(images, timeout)
             if len(texts) != len(images):
                 raise RuntimeError(f"captioner returned {len(texts)} descriptions for {len(images)} images")
             return dict(zip(image_shas, (str(t) for t in texts))), failed
@@ -172,15 +178,28 @@ class Captioning:
             log.warning("caption batch failed (%s: %s); retrying per image", type(e).__name__, e)
         captions: dict[str, str] = {}
         for sha, img in zip(image_shas, images):
+            if self._stuck is not None and not self._stuck.done():
+                failed[sha] = ("caption_timeout", "captioner busy with a call that timed out")
+                continue
             try:
-                text = await asyncio.wait_for(
-                    loop.run_in_executor(self.model_pool, self.captioner.describe, [img]), timeout)
+                text = await self._call_captioner([img], timeout)
                 captions[sha] = str(text[0])
             except asyncio.TimeoutError:
                 failed[sha] = ("caption_timeout", f"no description within {timeout}s")
             except Exception as e:  # noqa: BLE001
                 failed[sha] = ("caption_failed", f"{type(e).__name__}: {e}")
         return captions, failed
+
+    async def _call_captioner(self, images: list, timeout: float) -> list:
+        """``describe`` in the captioner thread, bounded by ``timeout``. A call that runs past it cannot be
+        interrupted: it is remembered in ``_stuck`` so later batches fail fast instead of queueing behind it."""
+        future = self.model_pool.submit(self.captioner.describe, images)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except asyncio.TimeoutError:
+            if not future.cancel():  # already running: its late answer is dropped
+                self._stuck = future
+            raise
 
     def _image_failed(self, p: _Pending, reason: str, error: str, out: CaptionBatch) -> None:
         if p.post.text.strip():

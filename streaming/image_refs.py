@@ -5,7 +5,8 @@
 - url: http(s) only; the host is resolved once and every address must be public (no private,
   loopback, link-local, multicast, reserved, unspecified, CGNAT, nor IPv6 forms embedding those)
   unless ``settings.allow_private_urls``. The connection goes to the vetted address (no second DNS
-  lookup, so no DNS rebinding); at most 3 redirects, each re-checked; byte cap; total timeout.
+  lookup, so no DNS rebinding); at most 3 redirects, each re-checked; byte cap; total timeout, host name
+  lookups included.
 
 Every failure is ``InvalidPost(reason)``.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import concurrent.futures
 import http.client
 import ipaddress
 import os
@@ -30,6 +32,8 @@ from streaming.schemas import ImageRef, InvalidPost
 from streaming.settings import Settings
 
 MAX_REDIRECTS = 3
+DNS_TIMEOUT_S = 5.0
+_dns_pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="dns")
 _CHUNK = 64 * 1024
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -134,8 +138,8 @@ class Target:
     addresses: tuple[str, ...]
 
 
-def check_url(url: str, policy: AddressPolicy = is_public_address) -> Target:
-    """Parse and vet one URL: scheme, host, and every address the host resolves to."""
+def check_url(url: str, policy: AddressPolicy = is_public_address, timeout_s: float = DNS_TIMEOUT_S) -> Target:
+    """Parse and vet one URL: scheme, host, and every address the host resolves to (within timeout_s)."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -148,7 +152,7 @@ def check_url(url: str, policy: AddressPolicy = is_public_address) -> Target:
     if not host or parts.username is not None or parts.password is not None:
         raise InvalidPost("url_not_allowed", "url needs a host and must not carry credentials")
     port = port or (443 if scheme == "https" else 80)
-    addresses = _resolve(host, port)
+    addresses = _resolve(host, port, timeout_s)
     for addr in addresses:
         if not policy(ipaddress.ip_address(addr.split("%", 1)[0])):
             raise InvalidPost("url_not_allowed", f"{host} resolves to a non-public address")
@@ -156,9 +160,15 @@ def check_url(url: str, policy: AddressPolicy = is_public_address) -> Target:
     return Target(scheme, host, port, path, addresses)
 
 
-def _resolve(host: str, port: int) -> tuple[str, ...]:
+def _resolve(host: str, port: int, timeout_s: float = DNS_TIMEOUT_S) -> tuple[str, ...]:
+    """getaddrinfo bounded by timeout_s: it cannot be interrupted, so it runs in a small pool of its own and
+    a lookup that hangs (a slow or hostile DNS server) costs one pool thread, never the caller's deadline."""
+    future = _dns_pool.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = future.result(timeout=max(timeout_s, 0.0))
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise InvalidPost("fetch_timeout", "host name lookup exceeded the time limit") from None
     except (socket.gaierror, UnicodeError, OSError) as e:
         raise InvalidPost("fetch_failed", f"cannot resolve host: {e}") from None
     addresses = tuple(dict.fromkeys(info[4][0] for info in infos))
@@ -171,12 +181,15 @@ def fetch_url(url: str, max_bytes: int, timeout_s: float, policy: AddressPolicy 
     """GET an image over http(s), re-vetting every redirect hop against `policy`."""
     deadline = time.monotonic() + timeout_s
     for _ in range(MAX_REDIRECTS + 1):
-        target = check_url(url, policy)
+        target = check_url(url, policy, deadline - time.monotonic())
         status, location, body = _get(target, max_bytes, deadline)
         if status in (301, 302, 303, 307, 308):
             if not location:
                 raise InvalidPost("fetch_failed", f"redirect {status} without Location")
-            url = urljoin(url, location)
+            try:
+                url = urljoin(url, location)
+            except ValueError as e:  # e.g. "http://[::1/x": a hostile Location must not escape as ValueError
+                raise InvalidPost("url_not_allowed", f"unparseable redirect: {e}") from None
             continue
         if status == 404 or status == 410:
             raise InvalidPost("image_not_found", f"HTTP {status}")

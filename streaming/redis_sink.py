@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import datetime, timezone
 
 import orjson
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 RETRY_FIRST_S = 0.1
 RETRY_MAX_S = 5.0
 CACHE_TIMEOUT_S = 2.0
+CACHE_RETRY_S = 5.0   # after a failed cache call, captioning goes on without the cache this long
 RETRYABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ReadOnlyError, ConnectionError,
              TimeoutError, OSError)
 
@@ -54,7 +56,7 @@ def redis_client(settings: Settings) -> aioredis.Redis:
     url = settings.redis_url
     return aioredis.from_url(
         url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1), **redis_client_kwargs(settings))
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1), **redis_client_kwargs(settings, "asyncio"))
 
 
 def minute_bucket(ms: int) -> str:
@@ -73,6 +75,9 @@ class RedisSink:
         self.client = client if client is not None else redis_client(settings)
         self._script = self.client.register_script(WRITE_RESULT_LUA)
         self._stop = asyncio.Event()
+        self.cache_retry_s = CACHE_RETRY_S
+        self._cache_down = False
+        self._cache_down_until = 0.0
 
     def stop(self) -> None:
         """Ask a retrying `write` to give up (it raises SinkStopped)."""
@@ -135,20 +140,44 @@ class RedisSink:
         return self.settings.key("caption", captioner, sha)
 
     async def get_caption(self, sha: str, captioner: str) -> str | None:
+        if self._cache_skipped():
+            return None
         try:
             value = await asyncio.wait_for(self.client.get(self._caption_key(sha, captioner)), CACHE_TIMEOUT_S)
         except (RedisError, OSError, asyncio.TimeoutError) as e:
-            log.warning("caption cache read skipped (%s)", type(e).__name__)
+            self._cache_failed(e)
             return None
+        self._cache_ok()
         return value.decode("utf-8", "replace") if value is not None else None
 
     async def put_caption(self, sha: str, captioner: str, caption: str) -> None:
+        if self._cache_skipped():
+            return
         try:
             await asyncio.wait_for(
                 self.client.set(self._caption_key(sha, captioner), caption, ex=self.settings.caption_ttl_s),
                 CACHE_TIMEOUT_S)
         except (RedisError, OSError, asyncio.TimeoutError) as e:
-            log.warning("caption cache write skipped (%s)", type(e).__name__)
+            self._cache_failed(e)
+            return
+        self._cache_ok()
+
+    # While the cache is unreachable, skip it for `cache_retry_s` instead of paying a failed round trip
+    # (and a log line) per image; one line when it goes away, one when it is back.
+    def _cache_skipped(self) -> bool:
+        return time.monotonic() < self._cache_down_until
+
+    def _cache_failed(self, e: BaseException) -> None:
+        if not self._cache_skipped():
+            log.warning("caption cache unavailable (%s); captioning without it for %.0fs",
+                        type(e).__name__, self.cache_retry_s)
+        self._cache_down = True
+        self._cache_down_until = time.monotonic() + self.cache_retry_s
+
+    def _cache_ok(self) -> None:
+        if self._cache_down:
+            log.info("caption cache available again")
+            self._cache_down = False
 
     async def close(self) -> None:
         self.stop()

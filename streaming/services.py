@@ -107,12 +107,20 @@ def start_broker(port: int | None = None) -> RunningService:
     return _start("broker", command, port, lambda p: f"kafka://127.0.0.1:{p}", env)
 
 
-def start_redis(port: int | None = None, password: str | None = None) -> RunningService:
-    """redis-server without persistence on 127.0.0.1; url redis://[:password@]127.0.0.1:PORT/0."""
+def start_redis(port: int | None = None, password: str | None = None,
+                data_dir: str | None = None) -> RunningService:
+    """redis-server on 127.0.0.1; url redis://[:password@]127.0.0.1:PORT/0. Without persistence, unless
+    ``data_dir`` is given: then an append-only file there, fsynced on every write, so a restart on the
+    same directory (an outage, as production Redis with AOF would see it) keeps every acknowledged write."""
     binary = redis_binary()
+    if data_dir:
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        persistence = ["--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", str(data_dir)]
+    else:
+        persistence = ["--save", "", "--appendonly", "no"]
 
     def command(p: int) -> list[str]:
-        cmd = [binary, "--save", "", "--appendonly", "no", "--port", str(p), "--bind", "127.0.0.1",
+        cmd = [binary, *persistence, "--port", str(p), "--bind", "127.0.0.1",
                "--protected-mode", "no", "--daemonize", "no"]
         return cmd + (["--requirepass", password] if password else [])
 
@@ -219,13 +227,22 @@ def kafka_client_kwargs(settings: Settings, flavor: str = "kafka-python") -> dic
     return kwargs
 
 
-def redis_client_kwargs(settings: Settings) -> dict[str, Any]:
-    """password / TLS for redis-py; a password already in the URL wins (from_url applies it)."""
+def redis_client_kwargs(settings: Settings, flavor: str = "sync") -> dict[str, Any]:
+    """password / TLS for redis-py's ``from_url`` (``flavor`` "sync" for redis.Redis, "asyncio" for
+    redis.asyncio); a password already in the URL wins (from_url applies it).
+
+    TLS: ``from_url`` picks the connection class from the URL scheme and passes an ``ssl=True`` keyword
+    on to the connection, which then fails with TypeError at the first connect; so ``redis_tls`` on a
+    ``redis://`` URL selects the flavor's SSLConnection explicitly (certificates verified by default)."""
     kwargs: dict[str, Any] = {}
     if settings.redis_password:
         kwargs["password"] = settings.redis_password
     if settings.redis_tls and not settings.redis_url.startswith("rediss://"):
-        kwargs["ssl"] = True
+        if flavor == "asyncio":
+            from redis.asyncio.connection import SSLConnection
+        else:
+            from redis.connection import SSLConnection
+        kwargs["connection_class"] = SSLConnection
     return kwargs
 
 
