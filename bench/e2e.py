@@ -7,7 +7,10 @@ channel (`as:live`, published by the same Lua script that stores the result).
   (last result − first result), which excludes the worker's start-up;
 - latency at 25%, 50%, 80% of that rate: posts paced at the target rate, each stamped with
   ``created_at`` = the moment it is handed to the producer; latency = the moment its result arrives on
-  ``as:live`` − created_at (so it includes producing, the broker, batching, the model, the Redis write).
+  ``as:live`` − created_at (so it includes producing, the broker, batching, the model, the Redis write),
+  split at the result's ``processed_at`` (stamped right after inference): ``to_processed`` = producing,
+  fetching, the batch window, queueing behind the previous batch and the model; the rest is the Redis
+  write and the live channel.
 """
 from __future__ import annotations
 
@@ -23,10 +26,10 @@ import orjson
 
 @dataclass
 class LiveResults:
-    """Subscribes to the live channel in a thread; records (id, arrival ms, created_at ms)."""
+    """Subscribes to the live channel in a thread; records id -> (arrival ms, created_at ms, processed_at ms)."""
     redis_url: str
     channel: str
-    arrivals: dict[str, tuple[float, int | None]] = field(default_factory=dict)
+    arrivals: dict[str, tuple[float, int | None, int | None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         import redis
@@ -45,7 +48,7 @@ class LiveResults:
                 continue
             now_ms = time.time() * 1000
             result = orjson.loads(message["data"])
-            self.arrivals.setdefault(result["id"], (now_ms, result.get("created_at")))
+            self.arrivals.setdefault(result["id"], (now_ms, result.get("created_at"), result.get("processed_at")))
 
     def wait_for(self, ids: list[str], timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -131,13 +134,19 @@ def run(model_dir: Path, *, burst: int, load_seconds: float, loads: tuple[float,
                 n = max(10, int(rate * load_seconds))
                 ids = _produce(s, (pairs * (n // len(pairs) + 1))[:n], f"load{int(share * 100)}", rate=rate)
                 live.wait_for(ids, 30 + n / max(rate, 1))
-                latencies = [live.arrivals[i][0] - live.arrivals[i][1] for i in ids if i in live.arrivals]
+                got = [live.arrivals[i] for i in ids if i in live.arrivals]
+                latencies = [arrival - created for arrival, created, _ in got]
+                to_processed = [processed - created for _, created, processed in got if processed is not None]
                 out["latency"][f"{int(share * 100)}%"] = {
                     "rate": rate, "n": len(latencies), "lost": len(ids) - len(latencies),
                     "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
-                    "p99_ms": percentile(latencies, 99)}
+                    "p99_ms": percentile(latencies, 99),
+                    "to_processed_p50_ms": percentile(to_processed, 50),
+                    "to_processed_p99_ms": percentile(to_processed, 99)}
                 say(f"  {int(share * 100)}% load ({rate:.0f} posts/s): p50 {percentile(latencies, 50):.0f} ms, "
-                    f"p99 {percentile(latencies, 99):.0f} ms")
+                    f"p95 {percentile(latencies, 95):.0f} ms, p99 {percentile(latencies, 99):.0f} ms "
+                    f"(created -> after inference: p50 {percentile(to_processed, 50):.0f}, "
+                    f"p99 {percentile(to_processed, 99):.0f} ms)")
             out["classify_worker_peak_rss_mb"] = peak_rss_mb(worker.pid)
             # a caption worker (offline describer) on image posts, for its memory
             if caption_images:
