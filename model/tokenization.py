@@ -8,6 +8,7 @@ never selected) and the rationale's `source`.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,11 @@ from transformers import PreTrainedTokenizerFast
 
 SOURCE_SPECIAL, SOURCE_TEXT, SOURCE_IMAGE = -1, 0, 1
 SOURCE_NAMES = {SOURCE_TEXT: "text", SOURCE_IMAGE: "image"}
+
+# The field labels of the offline describer's structured description (`objects: … text in image: "…".
+# scene: …`) are its layout, not its content: they are never selected, so rationales show what the image
+# holds rather than the words "objects" and "scene". Free-text VLM descriptions rarely match.
+DESCRIPTION_FIELD_LABELS = re.compile(r"\b(?:objects|text in image|scene):")
 
 
 @dataclass
@@ -65,6 +71,19 @@ def encode_pairs(
     token_type_ids = torch.tensor([e.type_ids for e in encodings]) if uses_token_types else None
     # a token with an empty char span (e.g. a lone space piece) carries no word for the rationale
     non_empty = offsets[..., 1] > offsets[..., 0]
-    selectable = (source != SOURCE_SPECIAL) & attention_mask.bool() & non_empty
+    selectable = (source != SOURCE_SPECIAL) & attention_mask.bool() & non_empty & ~field_label_tokens(descriptions, source, offsets)
     return EncodedPairs(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                         selectable=selectable, source=source, offsets=offsets)
+
+
+def field_label_tokens(descriptions: list[str], source: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """(batch, seq) bool: description tokens inside a DESCRIPTION_FIELD_LABELS match."""
+    mask = torch.zeros(source.shape, dtype=torch.bool)
+    for row, description in enumerate(descriptions):
+        spans = [m.span() for m in DESCRIPTION_FIELD_LABELS.finditer(description)]
+        if not spans:
+            continue
+        for col in (source[row] == SOURCE_IMAGE).nonzero().flatten().tolist():
+            start, end = offsets[row, col].tolist()
+            mask[row, col] = any(lo <= start and end <= hi for lo, hi in spans)
+    return mask

@@ -154,3 +154,14 @@ def test_predictor_keeps_input_order_and_returns_rationales(tiny_model_dir):
 def test_load_refuses_directory_without_safetensors(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_pretrained(tmp_path)
+
+
+def test_description_field_labels_are_never_selected():
+    _, tokenizer = tiny_classifier()
+    description = 'objects: espresso, coffee mug. text in image: "worst monday". scene: dark, warm colours.'
+    batch = encode_pairs(tokenizer, ["my morning"], [description], 64)
+    chosen = [description[s:e] for (s, e), ok, src in zip(batch.offsets[0].tolist(), batch.selectable[0].tolist(),
+                                                          batch.source[0].tolist()) if ok and src == SOURCE_IMAGE]
+    assert "objects" not in chosen and "scene" not in chosen and ":" not in chosen
+    assert {"worst", "monday", "dark"} <= set(chosen) and "es" in chosen
+    assert "image" not in chosen  # from "text in image:", the field label
