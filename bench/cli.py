@@ -11,6 +11,7 @@ inference 15 -> 70 posts/s on 2 busy cores). Worker processes started by the ben
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must precede libgomp's start (the torch import)
@@ -61,13 +62,11 @@ def machine() -> dict:
     import torch
 
     cpu = ""
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    except OSError:
-        pass
     from model.predictor import cpu_has_bf16_units
 
     info = {
@@ -78,12 +77,10 @@ def machine() -> dict:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "load_average_start": os.getloadavg()[0],
     }
-    try:
+    with contextlib.suppress(ImportError):
         import transformers
 
         info["transformers"] = transformers.__version__
-    except ImportError:
-        pass
     return info
 
 

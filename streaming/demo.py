@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import collections
 import dataclasses
 import os
@@ -417,11 +418,9 @@ def run_demo(settings: Settings, *, sample: Path, live: bool = True, rate: float
 def _hold(procs: list[WorkerProcess], web_port: int, say) -> None:
     """Keep the workers (and so the dashboard) up after the stream, until Ctrl-C or a worker exits."""
     say(f"stream done; the dashboard stays up at http://127.0.0.1:{web_port}/ until Ctrl-C")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         while all(w.alive() for w in procs):
             time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
 
 
 def _watch(progress: Progress, watcher: Watcher, procs: list[WorkerProcess], deadline: float, live: bool,

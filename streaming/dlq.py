@@ -1,6 +1,7 @@
 """Dead-letter records: what went wrong, where, and the original bytes (bounded)."""
 from __future__ import annotations
 
+import contextlib
 import base64
 import re
 import time
@@ -36,15 +37,13 @@ def dlq_record(raw: bytes, reason: str, stage: str, error: str, post_id: str | N
 
 def post_id_guess(raw: bytes) -> str | None:
     """Best-effort id for the DLQ key of a message that failed to parse; never raises."""
-    try:
+    with contextlib.suppress(Exception):  # not JSON at all: fall back to a scan of the bytes
         obj = orjson.loads(raw)
         if isinstance(obj, dict):
             found = obj.get("id")
             if isinstance(found, (str, int)) and not isinstance(found, bool) and str(found):
                 return str(found)[:MAX_ID_CHARS]
             return None
-    except Exception:  # noqa: BLE001 - fall back to a scan of the bytes
-        pass
     try:
         match = _ID_RE.search(bytes(raw[:MAX_RAW_BYTES]))
         if not match:

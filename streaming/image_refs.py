@@ -12,6 +12,7 @@ Every failure is ``InvalidPost(reason)``.
 """
 from __future__ import annotations
 
+import contextlib
 import base64
 import binascii
 import concurrent.futures
@@ -261,10 +262,8 @@ def _get_from(target: Target, address: str, max_bytes: int, deadline: float) -> 
 
 
 def _shutdown(sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):  # already closed by the peer
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 def _response(sock: socket.socket, resp: http.client.HTTPResponse, max_bytes: int,

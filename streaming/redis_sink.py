@@ -7,6 +7,7 @@ so the caller commits source offsets only after a successful return.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from datetime import datetime, timezone
@@ -105,10 +106,8 @@ class RedisSink:
                 delay = min(delay * 2, RETRY_MAX_S)
 
     async def _sleep(self, delay: float) -> None:
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):  # the normal case: no stop during the backoff
             await asyncio.wait_for(self._stop.wait(), delay)
-        except asyncio.TimeoutError:
-            pass
 
     async def _write_once(self, results: list[dict]) -> None:
         s = self.settings

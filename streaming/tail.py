@@ -83,7 +83,7 @@ def tail(settings: Settings, *, from_beginning: bool = False, as_json: bool = Fa
                     if limit and seen >= limit:
                         break
     except KeyboardInterrupt:
-        pass
+        return seen  # Ctrl-C is how tail normally ends
     finally:
         consumer.close()
     return seen

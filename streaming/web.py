@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import socket
@@ -94,10 +95,8 @@ class LiveHub:
             _offer(q, None)  # ends every SSE response, so the web server can stop at once
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down
                 await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
-                pass
         if self._client is not None:
             await self._client.aclose()
 
@@ -120,10 +119,8 @@ class LiveHub:
                 log.warning("live channel subscription lost (%s: %s); retrying in 1s", type(e).__name__, e)
                 await asyncio.sleep(1.0)
             finally:
-                try:
+                with contextlib.suppress(Exception):
                     await pubsub.aclose()
-                except Exception:  # noqa: BLE001
-                    pass
 
     # --- messages -------------------------------------------------------------------------------
 
@@ -319,11 +316,9 @@ def _offer(q: asyncio.Queue, item, force: bool = False) -> bool:
         return True
     except asyncio.QueueFull:
         if force:
-            try:
+            with contextlib.suppress(asyncio.QueueEmpty, asyncio.QueueFull):
                 q.get_nowait()
                 q.put_nowait(item)
-            except (asyncio.QueueEmpty, asyncio.QueueFull):
-                pass
         return False
 
 
@@ -429,17 +424,16 @@ def register_web(app: faust.App, settings: Settings, rule: AlertRule = AlertRule
             await response.prepare(request)
             q = hub.subscribe()
             try:
-                await response.write(b"retry: 2000\n\nevent: stats\ndata: " + orjson.dumps(hub.stats()) + b"\n\n")
-                while True:
-                    try:
-                        frame = await asyncio.wait_for(q.get(), SSE_PING_S)
-                    except asyncio.TimeoutError:
-                        frame = b": ping\n\n"
-                    if frame is None:
-                        break
-                    await response.write(frame)
-            except (ConnectionResetError, RuntimeError):
-                pass  # the browser went away
+                with contextlib.suppress(ConnectionResetError, RuntimeError):  # the browser went away
+                    await response.write(b"retry: 2000\n\nevent: stats\ndata: " + orjson.dumps(hub.stats()) + b"\n\n")
+                    while True:
+                        try:
+                            frame = await asyncio.wait_for(q.get(), SSE_PING_S)
+                        except asyncio.TimeoutError:
+                            frame = b": ping\n\n"
+                        if frame is None:
+                            break
+                        await response.write(frame)
             finally:
                 hub.unsubscribe(q)
             return response

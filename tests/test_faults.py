@@ -88,6 +88,12 @@ def audit(settings, posts: list[dict]) -> dict:
     }
 
 
+def record_audit(fault: str, a: dict, *, messages: int, started: float, notes: str) -> None:
+    """A reliability-table row for a scenario whose outcome is the audit of its valid posts."""
+    record(fault, messages=messages, results=len(a["stored"] & a["ids"]), dlq=len(a["dlq"]), lost=a["lost"],
+           double_counted=a["double_counted"], seconds=time.monotonic() - started, notes=notes)
+
+
 def assert_exact(a: dict) -> None:
     assert a["lost"] == 0, f"{a['lost']} posts lost"
     assert a["extra"] == 0
@@ -161,9 +167,8 @@ def test_sigkilled_classify_worker_loses_no_post_and_counts_none_twice(broker, r
 
     a = audit(s, posts)
     redelivered = len(results) - len({orjson.loads(r.value)["id"] for r in results})
-    record("classify worker SIGKILLed mid-stream, replaced", messages=N_CRASH, results=len(a["stored"] & a["ids"]),
-           dlq=len(a["dlq"]), lost=a["lost"], double_counted=a["double_counted"], seconds=time.monotonic() - started,
-           notes=f"killed after {before_kill} results; {redelivered} results redelivered on the output topic "
+    record_audit("classify worker SIGKILLed mid-stream, replaced", a, messages=N_CRASH, started=started,
+                 notes=f"killed after {before_kill} results; {redelivered} results redelivered on the output topic "
                  f"(at least once), none counted twice in Redis")
     assert_exact(a)
     assert before_kill < N_CRASH, "the kill must land mid-stream"
@@ -220,9 +225,8 @@ def test_redis_outage_mid_stream_retries_without_losing_or_double_counting(broke
     finally:
         server.stop()
 
-    record("Redis stopped ~10 s mid-stream, restarted", messages=len(posts), results=len(a["stored"] & a["ids"]),
-           dlq=len(a["dlq"]), lost=a["lost"], double_counted=a["double_counted"], seconds=time.monotonic() - started,
-           notes=f"{retries} sink retries with backoff; worker CPU {outage['cpu']:.1f} s in "
+    record_audit("Redis stopped ~10 s mid-stream, restarted", a, messages=len(posts), started=started,
+                 notes=f"{retries} sink retries with backoff; worker CPU {outage['cpu']:.1f} s in "
                  f"{outage['seconds']:.0f} s down; committed offsets frozen while down; "
                  f"caption cache skipped ({cache_skips} log lines), captioning continued")
     assert_exact(a)
@@ -324,10 +328,8 @@ def test_broker_unreachable_mid_stream_loses_nothing(redis_server, tiny_model_di
         worker.stop()
         a = audit(s, posts)
         broker.stop()
-    record("broker unreachable 10 s mid-stream (SIGSTOP), then back", messages=len(posts),
-           results=len(a["stored"] & a["ids"]), dlq=len(a["dlq"]), lost=a["lost"], double_counted=a["double_counted"],
-           seconds=time.monotonic() - started,
-           notes=f"the same worker reconnected by itself ({rejoined} rebalances) and caught up")
+    record_audit("broker unreachable 10 s mid-stream (SIGSTOP), then back", a, messages=len(posts), started=started,
+                 notes=f"the same worker reconnected by itself ({rejoined} rebalances) and caught up")
     assert_exact(a)
 
 
@@ -368,10 +370,8 @@ def test_worker_survives_a_broker_restart_and_keeps_what_was_acknowledged(redis_
         worker.stop()
         a = audit(s, before)
         broker.stop()
-    record("broker process restarted (memory storage: data lost)", messages=len(before),
-           results=len(a["stored"] & a["ids"]), dlq=len(a["dlq"]), lost=a["lost"], double_counted=a["double_counted"],
-           seconds=time.monotonic() - started,
-           notes="worker survived and rejoined by itself; results acknowledged before the outage kept, counted "
+    record_audit("broker process restarted (memory storage: data lost)", a, messages=len(before), started=started,
+                 notes="worker survived and rejoined by itself; results acknowledged before the outage kept, counted "
                  "once. Limit: Tansu memory storage forgets topics, messages and offsets on restart and does not "
                  "signal out-of-range, so new posts are only proven for a broker that keeps its data (row above)")
     assert_exact(a)
@@ -489,10 +489,8 @@ def test_caption_timeout_setting_reaches_the_worker(broker, redis_server, tiny_m
     errors = collections.Counter(x["image_error"] for x in results)
     assert set(errors) <= {None, "caption_timeout"} and errors["caption_timeout"] >= 1, errors
     a = audit(s, posts)
-    record("worker with caption_timeout_s=0.01 (real captioner)", messages=len(posts),
-           results=len(a["stored"] & a["ids"]), dlq=len(a["dlq"]), lost=a["lost"], double_counted=a["double_counted"],
-           seconds=time.monotonic() - started,
-           notes=f"{errors['caption_timeout']} of {len(results)} image posts text-only with image_error=caption_timeout")
+    record_audit("worker with caption_timeout_s=0.01 (real captioner)", a, messages=len(posts), started=started,
+                 notes=f"{errors['caption_timeout']} of {len(results)} image posts text-only with image_error=caption_timeout")
     assert_exact(a)
 
 
@@ -530,10 +528,8 @@ def test_worker_with_a_redis_password_works_end_to_end_and_never_logs_a_secret(b
     assert_exact(a)
     assert "classified batch" in log
     assert redis_pw not in log and kafka_pw not in log, "a secret was written to the worker log"
-    record("Redis with requirepass, worker given the password", messages=len(posts),
-           results=len(a["stored"] & a["ids"]), dlq=len(a["dlq"]), lost=a["lost"], double_counted=a["double_counted"],
-           seconds=time.monotonic() - started,
-           notes=f"{len(log.splitlines())} debug log lines, no secret in them")
+    record_audit("Redis with requirepass, worker given the password", a, messages=len(posts), started=started,
+                 notes=f"{len(log.splitlines())} debug log lines, no secret in them")
 
 
 def test_kafka_sasl_ssl_and_redis_tls_settings_reach_the_clients():

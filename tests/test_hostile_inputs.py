@@ -55,7 +55,7 @@ class _Handler(BaseHTTPRequestHandler):
     hits: list[str] = []
 
     def log_message(self, *args):
-        pass
+        """Keep test output quiet."""
 
     def do_GET(self):
         _Handler.hits.append(self.path)

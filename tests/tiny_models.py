@@ -6,12 +6,12 @@ import shutil
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, BertConfig, BertModel, RobertaConfig, RobertaModel
+from transformers import AutoTokenizer, RobertaConfig, RobertaModel
 
 from model.aligned import AlignedClassifier
 from model.config import AlignedConfig
 from model.deploy import save_pretrained
-from model.encoders import resolve_encoder
+from model.encoders import resolve_encoder, tiny_random_encoder
 
 
 def bert_tokenizer():
@@ -31,12 +31,6 @@ def roberta_tokenizer(directory: Path):
     return AutoTokenizer.from_pretrained(str(directory), use_fast=True)
 
 
-def tiny_bert(vocab_size: int, max_length: int = 64) -> BertModel:
-    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=max_length + 2)
-    return BertModel(config, add_pooling_layer=False)
-
-
 def tiny_roberta(vocab_size: int, max_length: int = 64) -> RobertaModel:
     # RoBERTa positions start after padding_idx: max_position_embeddings must be max_length + 2
     config = RobertaConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -48,8 +42,7 @@ def tiny_classifier(kind: str = "bert", emotions: bool = False, top_k: int = 4, 
                     scratch: Path | None = None, **overrides):
     torch.manual_seed(0)
     if kind == "bert":
-        tokenizer = bert_tokenizer()
-        encoder = tiny_bert(len(tokenizer), max_length)
+        encoder, tokenizer = tiny_random_encoder(max_length=max_length)
     else:
         tokenizer = roberta_tokenizer((scratch or Path("/tmp")) / "roberta-tok")
         encoder = tiny_roberta(len(tokenizer), max_length)

@@ -1,6 +1,7 @@
 """The in-memory form every dataset loader returns, whatever the raw layout on disk."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -89,10 +90,8 @@ def decode_text(raw: bytes) -> str:
     byte and so cannot fail.
     """
     for enc in ("utf-8-sig", "cp1252"):
-        try:
+        with contextlib.suppress(UnicodeDecodeError):
             return raw.decode(enc)
-        except UnicodeDecodeError:
-            pass
     return raw.decode("latin-1")
 
 
