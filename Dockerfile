@@ -20,6 +20,7 @@ WORKDIR /app
 # torch first, from the chosen index, so the resolver never pulls the multi-GB default CUDA build
 RUN pip install --index-url "$TORCH_INDEX" torch==2.13.0
 COPY pyproject.toml README.md ./
+COPY affectstream ./affectstream
 COPY model ./model
 COPY training ./training
 COPY streaming ./streaming

@@ -10,8 +10,8 @@ from typing import Callable
 
 
 def offline_images_per_s(n: int, batch: int, rounds: int) -> float:
-    from model.captioners import build_captioner
-    from bench.workload import images
+    from affectstream.model.captioners import build_captioner
+    from affectstream.bench.workload import images
 
     describer = build_captioner("offline")
     pictures = images(n)
@@ -52,8 +52,8 @@ def blip_dir(root: Path, image_size: int | None = None) -> Path:
 
 
 def vlm_images_per_s(directory: Path, n: int, batch: int, max_new_tokens: int, device: str) -> float:
-    from model.captioners import VLMCaptioner, VLMConfig
-    from bench.workload import images
+    from affectstream.model.captioners import VLMCaptioner, VLMConfig
+    from affectstream.bench.workload import images
 
     captioner = VLMCaptioner(VLMConfig(model=str(directory), device=device, batch_size=batch,
                                        max_new_tokens=max_new_tokens))
@@ -67,8 +67,8 @@ def vlm_images_per_s(directory: Path, n: int, batch: int, max_new_tokens: int, d
 def cache_hits_per_s(redis_url: str, lookups: int, concurrency: int) -> dict:
     """RedisSink.get_caption on hits: one at a time, and `concurrency` at once (the caption agent
     looks up a whole micro-batch with asyncio.gather)."""
-    from streaming.redis_sink import RedisSink
-    from streaming.settings import Settings
+    from affectstream.streaming.worker.redis_sink import RedisSink
+    from affectstream.streaming.worker.settings import Settings
 
     async def main() -> dict:
         sink = RedisSink(Settings(redis_url=redis_url, redis_prefix="benchcache:"))
@@ -92,7 +92,7 @@ def cache_hits_per_s(redis_url: str, lookups: int, concurrency: int) -> dict:
 
 def run(root: Path, *, offline_n: int, offline_rounds: int, vlm_n: int, vlm_batch: int, vlm_tokens: int,
         vlm_image_size: int | None, cache_lookups: int, device: str, say: Callable[[str], None]) -> dict:
-    from streaming.services import start_redis
+    from affectstream.streaming.tools.services import start_redis
 
     out: dict = {}
     say("  offline describer ...")

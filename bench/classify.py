@@ -27,7 +27,7 @@ from typing import Callable
 import orjson
 import torch
 
-from bench.workload import Shape
+from affectstream.bench.workload import Shape
 
 
 @dataclass
@@ -89,14 +89,14 @@ def matmul_peak(dtype: torch.dtype, m: int, k: int, n: int, device: torch.device
 # --- the three variants ----------------------------------------------------------------------------
 
 def load_serving(directory: Path, device: str, batch_size: int, threads: int = 0):
-    from model.predictor import BatchPredictor
+    from affectstream.model.predictor import BatchPredictor
 
     return BatchPredictor.from_directory(directory, device=device, threads=threads, batch_size=batch_size)
 
 
 def load_naive(directory: Path, device: str):
     """The same deployed model, fp32, eager, as a straightforward agent would call it: one post at a time."""
-    from model.predictor import BatchPredictor
+    from affectstream.model.predictor import BatchPredictor
 
     return BatchPredictor.from_directory(directory, device=device, dtype="fp32", batch_size=1)
 
@@ -174,7 +174,7 @@ def model_only(shape: Shape, root: Path, *, pairs: list[tuple[str, str]], batch_
 
 def forward_utilisation(shape: Shape, serving, pairs: list[tuple[str, str]], batch: int, rounds: int) -> dict:
     """Time the serving model's forward alone on length-sorted micro-batches of `batch` posts."""
-    from model.tokenization import encode_pairs
+    from affectstream.model.tokenization import encode_pairs
 
     order = sorted(pairs, key=lambda p: len(p[0]) + len(p[1]))
     batches = []

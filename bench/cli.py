@@ -67,7 +67,7 @@ def machine() -> dict:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    from model.predictor import cpu_has_bf16_units
+    from affectstream.model.predictor import cpu_has_bf16_units
 
     info = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -88,8 +88,8 @@ def run_bench(sizes: Sizes, *, shapes: tuple[str, ...], e2e: bool, caption: bool
               say=print) -> dict:
     import torch
 
-    from bench import classify, workload
-    from model.predictor import pick_device
+    from affectstream.bench import classify, workload
+    from affectstream.model.predictor import pick_device
 
     dev = pick_device(device)
     root = workload.scratch_dir()
@@ -111,7 +111,7 @@ def run_bench(sizes: Sizes, *, shapes: tuple[str, ...], e2e: bool, caption: bool
             rounds=sizes.rounds, device=device, say=say)
         torch.cuda.empty_cache() if dev.type == "cuda" else None
     if e2e and built:
-        from bench import e2e as e2e_bench
+        from affectstream.bench import e2e as e2e_bench
 
         say("end to end (real broker + Redis, one classify worker) ...")
         shape = built[0][0]
@@ -122,7 +122,7 @@ def run_bench(sizes: Sizes, *, shapes: tuple[str, ...], e2e: bool, caption: bool
             caption_images=sizes.caption_images if caption else 0, say=say)
         results["e2e"]["shape"] = shape.name
     if caption:
-        from bench import caption as caption_bench
+        from affectstream.bench import caption as caption_bench
 
         say("captioning ...")
         results["caption"] = caption_bench.run(

@@ -73,7 +73,7 @@ def _post(post_id: str, pair: tuple[str, str]) -> bytes:
 
 def _produce(settings, pairs: list[tuple[str, str]], prefix: str, rate: float = 0.0) -> list[str]:
     """Produce to the enriched topic; with a rate, pace sends (created_at stamped at each send)."""
-    from streaming.producer import produce_lines
+    from affectstream.streaming.tools.producer import produce_lines
 
     ids = [f"{prefix}-{i}" for i in range(len(pairs))]
     lines = (_post(i, pair) for i, pair in zip(ids, pairs))  # lazy: created_at is the send moment
@@ -100,9 +100,9 @@ def peak_rss_mb(pid: int) -> float:
 def run(model_dir: Path, *, burst: int, load_seconds: float, loads: tuple[float, ...], batch_max: int,
         batch_window_s: float, device: str, threads: int, pairs: list[tuple[str, str]],
         caption_images: int, say: Callable[[str], None]) -> dict:
-    from streaming.demo import WorkerProcess
-    from streaming.services import EmbeddedServices
-    from streaming.settings import Settings
+    from affectstream.streaming.tools.demo import WorkerProcess
+    from affectstream.streaming.tools.services import EmbeddedServices
+    from affectstream.streaming.worker.settings import Settings
 
     run_id = uuid.uuid4().hex[:8]
     requested = Settings(broker_url="", redis_url="", app_id=f"affectstream-bench-{run_id}",
@@ -151,7 +151,7 @@ def run(model_dir: Path, *, burst: int, load_seconds: float, loads: tuple[float,
             # a caption worker (offline describer) on image posts, for its memory
             if caption_images:
                 caption_worker = WorkerProcess(s, "caption", loglevel="warning")
-                from bench.workload import images
+                from affectstream.bench.workload import images
                 import base64
                 import io
 
@@ -161,7 +161,7 @@ def run(model_dir: Path, *, burst: int, load_seconds: float, loads: tuple[float,
                     image.save(buffer, format="JPEG", quality=85)
                     posts.append(orjson.dumps({"id": f"img-{i}", "text": "look at this",
                                                "image": {"b64": base64.b64encode(buffer.getvalue()).decode()}}))
-                from streaming.producer import produce_lines
+                from affectstream.streaming.tools.producer import produce_lines
 
                 produce_lines(s, posts, topic=s.topic_posts)
                 ok = live.wait_for([f"img-{i}" for i in range(caption_images)], 180)

@@ -91,7 +91,7 @@ def minilm_dir(root: Path) -> Shape:
     """The packaged MiniLM-L6 with fresh heads, as `affectstream demo` deploys it untrained."""
     import json
 
-    from model.deploy import build_untrained
+    from affectstream.model.deploy import build_untrained
 
     directory = root / "minilm"
     if not (directory / "model.safetensors").exists():
@@ -110,9 +110,9 @@ def roberta_base_dir(root: Path, layers: int | None = None) -> Shape:
     import torch
     from transformers import AutoTokenizer, RobertaConfig, RobertaModel
 
-    from model.aligned import AlignedClassifier
-    from model.config import AlignedConfig
-    from model.deploy import save_pretrained
+    from affectstream.model.aligned import AlignedClassifier
+    from affectstream.model.config import AlignedConfig
+    from affectstream.model.deploy import save_pretrained
 
     name = "roberta-base" if layers is None else f"roberta-base-{layers}l"
     directory = root / name

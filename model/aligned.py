@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from transformers import PreTrainedModel
 
-from model.config import AlignedConfig
+from affectstream.model.config import AlignedConfig
 
 
 @dataclass

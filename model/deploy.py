@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from model.aligned import AlignedClassifier
-from model.config import AlignedConfig
-from model.encoders import OFFLINE_ENCODER, encoder_from_config, load_encoder
+from affectstream.model.aligned import AlignedClassifier
+from affectstream.model.config import AlignedConfig
+from affectstream.model.encoders import OFFLINE_ENCODER, encoder_from_config, load_encoder
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

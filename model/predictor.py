@@ -21,11 +21,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.aligned import AlignedClassifier, AlignedOutput
-from model.config import AlignedConfig
-from model.deploy import load_pretrained
-from model.rationale import RationaleWord, TokenSpan, merge_to_words
-from model.tokenization import SOURCE_NAMES, encode_pairs
+from affectstream.model.aligned import AlignedClassifier, AlignedOutput
+from affectstream.model.config import AlignedConfig
+from affectstream.model.deploy import load_pretrained
+from affectstream.model.rationale import RationaleWord, TokenSpan, merge_to_words
+from affectstream.model.tokenization import SOURCE_NAMES, encode_pairs
 
 
 @dataclass

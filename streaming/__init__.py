@@ -1,1 +1,1 @@
-"""affectstream.streaming: the faust app, its agents, sinks, embedded services and the command line."""
+"""affectstream.streaming: the worker (production), the operators' view (monitor) and the local tools."""

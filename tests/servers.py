@@ -9,8 +9,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from streaming.services import RunningService, start_broker, start_redis
-from streaming.settings import Settings
+from affectstream.streaming.tools.services import RunningService, start_broker, start_redis
+from affectstream.streaming.worker.settings import Settings
 
 __all__ = ["broker", "redis_server", "settings_for"]
 

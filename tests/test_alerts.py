@@ -12,12 +12,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streaming.alerts import AlertRule, claim_alert, detect_shift, make_alert, two_proportion_z, windows_for
-from streaming.demo import WorkerProcess
-from streaming.producer import produce_lines
-from streaming.redis_sink import minute_bucket, redis_client
-from streaming.services import free_port
-from streaming.web import LiveHub
+from affectstream.streaming.monitor.alerts import AlertRule, claim_alert, detect_shift, make_alert, two_proportion_z, windows_for
+from affectstream.streaming.tools.demo import WorkerProcess
+from affectstream.streaming.tools.producer import produce_lines
+from affectstream.streaming.worker.redis_sink import minute_bucket, redis_client
+from affectstream.streaming.tools.services import free_port
+from affectstream.streaming.monitor.web import LiveHub
 from tests.servers import settings_for
 from tests.test_pipeline import make_settings, read_topic, stored_ids, wait_for
 
@@ -142,7 +142,7 @@ def pick_texts(model_dir: str) -> tuple[list[str], list[str]]:
     nothing, but they are deterministic, and the alert rule only sees labels)."""
     import itertools
 
-    from model.predictor import BatchPredictor
+    from affectstream.model.predictor import BatchPredictor
 
     predictor = BatchPredictor.from_directory(model_dir, device="cpu")
     words = ["love", "hate", "screen", "battery", "coffee", "great", "awful", "slow", "fast", "broken", "today",

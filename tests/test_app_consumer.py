@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from streaming.app import FETCH_MAX_WAIT_MS, create_app
-from streaming.settings import Settings
+from affectstream.streaming.worker.app import FETCH_MAX_WAIT_MS, create_app
+from affectstream.streaming.worker.settings import Settings
 
 
 def test_worker_consumer_uses_short_fetch_wait():

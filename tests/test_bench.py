@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 @pytest.mark.slow
 def test_quick_bench_runs_and_reports_every_figure(tmp_path):
-    from bench.cli import bench
+    from affectstream.bench.cli import bench
 
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(bench, ["--quick", "--json", str(out)], catch_exceptions=False)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from model.captioners import Captioner, OfflineDescriber, build_captioner
-from model.captioners.offline import clean_text, scene_attributes
+from affectstream.model.captioners import Captioner, OfflineDescriber, build_captioner
+from affectstream.model.captioners.offline import clean_text, scene_attributes
 
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
 # objects: a, b. [text in image: "...".] [scene: x, y.]
@@ -165,7 +165,7 @@ def test_vlm_spec_loads_a_local_model_and_describes_each_image(tmp_path: Path) -
 
 @pytest.mark.slow
 def test_vlm_chat_model_gets_the_prompt_and_returns_only_new_tokens(tmp_path: Path) -> None:
-    from model.captioners.vlm import VLMCaptioner, VLMConfig
+    from affectstream.model.captioners.vlm import VLMCaptioner, VLMConfig
 
     template = "{% for m in messages %}{% for c in m['content'] %}{{ c.get('text', '') }}{% endfor %}{% endfor %}"
     _tiny_blip(tmp_path, chat_template=template)

@@ -8,9 +8,9 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from streaming.cli import main, parse_set, settings_options
-from streaming.services import create_topics
-from streaming.settings import Settings
+from affectstream.cli import main, parse_set, settings_options
+from affectstream.streaming.tools.services import create_topics
+from affectstream.streaming.worker.settings import Settings
 from tests.servers import settings_for
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from streaming.settings import ENV_PREFIX, Settings
+from affectstream.streaming.worker.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"

@@ -21,9 +21,9 @@ import aiohttp
 import orjson
 import pytest
 
-from streaming.demo import WorkerProcess
-from streaming.producer import produce_lines
-from streaming.services import free_port
+from affectstream.streaming.tools.demo import WorkerProcess
+from affectstream.streaming.tools.producer import produce_lines
+from affectstream.streaming.tools.services import free_port
 from tests.test_alerts import pick_texts
 from tests.test_pipeline import make_settings, stored_ids, wait_for
 
@@ -203,7 +203,7 @@ def test_dashboard_shows_the_streamed_brands_and_posts_and_updates_live(broker, 
 
 
 def test_the_demo_replays_the_sample_as_if_it_were_happening_now():
-    from streaming.demo import shift_to_now
+    from affectstream.streaming.tools.demo import shift_to_now
 
     lines = [orjson.dumps({"id": "a", "text": "x", "created_at": 1_000}), b"not json {",
              orjson.dumps({"id": "b", "text": "y", "created_at": 61_000}), orjson.dumps({"id": "c", "text": "z"})]

@@ -16,14 +16,14 @@ from PIL import Image
 
 from tests.dataset_fixtures import (NON_UTF8_TEXT, write_clmlf_split, write_msed, write_mvsa_multiple,
                                     write_mvsa_single, write_vader_sdist, write_vader_tweets)
-from training.datasets import KINDS, load_dataset, render_meme
-from training.datasets.jsonl import load_jsonl
-from training.datasets.msed import join_title_caption
-from training.datasets.mvsa import LabelLine, Rejected, combine_labels, parse_label_line
-from training.datasets.proxy import POST_TEXTS, load_proxy
-from training.datasets.vader import CITATION, Tweet, ensure_sdist, label_for, parse_tweet_line
-from training.samples import EMOTIONS, SENTIMENTS, Dataset, Sample, decode_text
-from training.splits import load_split_file, stratified_split
+from affectstream.training.datasets import KINDS, load_dataset, render_meme
+from affectstream.training.datasets.jsonl import load_jsonl
+from affectstream.training.datasets.msed import join_title_caption
+from affectstream.training.datasets.mvsa import LabelLine, Rejected, combine_labels, parse_label_line
+from affectstream.training.datasets.proxy import POST_TEXTS, load_proxy
+from affectstream.training.datasets.vader import CITATION, Tweet, ensure_sdist, label_for, parse_tweet_line
+from affectstream.training.samples import EMOTIONS, SENTIMENTS, Dataset, Sample, decode_text
+from affectstream.training.splits import load_split_file, stratified_split
 
 
 def _labels(ds: Dataset) -> dict[str, str]:

@@ -5,11 +5,11 @@ import math
 
 import pytest
 
-from training.baselines import vader_rule_baseline
-from training.card import VADER_CITATION, dataset_info, render_card
-from training.evaluate import classification_metrics, format_report, format_table
-from training.plots import plot_confusion, plot_curves
-from training.samples import Dataset, Sample
+from affectstream.training.baselines import vader_rule_baseline
+from affectstream.training.card import VADER_CITATION, dataset_info, render_card
+from affectstream.training.evaluate import classification_metrics, format_report, format_table
+from affectstream.training.plots import plot_confusion, plot_curves
+from affectstream.training.samples import Dataset, Sample
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LABELS = ("a", "b", "c")

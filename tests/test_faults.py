@@ -1,6 +1,6 @@
 """Faults on the real Tansu broker and the real redis-server: no post lost, none counted twice.
 
-Each scenario runs workers as subprocesses (``python -m streaming.cli worker``) exactly as deployed,
+Each scenario runs workers as subprocesses (``python -m affectstream.cli worker``) exactly as deployed,
 with its own topics, consumer group and Redis prefix, breaks something mid-stream, and then checks every
 post: exactly one ``post:{id}`` key, per-brand counts equal to the number of distinct posts, and nothing
 valid in the dead-letter topic. Each scenario also reports a row of the reliability table
@@ -22,12 +22,12 @@ import orjson
 import pytest
 from PIL import Image
 
-from streaming.caption import Captioning
-from streaming.demo import WorkerProcess
-from streaming.producer import produce_lines
-from streaming.redis_sink import RedisSink
-from streaming.reliability import record
-from streaming.services import bootstrap_servers, create_topics, free_port, start_broker, start_redis
+from affectstream.streaming.worker.caption import Captioning
+from affectstream.streaming.tools.demo import WorkerProcess
+from affectstream.streaming.tools.producer import produce_lines
+from affectstream.streaming.worker.redis_sink import RedisSink
+from affectstream.bench.reliability import record
+from affectstream.streaming.tools.services import bootstrap_servers, create_topics, free_port, start_broker, start_redis
 from tests.servers import settings_for
 from tests.test_pipeline import (BRANDS, brand_counts, lines_of, make_settings, read_topic, redis_client,
                                  stored_ids, text_posts, wait_for, workers)
@@ -541,9 +541,9 @@ def test_kafka_sasl_ssl_and_redis_tls_settings_reach_the_clients():
     import faust
     from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-    from streaming.app import create_app
-    from streaming.redis_sink import redis_client as make_redis_client
-    from streaming.services import kafka_client_kwargs, redis_client_kwargs
+    from affectstream.streaming.worker.app import create_app
+    from affectstream.streaming.worker.redis_sink import redis_client as make_redis_client
+    from affectstream.streaming.tools.services import kafka_client_kwargs, redis_client_kwargs
 
     s = settings_for(broker_url="kafka://127.0.0.1:1", redis_url="redis://127.0.0.1:1/0",
                      kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
@@ -603,7 +603,7 @@ def test_weights_load_only_from_safetensors(tmp_path, tiny_model_dir, monkeypatc
 
     import torch
 
-    from model.predictor import BatchPredictor
+    from affectstream.model.predictor import BatchPredictor
 
     def no_pickles(*args, **kwargs):
         raise AssertionError("torch.load (pickle) must never be called to load a model")

@@ -33,13 +33,13 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings as hsettings, strategies as st
 from PIL import Image
 
-from model.captioners.base import NoCaptioner
-from streaming.caption import Captioning
-from streaming.dlq import STAGES
-from streaming.image_refs import fetch_url, is_public_address
-from streaming.producer import produce_lines
-from streaming.reliability import FULL_ENV, record
-from streaming.schemas import REASONS, InvalidPost, parse_post
+from affectstream.model.captioners.base import NoCaptioner
+from affectstream.streaming.worker.caption import Captioning
+from affectstream.streaming.worker.dlq import STAGES
+from affectstream.streaming.worker.image_refs import fetch_url, is_public_address
+from affectstream.streaming.tools.producer import produce_lines
+from affectstream.bench.reliability import FULL_ENV, record
+from affectstream.streaming.worker.schemas import REASONS, InvalidPost, parse_post
 from tests.servers import settings_for
 from tests.test_pipeline import (BRANDS, brand_counts, make_settings, read_topic, stored_ids,
                                  wait_for, workers)

@@ -9,9 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from streaming.image_refs import check_url, fetch_url, is_public_address, load_image_bytes
-from streaming.schemas import ImageRef, InvalidPost
-from streaming.settings import Settings
+from affectstream.streaming.worker.image_refs import check_url, fetch_url, is_public_address, load_image_bytes
+from affectstream.streaming.worker.schemas import ImageRef, InvalidPost
+from affectstream.streaming.worker.settings import Settings
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 100
 

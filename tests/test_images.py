@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from model.images import ImageError, ImageLimits, decode_image, image_sha256
+from affectstream.model.images import ImageError, ImageLimits, decode_image, image_sha256
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:

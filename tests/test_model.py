@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from model.deploy import load_pretrained, save_pretrained
-from model.losses import aligned_objective, uniformity_loss
-from model.predictor import BatchPredictor
-from model.tokenization import SOURCE_IMAGE, SOURCE_SPECIAL, SOURCE_TEXT, encode_pairs
+from affectstream.model.deploy import load_pretrained, save_pretrained
+from affectstream.model.losses import aligned_objective, uniformity_loss
+from affectstream.model.predictor import BatchPredictor
+from affectstream.model.tokenization import SOURCE_IMAGE, SOURCE_SPECIAL, SOURCE_TEXT, encode_pairs
 from tests.tiny_models import tiny_classifier
 
 PAIRS = [

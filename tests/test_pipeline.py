@@ -1,6 +1,6 @@
 """The pipeline end to end on a real Kafka-protocol broker (Tansu) and a real redis-server.
 
-Workers run as subprocesses (``python -m streaming.cli worker``) configured through AFFECTSTREAM_*
+Workers run as subprocesses (``python -m affectstream.cli worker``) configured through AFFECTSTREAM_*
 variables, exactly as in production; every test has its own topics, consumer group and Redis prefix.
 """
 from __future__ import annotations
@@ -16,10 +16,10 @@ import orjson
 import pytest
 import redis
 
-from streaming.demo import WorkerProcess
-from streaming.producer import produce_lines
-from streaming.sample.make_sample import meme
-from streaming.services import bootstrap_servers, create_topics
+from affectstream.streaming.tools.demo import WorkerProcess
+from affectstream.streaming.tools.producer import produce_lines
+from affectstream.streaming.tools.sample.make_sample import meme
+from affectstream.streaming.tools.services import bootstrap_servers, create_topics
 from tests.servers import settings_for
 
 pytestmark = pytest.mark.integration

@@ -2,8 +2,8 @@
 import pytest
 from hypothesis import given, strategies as st
 
-from model.rationale import RationaleWord, TokenSpan, merge_to_words, word_at
-from model.tokenization import SOURCE_NAMES, encode_pairs
+from affectstream.model.rationale import RationaleWord, TokenSpan, merge_to_words, word_at
+from affectstream.model.tokenization import SOURCE_NAMES, encode_pairs
 from tests.tiny_models import bert_tokenizer, roberta_tokenizer
 
 
@@ -73,7 +73,7 @@ def test_merge_never_crashes_and_is_deduplicated_and_sorted(text, description, r
 
 @given(st.lists(st.tuples(st.text(max_size=80), st.text(max_size=80)), min_size=1, max_size=6))
 def test_fast_pair_encoding_matches_the_transformers_call(pairs):
-    from model.tokenization import encode_pairs as fast
+    from affectstream.model.tokenization import encode_pairs as fast
 
     tokenizer = bert_tokenizer_cached()
     texts, descriptions = [t for t, _ in pairs], [d for _, d in pairs]

@@ -10,8 +10,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from streaming.redis_sink import RedisSink, SinkStopped, minute_bucket, redis_client
-from streaming.services import free_port, start_redis
+from affectstream.streaming.worker.redis_sink import RedisSink, SinkStopped, minute_bucket, redis_client
+from affectstream.streaming.tools.services import free_port, start_redis
 from tests.servers import settings_for
 
 T0 = 1_795_946_400_000  # 2026-11-29T10:00:00Z
@@ -129,7 +129,7 @@ def test_write_retries_through_an_outage_and_counts_exactly(caplog):
         await sink.close()
         return restart, counts
 
-    caplog.set_level(logging.WARNING, logger="streaming.redis_sink")
+    caplog.set_level(logging.WARNING, logger="affectstream.streaming.worker.redis_sink")
     restart, counts = asyncio.run(run())
     try:
         assert restarted.is_set()

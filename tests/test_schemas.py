@@ -4,10 +4,10 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from model.images import ImageError
-from streaming.dlq import dlq_record, post_id_guess, MAX_RAW_BYTES
-from streaming.schemas import REASONS, ImageRef, InvalidPost, Post, make_result, parse_post
-from streaming.settings import Settings
+from affectstream.model.images import ImageError
+from affectstream.streaming.worker.dlq import dlq_record, post_id_guess, MAX_RAW_BYTES
+from affectstream.streaming.worker.schemas import REASONS, ImageRef, InvalidPost, Post, make_result, parse_post
+from affectstream.streaming.worker.settings import Settings
 
 S = Settings()
 

@@ -14,9 +14,9 @@ from redis.retry import Retry
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
-from streaming.services import (EmbeddedServices, bootstrap_servers, create_topics, kafka_client_kwargs,
+from affectstream.streaming.tools.services import (EmbeddedServices, bootstrap_servers, create_topics, kafka_client_kwargs,
                                 redis_client_kwargs, start_redis)
-from streaming.settings import Settings
+from affectstream.streaming.worker.settings import Settings
 from tests.servers import settings_for
 
 
@@ -112,8 +112,8 @@ def running(pid: int) -> bool:
 def test_children_die_when_the_parent_is_terminated(tmp_path):
     script = textwrap.dedent("""
         import sys, time
-        from streaming.services import EmbeddedServices
-        from streaming.settings import Settings
+        from affectstream.streaming.tools.services import EmbeddedServices
+        from affectstream.streaming.worker.settings import Settings
         with EmbeddedServices(Settings(broker_url="kafka://unused:1", redis_url="")) as svc:
             print(svc.services[0].pid, flush=True)
             time.sleep(60)

@@ -6,10 +6,10 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from model.deploy import load_pretrained
-from model.predictor import BatchPredictor
-from training.config import PRESETS
-from training.train import train
+from affectstream.model.deploy import load_pretrained
+from affectstream.model.predictor import BatchPredictor
+from affectstream.training.config import PRESETS
+from affectstream.training.train import train
 
 WORDS = {"positive": ["love", "great", "awesome"], "negative": ["hate", "awful", "terrible"], "neutral": ["table", "monday", "blue"]}
 
@@ -63,7 +63,7 @@ def test_resume_continues_from_checkpoint(tmp_path, keyword_jsonl):
 
 
 def test_ablation_command_prints_one_table(tmp_path, keyword_jsonl):
-    from streaming.cli import main
+    from affectstream.cli import main
 
     result = CliRunner().invoke(main, ["ablate", "--preset", "tiny", "--dataset", "jsonl", "--data-path", str(keyword_jsonl),
                                        "--epochs", "1", "--run-dir", str(tmp_path / "abl")])

@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, RobertaConfig, RobertaModel
 
-from model.aligned import AlignedClassifier
-from model.config import AlignedConfig
-from model.deploy import save_pretrained
-from model.encoders import resolve_encoder, tiny_random_encoder
+from affectstream.model.aligned import AlignedClassifier
+from affectstream.model.config import AlignedConfig
+from affectstream.model.deploy import save_pretrained
+from affectstream.model.encoders import resolve_encoder, tiny_random_encoder
 
 
 def bert_tokenizer():

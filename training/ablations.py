@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.config import TrainConfig
-from training.train import train
+from affectstream.training.config import TrainConfig
+from affectstream.training.train import train
 
 VARIANTS: dict[str, dict] = {
     "full method": {},
@@ -36,7 +36,7 @@ def attach_to_model(out_dir: str | Path, rows: list[dict]) -> str:
     """Add the ablation table to an exported model's card.md and metrics.json; returns the table."""
     import json
 
-    from training.evaluate import format_table
+    from affectstream.training.evaluate import format_table
 
     out_dir = Path(out_dir)
     table = format_table(rows, ["variant", "test set", "accuracy", "weighted_f1", "macro_f1"])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from training.samples import Sample
+from affectstream.training.samples import Sample
 
 # The thresholds VADER's authors recommend for three-way classification of the compound score.
 POSITIVE_THRESHOLD = 0.05

@@ -18,8 +18,8 @@ import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from training.evaluate import format_report, format_table
-from training.samples import SPLITS, Dataset
+from affectstream.training.evaluate import format_report, format_table
+from affectstream.training.samples import SPLITS, Dataset
 
 VADER_CITATION = ("Hutto, C.J. & Gilbert, E.E. (2014). VADER: A Parsimonious Rule-based Model for Sentiment "
                   "Analysis of Social Media Text. ICWSM-14.")

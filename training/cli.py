@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from training.config import PRESETS, TrainConfig
+from affectstream.training.config import PRESETS, TrainConfig
 
 OPTIONS = [  # (flag, TrainConfig field, type)
     ("--dataset", "dataset", str), ("--data-path", "data_path", str), ("--split-file", "split_file", str),
@@ -43,14 +43,14 @@ def config_from(preset: str, extra_datasets: tuple[str, ...], no_resume: bool, *
 @click.option("--ablations", is_flag=True, help="Also train the ablations and add their table to the card.")
 def train(ablations: bool, **flags) -> None:
     """Train and export a deployed model directory (default: the offline default model)."""
-    from training.train import train as run_train
+    from affectstream.training.train import train as run_train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = config_from(**flags)
     result = run_train(cfg)
     print_summary(result.metrics)
     if ablations:
-        from training.ablations import attach_to_model, rows_of, run_ablations
+        from affectstream.training.ablations import attach_to_model, rows_of, run_ablations
 
         rows = rows_of("full method", result.metrics) + run_ablations(cfg, skip_full=True)
         click.echo("\nAblations\n" + attach_to_model(result.out_dir, rows))
@@ -61,8 +61,8 @@ def train(ablations: bool, **flags) -> None:
 @train_options
 def ablate(**flags) -> None:
     """Full method vs text only vs all tokens pooled vs λ = 0, printed as one table."""
-    from training.ablations import run_ablations
-    from training.evaluate import format_table
+    from affectstream.training.ablations import run_ablations
+    from affectstream.training.evaluate import format_table
 
     logging.basicConfig(level=logging.WARNING)
     rows = run_ablations(config_from(**flags))
@@ -79,12 +79,12 @@ def evaluate(model_dir: str, dataset: str, data_path: str | None, split: str, se
     """Score a deployed model directory on a dataset split."""
     import torch
 
-    from model.captioners import build_captioner
-    from model.deploy import load_pretrained
-    from training.datasets import load_dataset
-    from training.descriptions import describe_samples
-    from training.evaluate import format_report
-    from training.train import evaluate_split
+    from affectstream.model.captioners import build_captioner
+    from affectstream.model.deploy import load_pretrained
+    from affectstream.training.datasets import load_dataset
+    from affectstream.training.descriptions import describe_samples
+    from affectstream.training.evaluate import format_report
+    from affectstream.training.train import evaluate_split
 
     model, tokenizer, model_cfg = load_pretrained(model_dir)
     data = load_dataset(dataset, data_path, seed=seed)

@@ -12,9 +12,9 @@ from pathlib import Path
 import orjson
 from tqdm import tqdm
 
-from model.captioners import Captioner
-from model.images import ImageError, ImageLimits, decode_image, image_sha256
-from training.samples import Sample
+from affectstream.model.captioners import Captioner
+from affectstream.model.images import ImageError, ImageLimits, decode_image, image_sha256
+from affectstream.training.samples import Sample
 
 
 class DescriptionCache:

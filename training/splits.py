@@ -19,7 +19,7 @@ from pathlib import Path
 
 import orjson
 
-from training.samples import SENTIMENTS, Sample, bump
+from affectstream.training.samples import SENTIMENTS, Sample, bump
 
 # CLMLF's integer labels ("emotion_label" in their JSON files).
 CLMLF_LABELS: dict[int, str] = {0: "positive", 1: "neutral", 2: "negative"}

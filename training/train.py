@@ -19,18 +19,18 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from model.aligned import AlignedClassifier
-from model.captioners import build_captioner
-from model.config import AlignedConfig
-from model.deploy import save_pretrained
-from model.encoders import load_encoder
-from model.losses import aligned_objective
-from model.predictor import cpu_has_bf16_units
-from model.tokenization import encode_pairs
-from training.config import TrainConfig
-from training.datasets import load_dataset
-from training.descriptions import describe_samples
-from training.samples import EMOTIONS, SENTIMENTS, Dataset, Sample
+from affectstream.model.aligned import AlignedClassifier
+from affectstream.model.captioners import build_captioner
+from affectstream.model.config import AlignedConfig
+from affectstream.model.deploy import save_pretrained
+from affectstream.model.encoders import load_encoder
+from affectstream.model.losses import aligned_objective
+from affectstream.model.predictor import cpu_has_bf16_units
+from affectstream.model.tokenization import encode_pairs
+from affectstream.training.config import TrainConfig
+from affectstream.training.datasets import load_dataset
+from affectstream.training.descriptions import describe_samples
+from affectstream.training.samples import EMOTIONS, SENTIMENTS, Dataset, Sample
 
 log = logging.getLogger("affectstream.train")
 
@@ -96,7 +96,7 @@ def predict_labels(model: AlignedClassifier, tokenizer, samples: list[Sample], d
 
 
 def evaluate_split(model, tokenizer, samples, descriptions, cfg, device) -> dict:
-    from training.evaluate import classification_metrics
+    from affectstream.training.evaluate import classification_metrics
 
     predicted, predicted_emotion = predict_labels(model, tokenizer, samples, descriptions, cfg, device)
     metrics = classification_metrics([s.label for s in samples], predicted, SENTIMENTS)
@@ -269,8 +269,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
 
 def baselines_for(datasets: list[Dataset]) -> dict:
     """The VADER rule analyzer on the same test split, where the data is text (tweets)."""
-    from training.baselines import vader_rule_baseline
-    from training.evaluate import classification_metrics
+    from affectstream.training.baselines import vader_rule_baseline
+    from affectstream.training.evaluate import classification_metrics
 
     out = {}
     for d in datasets:
@@ -282,9 +282,9 @@ def baselines_for(datasets: list[Dataset]) -> dict:
 
 def export(model, tokenizer, out_dir: Path, metrics: dict, datasets: list[Dataset], ablations: list[dict] | None = None) -> None:
     """Deployed directory: weights + tokenizer + config, metrics.json, card.md and its plots."""
-    from training.card import dataset_info, render_card
-    from training.evaluate import format_report
-    from training.plots import plot_confusion, plot_curves
+    from affectstream.training.card import dataset_info, render_card
+    from affectstream.training.evaluate import format_report
+    from affectstream.training.plots import plot_confusion, plot_curves
 
     out_dir.mkdir(parents=True, exist_ok=True)
     primary = datasets[0]

@@ -6,9 +6,9 @@ without reading text), "none" (text-only ablation), "vlm:<hub id or local path>"
 
 from __future__ import annotations
 
-from model.captioners.base import Captioner, NoCaptioner, resolve_device
-from model.captioners.offline import OfflineConfig, OfflineDescriber
-from model.captioners.vlm import VLMCaptioner, VLMConfig
+from affectstream.model.captioners.base import Captioner, NoCaptioner, resolve_device
+from affectstream.model.captioners.offline import OfflineConfig, OfflineDescriber
+from affectstream.model.captioners.vlm import VLMCaptioner, VLMConfig
 
 __all__ = ["Captioner", "NoCaptioner", "OfflineConfig", "OfflineDescriber", "VLMCaptioner", "VLMConfig",
            "build_captioner", "resolve_device"]

@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import Image
 
-from model.captioners.base import resolve_device
+from affectstream.model.captioners.base import resolve_device
 
 AFFECT_PROMPT = ("Describe this image in one or two short sentences for sentiment analysis: the main "
                  "objects, people's facial expressions, the mood, and any text written in the image.")

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from training.datasets.jsonl import load_jsonl
-from training.datasets.msed import load_msed
-from training.datasets.mvsa import load_mvsa
-from training.datasets.proxy import load_proxy, render_meme
-from training.datasets.vader import load_vader
-from training.samples import Dataset
+from affectstream.training.datasets.jsonl import load_jsonl
+from affectstream.training.datasets.msed import load_msed
+from affectstream.training.datasets.mvsa import load_mvsa
+from affectstream.training.datasets.proxy import load_proxy, render_meme
+from affectstream.training.datasets.vader import load_vader
+from affectstream.training.samples import Dataset
 
 KINDS: tuple[str, ...] = ("mvsa-single", "mvsa-multiple", "msed", "vader", "jsonl", "proxy")
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import orjson
 
-from training.samples import EMOTIONS, SENTIMENTS, Dataset, Sample, bump
-from training.splits import assign_splits
+from affectstream.training.samples import EMOTIONS, SENTIMENTS, Dataset, Sample, bump
+from affectstream.training.splits import assign_splits
 
 _SPLIT_ALIASES = {"train": "train", "dev": "dev", "val": "dev", "valid": "dev", "validation": "dev",
                   "test": "test"}

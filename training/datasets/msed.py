@@ -17,8 +17,8 @@ import csv
 import io
 from pathlib import Path
 
-from training.samples import EMOTIONS, SENTIMENTS, SPLITS, Dataset, Sample, bump, decode_text
-from training.splits import assign_splits
+from affectstream.training.samples import EMOTIONS, SENTIMENTS, SPLITS, Dataset, Sample, bump, decode_text
+from affectstream.training.splits import assign_splits
 
 # Spellings seen in re-distributions of MSED; mapping them is cheaper than losing rows.
 _EMOTION_ALIASES = {"happy": "happiness", "joy": "happiness", "sadness": "sad", "angry": "anger",

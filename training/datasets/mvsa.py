@@ -27,8 +27,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.samples import SENTIMENTS, Dataset, Sample, bump, decode_text
-from training.splits import SplitFile, assign_splits, load_split_file
+from affectstream.training.samples import SENTIMENTS, Dataset, Sample, bump, decode_text
+from affectstream.training.splits import SplitFile, assign_splits, load_split_file
 
 LABEL_FILE = "labelResultAll.txt"
 # Ids become file names (data/{ID}.txt): a strict pattern keeps "../x" out of the path.

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from training.samples import SENTIMENTS, Dataset, Sample
-from training.splits import assign_splits
+from affectstream.training.samples import SENTIMENTS, Dataset, Sample
+from affectstream.training.splits import assign_splits
 
 NAME = "proxy-memes (synthetic)"
 DEFAULT_SIZE = 600

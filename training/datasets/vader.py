@@ -27,8 +27,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.samples import Dataset, Sample, bump, decode_text
-from training.splits import assign_splits
+from affectstream.training.samples import Dataset, Sample, bump, decode_text
+from affectstream.training.splits import assign_splits
 
 CITATION = ('C.J. Hutto and Eric Gilbert. "VADER: A Parsimonious Rule-based Model for Sentiment Analysis '
             'of Social Media Text". Eighth International Conference on Weblogs and Social Media '

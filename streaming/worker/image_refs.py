@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urljoin, urlsplit
 
-from streaming.schemas import ImageRef, InvalidPost
-from streaming.settings import Settings
+from affectstream.streaming.worker.schemas import ImageRef, InvalidPost
+from affectstream.streaming.worker.settings import Settings
 
 MAX_REDIRECTS = 3
 DNS_TIMEOUT_S = 5.0

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import orjson
 
-from streaming.settings import Settings
+from affectstream.streaming.worker.settings import Settings
 
 IMAGE_REASONS = frozenset({
     "image_empty", "image_too_large", "image_too_many_pixels", "image_format_not_allowed",

@@ -3,7 +3,7 @@ to the streaming pieces. Precedence: flags, then environment, then defaults (``S
 
 Other packages add their commands to the same group::
 
-    from streaming.cli import main
+    from affectstream.cli import main
     main.add_command(train)
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import click
 
-from streaming.settings import ENV_PREFIX, Settings, _coerce
+from affectstream.streaming.worker.settings import ENV_PREFIX, Settings, _coerce
 
 # torch's OpenMP threads spin while waiting by default; on shared or oversubscribed cores that turns every
 # small op into a wait for a descheduled thread (measured: naive inference 15 -> 70 posts/s). Must be set
@@ -117,12 +117,12 @@ def worker(settings: Settings, role: str, loglevel: str, create_topics: bool) ->
     """Run a faust worker for ROLE until SIGINT/SIGTERM."""
     import faust
 
-    from streaming.app import create_app
+    from affectstream.streaming.worker.app import create_app
 
     if not settings.broker_url or not settings.redis_url:
         raise click.UsageError("worker needs --broker and --redis (the embedded services are for `demo`)")
     if create_topics:
-        from streaming.services import create_topics as create
+        from affectstream.streaming.tools.services import create_topics as create
 
         create(settings)
     if role == "monitor":  # its own group: starting or stopping it never rebalances the processing workers
@@ -144,7 +144,7 @@ def produce(settings: Settings, file: str, topic: str | None, rate: float, progr
 
     The key is the post id when one can be read; lines that are not valid posts are sent as they are,
     so they reach the dead-letter topic with a reason."""
-    from streaming.producer import produce_file
+    from affectstream.streaming.tools.producer import produce_file
 
     stats = produce_file(settings, file, topic=topic, rate=rate, progress=progress)
     click.echo(f"sent {stats.sent} messages to {stats.topic} ({stats.without_key} without a readable id) "
@@ -159,7 +159,7 @@ def produce(settings: Settings, file: str, topic: str | None, rate: float, progr
 @settings_options
 def tail(settings: Settings, from_beginning: bool, as_json: bool, limit: int, dlq: bool) -> None:
     """Print results from the sentiment topic as they arrive."""
-    from streaming.tail import tail as run_tail
+    from affectstream.streaming.tools.tail import tail as run_tail
 
     run_tail(settings, from_beginning=from_beginning, as_json=as_json, limit=limit, dlq=dlq)
 
@@ -179,7 +179,7 @@ def tail(settings: Settings, from_beginning: bool, as_json: bool, limit: int, dl
 def demo(settings: Settings, sample: str, live: bool, rate: float, timeout_s: float, workers: int,
          embedded: bool, hold: bool) -> None:
     """Embedded broker + Redis, a model, a worker, the bundled sample, and a live per-brand view."""
-    from streaming.demo import run_demo
+    from affectstream.streaming.tools.demo import run_demo
 
     if embedded:
         settings = settings.replace(broker_url="", redis_url="")
@@ -191,7 +191,7 @@ def demo(settings: Settings, sample: str, live: bool, rate: float, timeout_s: fl
 @settings_options
 def topics(settings: Settings) -> None:
     """Create every topic with settings.partitions partitions (idempotent)."""
-    from streaming.services import create_topics
+    from affectstream.streaming.tools.services import create_topics
 
     create_topics(settings, timeout_s=120)  # a broker in a fresh cluster can take a while
     click.echo(f"topics ready on {settings.redacted()['broker_url']}")
@@ -199,9 +199,9 @@ def topics(settings: Settings) -> None:
 
 def _add_commands() -> None:
     # train / evaluate / ablate live with the trainer, bench with the benchmarks; the CLI only wires them in
-    from bench.cli import bench
-    from streaming.reliability import reliability
-    from training.cli import COMMANDS
+    from affectstream.bench.cli import bench
+    from affectstream.bench.reliability import reliability
+    from affectstream.training.cli import COMMANDS
 
     for command in (*COMMANDS, bench, reliability):
         main.add_command(command)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
 
-from streaming.settings import Settings
+from affectstream.streaming.worker.settings import Settings
 
 log = logging.getLogger(__name__)
 

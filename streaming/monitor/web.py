@@ -8,14 +8,14 @@
 * ``/api/alerts``: the newest sentiment-shift alerts (Redis list);
 * ``/api/stats``: throughput, DLQ counts and rate, model version;
 * ``/events``: server-sent events (``result``, ``alert``, ``stats``) fed from the ``{prefix}live`` channel;
-* ``/metrics``: Prometheus text format from ``streaming.metrics``;
+* ``/metrics``: Prometheus text format from ``affectstream.streaming.worker.metrics``;
 * ``/healthz``.
 
 A ``LiveHub`` subscribes to the live channels once per worker and fans out to the SSE clients; it also
 keeps the brand index (``{prefix}brands``: a sorted set brand -> newest data minute, epoch ms) and the
 set of brand-minutes that changed, which the alert timer evaluates every ``ALERT_INTERVAL_S`` (event
 time: a backfill or a lagging consumer is judged by the minutes its posts were written in). Every
-web-enabled worker runs the timer; ``streaming.alerts.claim_alert`` makes sure only one fires.
+web-enabled worker runs the timer; ``affectstream.streaming.monitor.alerts.claim_alert`` makes sure only one fires.
 
 Throughput counts results on the live channel (every worker's); the DLQ figures and stage counters come
 from this worker's Prometheus registry (scrape every worker's ``/metrics`` for the cluster view).
@@ -36,11 +36,11 @@ import faust
 import orjson
 from aiohttp import web as aioweb
 
-from streaming import metrics
-from streaming.alerts import AlertRule, claim_alert, detect_shift, make_alert, minute_range, windows_for
-from streaming.redis_sink import minute_bucket, redis_client
-from streaming.schemas import ALL_BRANDS
-from streaming.settings import Settings
+from affectstream.streaming.worker import metrics
+from affectstream.streaming.monitor.alerts import AlertRule, claim_alert, detect_shift, make_alert, minute_range, windows_for
+from affectstream.streaming.worker.redis_sink import minute_bucket, redis_client
+from affectstream.streaming.worker.schemas import ALL_BRANDS
+from affectstream.streaming.worker.settings import Settings
 
 log = logging.getLogger("affectstream.web")
 
@@ -348,7 +348,7 @@ def _model_version() -> str:
 
 
 def _asset(name: str) -> bytes:
-    return resources.files("streaming.dashboard").joinpath(name).read_bytes()
+    return resources.files("affectstream.streaming.monitor.dashboard").joinpath(name).read_bytes()
 
 
 def _int_arg(request, name: str, default: int, lo: int, hi: int) -> int:
@@ -466,12 +466,12 @@ def register_web(app: faust.App, settings: Settings, rule: AlertRule = AlertRule
 
 
 def main() -> None:
-    """``python -m streaming.web``: a monitor process — dashboard, API, ``/metrics`` and the alert timer, no
+    """``python -m affectstream.streaming.monitor.web``: a monitor process — dashboard, API, ``/metrics`` and the alert timer, no
     agents and no model — configured by ``AFFECTSTREAM_*`` variables. It joins its own consumer group
     (``<app_id>-monitor``), so starting or stopping it never rebalances the processing workers."""
     import sys
 
-    from streaming.app import create_app
+    from affectstream.streaming.worker.app import create_app
 
     settings = Settings.load({"web_enabled": True})
     settings = settings.replace(app_id=settings.app_id + "-monitor")

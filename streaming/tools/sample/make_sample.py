@@ -1,4 +1,4 @@
-"""Build the bundled demo sample: ``python -m streaming.sample.make_sample`` writes ``posts.jsonl``.
+"""Build the bundled demo sample: ``python -m affectstream.streaming.tools.sample.make_sample`` writes ``posts.jsonl``.
 
 Deterministic (fixed seed): short posts about four made-up brands with positive, negative and
 neutral wording; about 30% carry a small JPEG as ``{"b64": ...}`` (meme-style text images and simple

@@ -11,8 +11,8 @@ import orjson
 from rich.console import Console
 from rich.text import Text
 
-from streaming.services import bootstrap_servers, kafka_client_kwargs
-from streaming.settings import Settings
+from affectstream.streaming.tools.services import bootstrap_servers, kafka_client_kwargs
+from affectstream.streaming.worker.settings import Settings
 
 LABEL_STYLE = {"positive": "bold green", "negative": "bold red", "neutral": "bold yellow"}
 SOURCE_STYLE = {"text": "cyan", "image": "magenta"}

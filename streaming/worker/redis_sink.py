@@ -20,9 +20,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from streaming.schemas import ALL_BRANDS
-from streaming.services import redis_client_kwargs
-from streaming.settings import Settings
+from affectstream.streaming.worker.schemas import ALL_BRANDS
+from affectstream.streaming.tools.services import redis_client_kwargs
+from affectstream.streaming.worker.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import orjson
 
-from streaming.settings import ENV_PREFIX, Settings
+from affectstream.streaming.worker.settings import ENV_PREFIX, Settings
 
 STOP_TIMEOUT_S = 20.0
 
@@ -49,7 +49,7 @@ def settings_env(settings: Settings, base: dict | None = None) -> dict[str, str]
 
 
 class WorkerProcess:
-    """``python -m streaming.cli worker`` as a child process with its log in a file."""
+    """``python -m affectstream.cli worker`` as a child process with its log in a file."""
 
     def __init__(self, settings: Settings, role: str = "all", *, log_path: str | None = None,
                  extra_args: list[str] | None = None, loglevel: str = "info"):
@@ -59,7 +59,7 @@ class WorkerProcess:
             os.close(fd)
         self.log_path = log_path
         web = "--with-web" if settings.web_enabled else "--without-web"  # port: settings.web_port
-        cmd = [sys.executable, "-m", "streaming.cli", "worker", "--role", role, web,
+        cmd = [sys.executable, "-m", "affectstream.cli", "worker", "--role", role, web,
                "--no-create-topics", "--loglevel", loglevel, *(extra_args or [])]
         root = str(Path(__file__).resolve().parent.parent)
         env = settings_env(settings)
@@ -98,7 +98,7 @@ class WorkerProcess:
 
 def _die_with_parent():
     try:
-        from streaming.services import _die_with_parent as die
+        from affectstream.streaming.tools.services import _die_with_parent as die
         return die()
     except ImportError:
         return None
@@ -138,7 +138,7 @@ def dashboard_port(settings: Settings) -> int:
     """``settings.web_port`` when it is free, else any free port (a second demo, or a worker on 6066)."""
     import socket
 
-    from streaming.services import free_port
+    from affectstream.streaming.tools.services import free_port
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         try:
@@ -159,7 +159,7 @@ UNTRAINED_WARNING = """\
 
 def ensure_model(settings: Settings, say=print) -> tuple[Path, bool]:
     """(model directory, trained?) — the configured model if trained, else a cached untrained one."""
-    from model.deploy import build_untrained, is_trained
+    from affectstream.model.deploy import build_untrained, is_trained
 
     configured = Path(settings.model_dir)
     if is_trained(configured):
@@ -208,7 +208,7 @@ class Watcher:
         from kafka import KafkaConsumer, TopicPartition
         import redis
 
-        from streaming.services import bootstrap_servers, kafka_client_kwargs, redis_client_kwargs
+        from affectstream.streaming.tools.services import bootstrap_servers, kafka_client_kwargs, redis_client_kwargs
 
         self.settings, self.progress, self.since_ms = settings, progress, since_ms
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers(settings), group_id=None,
@@ -242,7 +242,7 @@ class Watcher:
                     p.recent.append(("result", value))
 
     def refresh_brands(self) -> None:
-        from streaming.schemas import ALL_BRANDS
+        from affectstream.streaming.worker.schemas import ALL_BRANDS
 
         prefix = self.settings.key("brand", "")
         counts: dict[str, collections.Counter] = {}
@@ -271,7 +271,7 @@ def render(progress: Progress, workers: list[WorkerProcess], trained: bool):
     from rich.table import Table
     from rich.text import Text
 
-    from streaming.tail import dlq_text, result_text
+    from affectstream.streaming.tools.tail import dlq_text, result_text
 
     p = progress
     elapsed = time.monotonic() - p.started
@@ -346,8 +346,8 @@ def run_demo(settings: Settings, *, sample: Path, live: bool = True, rate: float
     """Run the demo; ``hold`` keeps the workers and the dashboard up after the stream until Ctrl-C."""
     from rich.console import Console
 
-    from streaming.producer import produce_lines, read_lines
-    from streaming.services import EmbeddedServices, create_topics
+    from affectstream.streaming.tools.producer import produce_lines, read_lines
+    from affectstream.streaming.tools.services import EmbeddedServices, create_topics
 
     console = Console(stderr=False, highlight=False)
     say = say or (lambda msg: print(msg, flush=True))

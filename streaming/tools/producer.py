@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from streaming.dlq import post_id_guess
-from streaming.services import bootstrap_servers, kafka_client_kwargs
-from streaming.settings import Settings
+from affectstream.streaming.worker.dlq import post_id_guess
+from affectstream.streaming.tools.services import bootstrap_servers, kafka_client_kwargs
+from affectstream.streaming.worker.settings import Settings
 
 
 @dataclass

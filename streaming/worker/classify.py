@@ -26,10 +26,10 @@ from pathlib import Path
 import faust
 import orjson
 
-from streaming import metrics
-from streaming.dlq import dlq_record, post_id_guess
-from streaming.schemas import InvalidPost, make_result, parse_post
-from streaming.settings import Settings
+from affectstream.streaming.worker import metrics
+from affectstream.streaming.worker.dlq import dlq_record, post_id_guess
+from affectstream.streaming.worker.schemas import InvalidPost, make_result, parse_post
+from affectstream.streaming.worker.settings import Settings
 
 log = logging.getLogger("affectstream.classify")
 
@@ -139,7 +139,7 @@ class Classifying:
 
 
 def build_stage(settings: Settings) -> Classifying:
-    from model.predictor import BatchPredictor  # torch: imported by register(), before the loop runs
+    from affectstream.model.predictor import BatchPredictor  # torch: imported by register(), before the loop runs
 
     def load():
         return BatchPredictor.from_directory(settings.model_dir, device=settings.device,
@@ -150,9 +150,9 @@ def build_stage(settings: Settings) -> Classifying:
 
 def register(app: faust.App, settings: Settings) -> str:
     """Attach the classify agent to ``app``; returns its name."""
-    import model.predictor  # noqa: F401 - import torch now: importing it inside the agent blocks the loop
-    from streaming.caption import send_all
-    from streaming.redis_sink import RedisSink
+    import affectstream.model.predictor  # noqa: F401 - import torch now: importing it inside the agent blocks the loop
+    from affectstream.streaming.worker.caption import send_all
+    from affectstream.streaming.worker.redis_sink import RedisSink
 
     topics = app.affect_topics  # type: ignore[attr-defined]
     state: dict = {}

@@ -16,7 +16,7 @@ from typing import Iterable
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from streaming.settings import Settings
+from affectstream.streaming.worker.settings import Settings
 
 # How long the broker may hold a consumer's fetch when it has no new data (aiokafka ``fetch_max_wait_ms``).
 # faust hard-codes 1500 ms, and Tansu does not answer a waiting fetch when data arrives: it holds it for
@@ -27,7 +27,7 @@ from streaming.settings import Settings
 # 1.4% of a core at 1500, 4.6% at 50, 9.2% at 20 — 50 ms keeps the added latency under ~25 ms.
 FETCH_MAX_WAIT_MS = 50
 
-ROLES = ("caption", "classify", "all", "monitor")  # monitor: web + alerts only (python -m streaming.web)
+ROLES = ("caption", "classify", "all", "monitor")  # monitor: web + alerts only (python -m affectstream.streaming.monitor.web)
 
 
 def broker_urls(settings: Settings) -> list[str]:
@@ -135,7 +135,7 @@ def create_app(settings: Settings, role: str = "all", *, register: bool = True) 
     if register:
         register_agents(app, settings, role)
         if settings.web_enabled:
-            from streaming.web import register_web
+            from affectstream.streaming.monitor.web import register_web
 
             register_web(app, settings)  # dashboard, JSON API, SSE, /metrics, sentiment-shift alerts
     return app
@@ -162,8 +162,8 @@ def register_agents(app: faust.App, settings: Settings, role: str) -> list[str]:
     roles: Iterable[str] = ("caption", "classify") if role == "all" else () if role == "monitor" else (role,)
     for r in roles:
         if r == "caption":
-            from streaming.caption import register
+            from affectstream.streaming.worker.caption import register
         else:
-            from streaming.classify import register
+            from affectstream.streaming.worker.classify import register
         names.append(register(app, settings))
     return names

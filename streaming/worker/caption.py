@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 
 import faust
 
-from model.images import ImageError, ImageLimits, decode_image, image_sha256
-from streaming import metrics
-from streaming.dlq import dlq_record, post_id_guess
-from streaming.image_refs import load_image_bytes
-from streaming.schemas import InvalidPost, Post, parse_post
-from streaming.settings import Settings
+from affectstream.model.images import ImageError, ImageLimits, decode_image, image_sha256
+from affectstream.streaming.worker import metrics
+from affectstream.streaming.worker.dlq import dlq_record, post_id_guess
+from affectstream.streaming.worker.image_refs import load_image_bytes
+from affectstream.streaming.worker.schemas import InvalidPost, Post, parse_post
+from affectstream.streaming.worker.settings import Settings
 
 log = logging.getLogger("affectstream.caption")
 
@@ -233,8 +233,8 @@ async def send_all(app: faust.App, records: dict[str, list[Record]]) -> None:
 
 
 def build_stage(settings: Settings) -> Captioning:
-    from model.captioners import build_captioner
-    from streaming.redis_sink import RedisSink
+    from affectstream.model.captioners import build_captioner
+    from affectstream.streaming.worker.redis_sink import RedisSink
 
     captioner = build_captioner(settings.captioner, settings.device)
     return Captioning(settings, captioner, cache=RedisSink(settings))
@@ -242,8 +242,8 @@ def build_stage(settings: Settings) -> Captioning:
 
 def register(app: faust.App, settings: Settings) -> str:
     """Attach the caption agent to ``app``; returns its name."""
-    import model.captioners  # noqa: F401 - heavy imports now, not on the event loop
-    import streaming.redis_sink  # noqa: F401
+    import affectstream.model.captioners  # noqa: F401 - heavy imports now, not on the event loop
+    import affectstream.streaming.worker.redis_sink  # noqa: F401
 
     topics = app.affect_topics  # type: ignore[attr-defined]
     stage: dict[str, Captioning] = {}

@@ -1,0 +1,11 @@
+"""affectstream: streaming multimodal sentiment with top-K rationales.
+
+One import namespace for the repository's folders (pyproject maps them in):
+
+- ``affectstream.model``      (model/)      the method: aligned classifier, losses, rationales, captioners
+- ``affectstream.training``   (training/)   offline: loaders, training loop, evaluation, export
+- ``affectstream.streaming``  (streaming/)  ``worker`` (what production runs), ``monitor`` (the operators'
+  view), ``tools`` (embedded servers, demo, producer, tail)
+- ``affectstream.bench``      (bench/)      benchmarks and the reliability runner
+- ``affectstream.cli``                      the ``affectstream`` command, on top of all of them
+"""

@@ -1,0 +1,4 @@
+"""``python -m affectstream``: the ``affectstream`` command."""
+from affectstream.cli import main
+
+main()

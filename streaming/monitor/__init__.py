@@ -1,0 +1,1 @@
+"""The operators' view: dashboard, JSON API, live events, /metrics and sentiment-shift alerts (``worker --role monitor``)."""
