@@ -122,7 +122,7 @@ def worker(settings: Settings, role: str, loglevel: str, create_topics: bool) ->
     if not settings.broker_url or not settings.redis_url:
         raise click.UsageError("worker needs --broker and --redis (the embedded services are for `demo`)")
     if create_topics:
-        from affectstream.streaming.tools.services import create_topics as create
+        from affectstream.streaming.worker.kafka_config import create_topics as create
 
         create(settings)
     if role == "monitor":  # its own group: starting or stopping it never rebalances the processing workers
@@ -191,7 +191,7 @@ def demo(settings: Settings, sample: str, live: bool, rate: float, timeout_s: fl
 @settings_options
 def topics(settings: Settings) -> None:
     """Create every topic with settings.partitions partitions (idempotent)."""
-    from affectstream.streaming.tools.services import create_topics
+    from affectstream.streaming.worker.kafka_config import create_topics
 
     create_topics(settings, timeout_s=120)  # a broker in a fresh cluster can take a while
     click.echo(f"topics ready on {settings.redacted()['broker_url']}")

@@ -113,7 +113,7 @@ def run(model_dir: Path, *, burst: int, load_seconds: float, loads: tuple[float,
     with EmbeddedServices(requested) as services:
         s = services.settings
         say(f"  broker {s.broker_url}, redis {s.redis_url}; starting a classify worker ...")
-        live = LiveResults(s.redis_url, s.key("live"))
+        live = LiveResults(s.redis_url, s.keys.live)
         worker = WorkerProcess(s, "classify", loglevel="warning")
         caption_worker = None
         try:

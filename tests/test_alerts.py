@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from affectstream.streaming.monitor.alerts import AlertRule, claim_alert, detect_shift, make_alert, two_proportion_z, windows_for
 from affectstream.streaming.tools.demo import WorkerProcess
 from affectstream.streaming.tools.producer import produce_lines
-from affectstream.streaming.worker.redis_sink import minute_bucket, redis_client
+from affectstream.streaming.worker.redis_client import async_redis as redis_client
+from affectstream.streaming.worker.redis_keys import minute_bucket
 from affectstream.streaming.tools.services import free_port
 from affectstream.streaming.monitor.web import LiveHub
 from tests.servers import settings_for
@@ -90,12 +91,12 @@ def test_two_workers_claiming_the_same_alert_fire_once_and_the_cooldown_holds(re
         shift = detect_shift([{"negative": 25}], [calm()] * 30)
         first = make_alert("acme", "202511291010", shift, RULE, 0)
         try:
-            both = await asyncio.gather(*(claim_alert(client, s.key, first, RULE, 3600) for _ in range(2)))
+            both = await asyncio.gather(*(claim_alert(client, s.keys, first, RULE, 3600) for _ in range(2)))
             later = make_alert("acme", "202511291025", shift, RULE, 0)      # 15 min later: cooldown
             after = make_alert("acme", "202511291040", shift, RULE, 0)      # 30 min later: fires again
             other = make_alert("nimbus", "202511291010", shift, RULE, 0)    # brands are independent
-            rest = [await claim_alert(client, s.key, a, RULE, 3600) for a in (later, after, other)]
-            stored = await client.lrange(s.key("alerts"), 0, -1)
+            rest = [await claim_alert(client, s.keys, a, RULE, 3600) for a in (later, after, other)]
+            stored = await client.lrange(s.keys.alerts, 0, -1)
             assert [orjson.loads(a)["id"] for a in stored] == ["nimbus:202511291010", "acme:202511291040",
                                                               "acme:202511291010"]
             return sorted(both) + rest
@@ -112,10 +113,10 @@ def test_hubs_of_two_workers_evaluating_the_same_burst_send_one_alert(redis_serv
     async def run() -> list[dict]:
         client = redis_client(s)
         for m in minutes[:30]:
-            await client.hset(s.key("brand", "acme", m), mapping=calm())
-            await client.hset(s.key("brand", "nimbus", m), mapping=calm())
-        await client.hset(s.key("brand", "acme", minutes[30]), mapping={"negative": 22, "neutral": 3})
-        await client.hset(s.key("brand", "nimbus", minutes[30]), mapping=calm(25, 5))
+            await client.hset(s.keys.brand("acme", m), mapping=calm())
+            await client.hset(s.keys.brand("nimbus", m), mapping=calm())
+        await client.hset(s.keys.brand("acme", minutes[30]), mapping={"negative": 22, "neutral": 3})
+        await client.hset(s.keys.brand("nimbus", minutes[30]), mapping=calm(25, 5))
         await client.aclose()
         sent: list[dict] = []
 

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from affectstream.cli import main, parse_set, settings_options
-from affectstream.streaming.tools.services import create_topics
+from affectstream.streaming.worker.kafka_config import create_topics
 from affectstream.streaming.worker.settings import Settings
 from tests.servers import settings_for
 

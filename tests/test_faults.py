@@ -27,7 +27,8 @@ from affectstream.streaming.tools.demo import WorkerProcess
 from affectstream.streaming.tools.producer import produce_lines
 from affectstream.streaming.worker.redis_sink import RedisSink
 from affectstream.bench.reliability import record
-from affectstream.streaming.tools.services import bootstrap_servers, create_topics, free_port, start_broker, start_redis
+from affectstream.streaming.tools.services import free_port, start_broker, start_redis
+from affectstream.streaming.worker.kafka_config import bootstrap_servers, create_topics
 from tests.servers import settings_for
 from tests.test_pipeline import (BRANDS, brand_counts, lines_of, make_settings, read_topic, redis_client,
                                  stored_ids, text_posts, wait_for, workers)
@@ -220,7 +221,7 @@ def test_redis_outage_mid_stream_retries_without_losing_or_double_counting(broke
         a = audit(s, posts)
         enriched = read_topic(s, s.topic_enriched)
         r = redis_client(s)
-        flagged = [x for x in (orjson.loads(r.get(s.key("post", p["id"]))) for p in posts if "image" in p)
+        flagged = [x for x in (orjson.loads(r.get(s.keys.post(p["id"]))) for p in posts if "image" in p)
                    if x["image_error"]]
     finally:
         server.stop()
@@ -485,7 +486,7 @@ def test_caption_timeout_setting_reaches_the_worker(broker, redis_server, tiny_m
         ids = {p["id"] for p in posts}
         wait_for(lambda: stored_ids(s) >= ids, 180, procs, "a result for every post")
     r = redis_client(s)
-    results = [orjson.loads(r.get(s.key("post", p["id"]))) for p in posts if "image" in p]
+    results = [orjson.loads(r.get(s.keys.post(p["id"]))) for p in posts if "image" in p]
     errors = collections.Counter(x["image_error"] for x in results)
     assert set(errors) <= {None, "caption_timeout"} and errors["caption_timeout"] >= 1, errors
     a = audit(s, posts)
@@ -542,8 +543,9 @@ def test_kafka_sasl_ssl_and_redis_tls_settings_reach_the_clients():
     from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
     from affectstream.streaming.worker.app import create_app
-    from affectstream.streaming.worker.redis_sink import redis_client as make_redis_client
-    from affectstream.streaming.tools.services import kafka_client_kwargs, redis_client_kwargs
+    from affectstream.streaming.worker.redis_client import async_redis as make_redis_client
+    from affectstream.streaming.worker.kafka_config import kafka_client_kwargs
+    from affectstream.streaming.worker.redis_client import redis_client_kwargs
 
     s = settings_for(broker_url="kafka://127.0.0.1:1", redis_url="redis://127.0.0.1:1/0",
                      kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",

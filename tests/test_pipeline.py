@@ -19,7 +19,7 @@ import redis
 from affectstream.streaming.tools.demo import WorkerProcess
 from affectstream.streaming.tools.producer import produce_lines
 from affectstream.streaming.tools.sample.make_sample import meme
-from affectstream.streaming.tools.services import bootstrap_servers, create_topics
+from affectstream.streaming.worker.kafka_config import bootstrap_servers, create_topics
 from tests.servers import settings_for
 
 pytestmark = pytest.mark.integration
@@ -89,16 +89,16 @@ def redis_client(settings) -> redis.Redis:
 
 
 def stored_ids(settings) -> set[str]:
-    prefix = settings.key("post", "")
+    prefix = settings.keys.post("")
     return {k.decode()[len(prefix):] for k in redis_client(settings).scan_iter(match=prefix + "*", count=1000)}
 
 
 def brand_counts(settings) -> dict[str, collections.Counter]:
     r = redis_client(settings)
-    prefix = settings.key("brand", "")
+    keys = settings.keys
     counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    for key in r.scan_iter(match=prefix + "*", count=1000):
-        brand = key.decode()[len(prefix):].rsplit(":", 1)[0]
+    for key in r.scan_iter(match=keys.brand_pattern(), count=1000):
+        brand, _ = keys.parse_brand_key(key.decode())
         for label, n in r.hgetall(key).items():
             counts[brand][label.decode()] += int(n)
     return counts
@@ -165,7 +165,7 @@ def test_every_post_gets_exactly_one_result_with_rationale_and_image_posts_a_cap
         assert isinstance(caption, str) and caption.strip(), by_id[f"img-{i}"]
         assert by_id[f"img-{i}"]["image_error"] is None
     assert by_id["img-0"]["caption"] == by_id["img-2"]["caption"]
-    assert redis_client(s).keys(s.key("caption", "*"))  # the cache holds the description
+    assert redis_client(s).keys(s.keys.caption("*", "*"))  # the cache holds the description
     expected = collections.Counter(b for p in posts for b in p["brands"])
     counts = brand_counts(s)
     for brand, n in expected.items():
@@ -205,7 +205,7 @@ def test_malformed_messages_go_to_the_dlq_while_good_ones_flow(broker, redis_ser
         ("loopback-only", "caption", "url_not_allowed"),
     }
     assert all(base64.b64decode(d["raw_b64"]) in bad for d in dead)  # the original bytes are kept
-    flagged = orjson.loads(redis_client(s).get(s.key("post", with_text["id"])))
+    flagged = orjson.loads(redis_client(s).get(s.keys.post(with_text["id"])))
     assert flagged["image_error"] == "not_an_image" and flagged["caption"] is None
 
 

@@ -10,7 +10,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from affectstream.streaming.worker.redis_sink import RedisSink, SinkStopped, minute_bucket, redis_client
+from affectstream.streaming.worker.redis_client import async_redis as redis_client
+from affectstream.streaming.worker.redis_keys import minute_bucket
+from affectstream.streaming.worker.redis_sink import RedisSink, SinkStopped
 from affectstream.streaming.tools.services import free_port, start_redis
 from tests.servers import settings_for
 
@@ -50,9 +52,9 @@ def test_results_are_stored_and_counted_per_brand_minute(redis_server):
 
     async def run():
         sink, counts = await write_and_count(settings, batch())
-        stored = await sink.client.get(settings.key("post", "p3"))
-        ttl = await sink.client.ttl(settings.key("brand", "acme", MINUTE))
-        keys = await sink.client.keys(settings.key("post", "*"))
+        stored = await sink.client.get(settings.keys.post("p3"))
+        ttl = await sink.client.ttl(settings.keys.brand("acme", MINUTE))
+        keys = await sink.client.keys(settings.keys.post("*"))
         await sink.close()
         return counts, stored, ttl, keys
 
@@ -93,7 +95,7 @@ def test_every_result_is_published_on_the_live_channel(redis_server):
     async def run():
         sink = RedisSink(settings)
         pubsub = sink.client.pubsub()
-        await pubsub.subscribe(settings.key("live"))
+        await pubsub.subscribe(settings.keys.live)
         await pubsub.get_message(timeout=1.0)  # subscribe confirmation
         await sink.write([result(1), result(2)])
         received = []
@@ -165,7 +167,7 @@ def test_caption_cache_round_trip_and_outage_tolerance(redis_server):
         await sink.put_caption("abc", "offline", "a cat on a sofa")
         assert await sink.get_caption("abc", "offline") == "a cat on a sofa"
         assert await sink.get_caption("abc", "vlm:blip") is None   # captioner is part of the key
-        assert await sink.client.exists(settings.key("caption", "offline", "abc"))
+        assert await sink.client.exists(settings.keys.caption("offline", "abc"))
         await sink.close()
 
         down = RedisSink(settings_for(redis_url=f"redis://127.0.0.1:{free_port()}/0"))

@@ -14,8 +14,9 @@ from redis.retry import Retry
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
-from affectstream.streaming.tools.services import (EmbeddedServices, bootstrap_servers, create_topics, kafka_client_kwargs,
-                                redis_client_kwargs, start_redis)
+from affectstream.streaming.tools.services import EmbeddedServices, start_redis
+from affectstream.streaming.worker.kafka_config import bootstrap_servers, create_topics, kafka_client_kwargs
+from affectstream.streaming.worker.redis_client import redis_client_kwargs
 from affectstream.streaming.worker.settings import Settings
 from tests.servers import settings_for
 

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
 from typing import Mapping, Sequence
 
 import orjson
 
-MINUTE_FORMAT = "%Y%m%d%H%M"
+from affectstream.streaming.worker.redis_keys import RedisKeys, epoch_minute, minute_range
+
 ALERTS_KEEP = 200  # newest alerts kept in the Redis list for the dashboard
 
 
@@ -102,24 +102,6 @@ def detect_shift(window: Sequence[Mapping[str, int]], baseline: Sequence[Mapping
 
 # --- minutes ----------------------------------------------------------------------------------------
 
-def parse_minute(minute: str) -> datetime:
-    return datetime.strptime(minute, MINUTE_FORMAT).replace(tzinfo=timezone.utc)
-
-
-def format_minute(dt: datetime) -> str:
-    return dt.strftime(MINUTE_FORMAT)
-
-
-def minute_range(end: str, count: int) -> list[str]:
-    """The ``count`` minutes ending at ``end`` (inclusive), oldest first."""
-    last = parse_minute(end)
-    return [format_minute(last - timedelta(minutes=i)) for i in range(count - 1, -1, -1)]
-
-
-def epoch_minute(minute: str) -> int:
-    return int(parse_minute(minute).timestamp()) // 60
-
-
 def windows_for(minute: str, rule: AlertRule) -> tuple[list[str], list[str]]:
     """(window minutes, baseline minutes) for evaluating ``minute``, oldest first."""
     span = minute_range(minute, rule.window_minutes + rule.baseline_minutes)
@@ -162,14 +144,9 @@ return 1
 """
 
 
-def alert_keys(key, brand: str) -> tuple[str, str, str]:
-    """(last-alert marker, alerts list, alerts channel) from ``settings.key``."""
-    return key("alert", "last", brand), key("alerts"), key("live", "alerts")
-
-
-async def claim_alert(client, key, alert: dict, rule: AlertRule, ttl_s: int) -> bool:
+async def claim_alert(client, keys: RedisKeys, alert: dict, rule: AlertRule, ttl_s: int) -> bool:
     """Record and publish ``alert`` unless its brand fired within the cooldown (atomic across workers)."""
-    marker, alerts, channel = alert_keys(key, alert["brand"])
+    marker, alerts, channel = keys.alert_last(alert["brand"]), keys.alerts, keys.live_alerts
     fired = await client.eval(CLAIM_LUA, 2, marker, alerts, epoch_minute(alert["minute"]),
                               rule.cooldown_minutes, ttl_s, orjson.dumps(alert), ALERTS_KEEP, channel)
     return bool(fired)

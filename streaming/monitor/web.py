@@ -29,7 +29,6 @@ import logging
 import os
 import socket
 import time
-from datetime import datetime, timezone
 from importlib import resources
 
 import faust
@@ -37,9 +36,10 @@ import orjson
 from aiohttp import web as aioweb
 
 from affectstream.streaming.worker import metrics
-from affectstream.streaming.monitor.alerts import AlertRule, claim_alert, detect_shift, make_alert, minute_range, windows_for
-from affectstream.streaming.worker.redis_sink import minute_bucket, redis_client
-from affectstream.streaming.worker.schemas import ALL_BRANDS
+from affectstream.streaming.monitor.alerts import AlertRule, claim_alert, detect_shift, make_alert, windows_for
+from affectstream.streaming.worker.redis_client import async_redis
+from affectstream.streaming.worker.redis_keys import (ALL_BRANDS, counted_brands, event_ms, minute_bucket, minute_ms,
+                                                      minute_range)
 from affectstream.streaming.worker.settings import Settings
 
 log = logging.getLogger("affectstream.web")
@@ -82,7 +82,7 @@ class LiveHub:
     @property
     def client(self):
         if self._client is None:
-            self._client = redis_client(self.settings)
+            self._client = async_redis(self.settings)
         return self._client
 
     async def start(self) -> None:
@@ -102,7 +102,7 @@ class LiveHub:
 
     async def _listen(self) -> None:
         s = self.settings
-        channels = (s.key("live"), s.key("live", "alerts"))
+        channels = (s.keys.live, s.keys.live_alerts)
         while True:
             pubsub = self.client.pubsub()
             try:
@@ -141,11 +141,9 @@ class LiveHub:
             self._arrivals[-1] = (second, self._arrivals[-1][1] + 1)
         else:
             self._arrivals.append((second, 1))
-        ms = result.get("created_at")
-        if ms is None:
-            ms = result.get("processed_at") or _now_ms()
+        ms = event_ms(result)
         minute = minute_bucket(ms)
-        for brand in [*result.get("brands", []), ALL_BRANDS]:
+        for brand in counted_brands(result):
             if brand != ALL_BRANDS:
                 self.dirty.add((brand, minute))
             if ms <= _now_ms() + FUTURE_SLACK_MS and ms > self._index.get(brand, -1):
@@ -171,17 +169,16 @@ class LiveHub:
 
     async def _seed_index(self) -> None:
         """First start on a Redis that already holds buckets: build the index once with SCAN."""
-        key = self.settings.key("brands")
+        key = self.settings.keys.brands
         if await self.client.exists(key):
             return
-        prefix = self.settings.key("brand", "")
+        keys = self.settings.keys
         found: dict[str, int] = {}
-        async for raw in self.client.scan_iter(match=prefix + "*", count=1000):
-            brand, _, minute = raw.decode()[len(prefix):].rpartition(":")
-            try:
-                ms = int(datetime.strptime(minute, "%Y%m%d%H%M").replace(tzinfo=timezone.utc).timestamp() * 1000)
-            except ValueError:
+        async for raw in self.client.scan_iter(match=keys.brand_pattern(), count=1000):
+            parsed = keys.parse_brand_key(raw.decode())
+            if parsed is None:
                 continue
+            brand, ms = parsed[0], minute_ms(parsed[1])
             if ms <= _now_ms() + FUTURE_SLACK_MS:
                 found[brand] = max(found.get(brand, 0), ms)
         if found:
@@ -192,7 +189,7 @@ class LiveHub:
         if not self._index:
             return
         pending, self._index = self._index, {}
-        key = self.settings.key("brands")
+        key = self.settings.keys.brands
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.zadd(key, pending, gt=True)
@@ -210,18 +207,17 @@ class LiveHub:
         newest minute with data, so a replayed or historical stream still shows up)."""
         await self.flush_index()
         s = self.settings
-        index = {k.decode(): int(v) for k, v in await self.client.zrange(s.key("brands"), 0, -1, withscores=True)}
+        index = {k.decode(): int(v) for k, v in await self.client.zrange(s.keys.brands, 0, -1, withscores=True)}
         if end is None:
             newest = index.get(ALL_BRANDS)
             end = minute_bucket(newest if newest is not None else _now_ms())
         minute_list = minute_range(end, minutes)
-        start_ms = int(datetime.strptime(minute_list[0], "%Y%m%d%H%M").replace(tzinfo=timezone.utc).timestamp()
-                       * 1000)
+        start_ms = minute_ms(minute_list[0])
         names = sorted(b for b, ms in index.items() if ms >= start_ms)
         async with self.client.pipeline(transaction=False) as pipe:
             for brand in names:
                 for minute in minute_list:
-                    pipe.hgetall(s.key("brand", brand, minute))
+                    pipe.hgetall(s.keys.brand(brand, minute))
             raw = await pipe.execute()
         labels: set[str] = set()
         out: dict[str, dict] = {}
@@ -241,7 +237,7 @@ class LiveHub:
                 "all": out.get(ALL_BRANDS, {"counts": [{} for _ in minute_list], "total": {}})}
 
     async def alerts(self, limit: int = 50) -> list[dict]:
-        raw = await self.client.lrange(self.settings.key("alerts"), 0, limit - 1)
+        raw = await self.client.lrange(self.settings.keys.alerts, 0, limit - 1)
         return [orjson.loads(r) for r in raw]
 
     def stats(self) -> dict:
@@ -286,7 +282,7 @@ class LiveHub:
                     window, baseline = windows_for(minute, rule)
                     plans.append((brand, minute, len(window)))
                     for m in window + baseline:
-                        pipe.hgetall(s.key("brand", brand, m))
+                        pipe.hgetall(s.keys.brand(brand, m))
                 raw = await pipe.execute()
         except BaseException:
             self.dirty |= pending  # evaluated again at the next tick
@@ -302,7 +298,7 @@ class LiveHub:
                 continue
             alert = make_alert(brand, minute, shift, rule, _now_ms())
             ttl = max(s.bucket_ttl_s, 60 * rule.cooldown_minutes)
-            if await claim_alert(self.client, s.key, alert, rule, ttl):
+            if await claim_alert(self.client, s.keys, alert, rule, ttl):
                 log.warning("ALERT brand=%s minute=%s %s share %.2f (baseline %.2f) n=%d z=%.1f", brand, minute,
                             rule.label, shift.share, shift.baseline_share, shift.n, shift.z)
                 await send(alert)

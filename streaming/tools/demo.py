@@ -208,7 +208,8 @@ class Watcher:
         from kafka import KafkaConsumer, TopicPartition
         import redis
 
-        from affectstream.streaming.tools.services import bootstrap_servers, kafka_client_kwargs, redis_client_kwargs
+        from affectstream.streaming.worker.kafka_config import bootstrap_servers, kafka_client_kwargs
+        from affectstream.streaming.worker.redis_client import redis_client_kwargs
 
         self.settings, self.progress, self.since_ms = settings, progress, since_ms
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers(settings), group_id=None,
@@ -242,14 +243,15 @@ class Watcher:
                     p.recent.append(("result", value))
 
     def refresh_brands(self) -> None:
-        from affectstream.streaming.worker.schemas import ALL_BRANDS
+        from affectstream.streaming.worker.redis_keys import ALL_BRANDS
 
-        prefix = self.settings.key("brand", "")
+        keys = self.settings.keys
         counts: dict[str, collections.Counter] = {}
-        for key in self.redis.scan_iter(match=prefix + "*", count=500):
-            brand = key.decode()[len(prefix):].rsplit(":", 1)[0]
-            if brand == ALL_BRANDS:
+        for key in self.redis.scan_iter(match=keys.brand_pattern(), count=500):
+            parsed = keys.parse_brand_key(key.decode())
+            if parsed is None or parsed[0] == ALL_BRANDS:
                 continue
+            brand = parsed[0]
             c = counts.setdefault(brand, collections.Counter())
             for label, n in self.redis.hgetall(key).items():
                 c[label.decode()] += int(n)
@@ -347,7 +349,8 @@ def run_demo(settings: Settings, *, sample: Path, live: bool = True, rate: float
     from rich.console import Console
 
     from affectstream.streaming.tools.producer import produce_lines, read_lines
-    from affectstream.streaming.tools.services import EmbeddedServices, create_topics
+    from affectstream.streaming.tools.services import EmbeddedServices
+    from affectstream.streaming.worker.kafka_config import create_topics
 
     console = Console(stderr=False, highlight=False)
     say = say or (lambda msg: print(msg, flush=True))

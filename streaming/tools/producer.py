@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from affectstream.streaming.worker.dlq import post_id_guess
-from affectstream.streaming.tools.services import bootstrap_servers, kafka_client_kwargs
+from affectstream.streaming.worker.kafka_config import bootstrap_servers, kafka_client_kwargs
 from affectstream.streaming.worker.settings import Settings
 
 

