@@ -128,6 +128,10 @@ def worker(settings: Settings, role: str, loglevel: str, create_topics: bool) ->
     if role == "monitor":  # its own group: starting or stopping it never rebalances the processing workers
         settings = settings.replace(app_id=settings.app_id + "-monitor", web_enabled=True)
     app = create_app(settings, role)
+    if settings.web_enabled:
+        from affectstream.streaming.monitor.web import register_web
+
+        register_web(app, settings)  # dashboard, JSON API, SSE, /metrics, sentiment-shift alerts
     click.echo(f"affectstream worker role={role} app={settings.app_id} broker={settings.redacted()['broker_url']}",
                err=True)
     faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -141,9 +141,9 @@ class LiveHub:
             self._arrivals[-1] = (second, self._arrivals[-1][1] + 1)
         else:
             self._arrivals.append((second, 1))
-        ms = event_ms(result)
+        ms = event_ms(result.get("created_at"), result.get("processed_at") or _now_ms())
         minute = minute_bucket(ms)
-        for brand in counted_brands(result):
+        for brand in counted_brands(result.get("brands", [])):
             if brand != ALL_BRANDS:
                 self.dirty.add((brand, minute))
             if ms <= _now_ms() + FUTURE_SLACK_MS and ms > self._index.get(brand, -1):

@@ -101,10 +101,6 @@ def create_app(settings: Settings, role: str = "all", *, register: bool = True) 
     app.affect_topics = declare_topics(app, settings)  # type: ignore[attr-defined]
     if register:
         register_agents(app, settings, role)
-        if settings.web_enabled:
-            from affectstream.streaming.monitor.web import register_web
-
-            register_web(app, settings)  # dashboard, JSON API, SSE, /metrics, sentiment-shift alerts
     return app
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Mapping
+from typing import Iterable
 
 ALL_BRANDS = "_all"             # reserved aggregate bucket: every result counts here too
 MINUTE_FORMAT = "%Y%m%d%H%M"    # UTC minute of a bucket
@@ -101,12 +101,11 @@ def minute_range(end: str, count: int) -> list[str]:
     return [(last - timedelta(minutes=i)).strftime(MINUTE_FORMAT) for i in range(count - 1, -1, -1)]
 
 
-def event_ms(result: Mapping[str, Any]) -> int:
+def event_ms(created_at: int | None, processed_at: int) -> int:
     """The time a result is counted at: the post's ``created_at``, else when it was processed."""
-    created = result.get("created_at")
-    return created if created is not None else result["processed_at"]
+    return created_at if created_at is not None else processed_at
 
 
-def counted_brands(result: Mapping[str, Any]) -> list[str]:
+def counted_brands(brands: Iterable[str]) -> list[str]:
     """The buckets a result counts in: each of its brands, then the all-brands aggregate."""
-    return list(dict.fromkeys([*result.get("brands", []), ALL_BRANDS]))
+    return list(dict.fromkeys([*brands, ALL_BRANDS]))

@@ -104,8 +104,8 @@ class RedisSink:
             await pipe.execute()
 
     def _bucket_keys(self, result: dict) -> list[str]:
-        minute = minute_bucket(event_ms(result))
-        return [self.settings.keys.brand(brand, minute) for brand in counted_brands(result)]
+        minute = minute_bucket(event_ms(result.get("created_at"), result["processed_at"]))
+        return [self.settings.keys.brand(brand, minute) for brand in counted_brands(result.get("brands", []))]
 
     async def brand_counts(self, brand: str, minute: str) -> dict[str, int]:
         """Label -> count for one brand-minute bucket (dashboards, tests)."""

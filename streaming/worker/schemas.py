@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import orjson
 
+from affectstream.streaming.worker.redis_keys import ALL_BRANDS  # reserved aggregate bucket: not a valid brand
 from affectstream.streaming.worker.settings import Settings
 
 IMAGE_REASONS = frozenset({
@@ -33,7 +34,6 @@ REASONS: frozenset[str] = PARSE_REASONS | IMAGE_REASONS | FETCH_REASONS | STAGE_
 
 MAX_BRANDS = 32
 MAX_BRAND_CHARS = 64
-ALL_BRANDS = "_all"  # reserved aggregate bucket in Redis; not a valid brand name
 IMAGE_KINDS = ("url", "b64", "path")
 _MAX_EPOCH_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
 
