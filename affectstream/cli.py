@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import click
 
+from affectstream.streaming.tools.sample import POSTS
 from affectstream.streaming.worker.settings import ENV_PREFIX, Settings, _coerce
 
 # torch's OpenMP threads spin while waiting by default; on shared or oversubscribed cores that turns every
@@ -25,7 +26,7 @@ from affectstream.streaming.worker.settings import ENV_PREFIX, Settings, _coerce
 # before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-SAMPLE = Path(__file__).resolve().parent / "sample" / "posts.jsonl"
+SAMPLE = POSTS  # the bundled demo sample
 
 # flag -> (setting, click type, help). Every setting also has an AFFECTSTREAM_<NAME> variable and --set.
 SETTING_FLAGS: dict[str, tuple[str, Any, str]] = {
@@ -117,6 +118,7 @@ def worker(settings: Settings, role: str, loglevel: str, create_topics: bool) ->
     """Run a faust worker for ROLE until SIGINT/SIGTERM."""
     import faust
 
+    from affectstream.streaming.monitor.web import monitor_settings, register_web
     from affectstream.streaming.worker.app import create_app
 
     if not settings.broker_url or not settings.redis_url:
@@ -126,11 +128,9 @@ def worker(settings: Settings, role: str, loglevel: str, create_topics: bool) ->
 
         create(settings)
     if role == "monitor":  # its own group: starting or stopping it never rebalances the processing workers
-        settings = settings.replace(app_id=settings.app_id + "-monitor", web_enabled=True)
+        settings = monitor_settings(settings)
     app = create_app(settings, role)
     if settings.web_enabled:
-        from affectstream.streaming.monitor.web import register_web
-
         register_web(app, settings)  # dashboard, JSON API, SSE, /metrics, sentiment-shift alerts
     click.echo(f"affectstream worker role={role} app={settings.app_id} broker={settings.redacted()['broker_url']}",
                err=True)

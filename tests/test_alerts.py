@@ -18,7 +18,7 @@ from affectstream.streaming.tools.producer import produce_lines
 from affectstream.streaming.worker.redis_client import async_redis as redis_client
 from affectstream.streaming.worker.redis_keys import minute_bucket
 from affectstream.streaming.tools.services import free_port
-from affectstream.streaming.monitor.web import LiveHub
+from affectstream.streaming.monitor.hub import LiveHub
 from tests.servers import settings_for
 from tests.test_pipeline import make_settings, read_topic, stored_ids, wait_for
 

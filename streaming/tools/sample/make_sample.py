@@ -11,13 +11,13 @@ from __future__ import annotations
 import base64
 import io
 import random
-from pathlib import Path
 
 import orjson
 from PIL import Image, ImageDraw, ImageFont
 
-HERE = Path(__file__).resolve().parent
-OUT = HERE / "posts.jsonl"
+from affectstream.streaming.tools.sample import POSTS
+
+OUT = POSTS
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
 SEED = 7
 N_POSTS = 240
