@@ -1,4 +1,5 @@
-"""Redis sink against a real redis-server: idempotent counts, live channel, outage retry, caption cache."""
+"""The Redis result sink and the caption cache against a real redis-server: idempotent counts, live channel,
+outage retry, cache round trip."""
 import asyncio
 import logging
 import threading
@@ -12,7 +13,10 @@ from redis.retry import Retry
 
 from affectstream.streaming.worker.redis_client import async_redis as redis_client
 from affectstream.streaming.worker.redis_keys import minute_bucket
-from affectstream.streaming.worker.redis_sink import RedisSink, SinkStopped
+from affectstream.streaming.worker.caption_cache import CaptionCache
+from affectstream.streaming.worker.result import Result
+from affectstream.streaming.worker.sinks import SinkItem
+from affectstream.streaming.worker.sinks.redis import RedisSink, SinkStopped
 from affectstream.streaming.tools.services import free_port, start_redis
 from tests.servers import settings_for
 
@@ -20,13 +24,12 @@ T0 = 1_795_946_400_000  # 2026-11-29T10:00:00Z
 MINUTE = "202611291000"
 
 
-def result(i: int, label: str = "positive", brands=("acme",), created_at: int | None = T0) -> dict:
-    return {"id": f"p{i}", "label": label, "scores": {label: 1.0}, "emotion": None, "rationale": [],
-            "caption": None, "image_error": None, "brands": list(brands), "model": "v1",
-            "created_at": created_at, "processed_at": T0 + 60_000, "latency_ms": 60_000}
+def result(i: int, label: str = "positive", brands=("acme",), created_at: int | None = T0) -> SinkItem:
+    return SinkItem.of(Result(id=f"p{i}", label=label, scores={label: 1.0}, brands=list(brands), model="v1",
+                              created_at=created_at, processed_at=T0 + 60_000, latency_ms=60_000))
 
 
-def batch() -> list[dict]:
+def batch() -> list[SinkItem]:
     return ([result(i, "positive") for i in range(5)] + [result(i, "negative") for i in range(5, 8)]
             + [result(8, "neutral", brands=("acme", "other")), result(9, "neutral", brands=())])
 
@@ -60,7 +63,7 @@ def test_results_are_stored_and_counted_per_brand_minute(redis_server):
 
     counts, stored, ttl, keys = asyncio.run(run())
     assert counts == EXPECTED
-    assert orjson.loads(stored) == result(3)
+    assert stored == result(3).json and Result.from_json(stored) == result(3).result
     assert 0 < ttl <= settings.bucket_ttl_s
     assert len(keys) == 10
 
@@ -131,7 +134,7 @@ def test_write_retries_through_an_outage_and_counts_exactly(caplog):
         await sink.close()
         return restart, counts
 
-    caplog.set_level(logging.WARNING, logger="affectstream.streaming.worker.redis_sink")
+    caplog.set_level(logging.WARNING, logger="affectstream.streaming.worker.sinks.redis")
     restart, counts = asyncio.run(run())
     try:
         assert restarted.is_set()
@@ -162,15 +165,15 @@ def test_caption_cache_round_trip_and_outage_tolerance(redis_server):
     settings = settings_for(redis=redis_server)
 
     async def run():
-        sink = RedisSink(settings)
-        assert await sink.get_caption("abc", "offline") is None
-        await sink.put_caption("abc", "offline", "a cat on a sofa")
-        assert await sink.get_caption("abc", "offline") == "a cat on a sofa"
-        assert await sink.get_caption("abc", "vlm:blip") is None   # captioner is part of the key
-        assert await sink.client.exists(settings.keys.caption("offline", "abc"))
-        await sink.close()
+        cache = CaptionCache(settings)
+        assert await cache.get_caption("abc", "offline") is None
+        await cache.put_caption("abc", "offline", "a cat on a sofa")
+        assert await cache.get_caption("abc", "offline") == "a cat on a sofa"
+        assert await cache.get_caption("abc", "vlm:blip") is None   # captioner is part of the key
+        assert await cache.client.exists(settings.keys.caption("offline", "abc"))
+        await cache.close()
 
-        down = RedisSink(settings_for(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+        down = CaptionCache(settings_for(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
         assert await down.get_caption("abc", "offline") is None   # no raise, no cache
         await down.put_caption("abc", "offline", "x")
         await down.close()

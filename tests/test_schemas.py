@@ -6,7 +6,8 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 
 from affectstream.model.images import ImageError
 from affectstream.streaming.worker.dlq import dlq_record, post_id_guess, MAX_RAW_BYTES
-from affectstream.streaming.worker.schemas import REASONS, ImageRef, InvalidPost, Post, make_result, parse_post
+from affectstream.streaming.worker.result import Result
+from affectstream.streaming.worker.schemas import REASONS, ImageRef, InvalidPost, Post, parse_post
 from affectstream.streaming.worker.settings import Settings
 
 S = Settings()
@@ -114,18 +115,30 @@ def test_enriched_post_round_trips_with_caption():
     assert parse_post(p.to_json(), S).image_error == "image_corrupt"
 
 
-def test_make_result_has_design_fields():
+def test_result_from_prediction_has_design_fields_in_order():
     p = parse_post(post(created_at=1000, brands=["Acme"]), S)
     p.caption = "desc"
     pred = {"label": "positive", "scores": {"negative": 0.1, "neutral": 0.1, "positive": 0.8},
             "emotion": None, "rationale": [{"text": "love", "score": 0.9, "source": "text"}]}
-    r = make_result(p, pred, "v1", 1500)
-    assert list(r) == ["id", "label", "scores", "emotion", "rationale", "caption", "image_error", "brands",
-                       "model", "created_at", "processed_at", "latency_ms"]
-    assert (r["latency_ms"], r["brands"], r["caption"], r["model"]) == (500, ["acme"], "desc", "v1")
+    r = Result.from_prediction(p, pred, "v1", 1500)
+    assert list(orjson.loads(r.to_json())) == ["id", "label", "scores", "emotion", "rationale", "caption",
+                                               "image_error", "brands", "model", "created_at", "processed_at",
+                                               "latency_ms"]
+    assert (r.latency_ms, r.brands, r.caption, r.model) == (500, ["acme"], "desc", "v1")
+    assert Result.from_json(r.to_json()) == r
     p.created_at_ms = None
-    assert make_result(p, pred, "v1", 1500)["latency_ms"] is None
-    orjson.dumps(r)
+    assert Result.from_prediction(p, pred, "v1", 1500).latency_ms is None
+
+
+def test_result_from_a_prediction_object():
+    class Prediction:  # the predictor's Prediction: anything with to_dict()
+        def to_dict(self):
+            return {"label": "negative", "scores": {"negative": 1.0}, "emotion": None, "rationale": []}
+
+    p = parse_post(post(), S)
+    pred = Prediction()
+    r = Result.from_prediction(p, pred, "v2", 7)
+    assert (r.id, r.label, r.rationale, r.processed_at, r.latency_ms) == ("p1", "negative", [], 7, None)
 
 
 def test_dlq_record_truncates_and_keys_by_id():

@@ -10,14 +10,14 @@ Per micro-batch:
    text-only with ``image_error`` set to the reason; a post with no text at all has nothing left to
    classify, so it goes to the DLQ (stage ``caption``) with that reason.
 
-Offsets: events are taken with ``noack_take`` and acked only after every forward and DLQ send of the
-batch has been acknowledged by the broker (at least once; the classify stage is idempotent in Redis).
+Offsets (``stage.register_stage``): events are taken with ``noack_take`` and acked only after every
+forward and DLQ send of the batch has been acknowledged by the broker (at least once; the classify stage
+is idempotent in Redis).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -25,23 +25,25 @@ import faust
 
 from affectstream.model.images import ImageError, ImageLimits, decode_image, image_sha256
 from affectstream.streaming.worker import metrics
-from affectstream.streaming.worker.dlq import dlq_record, post_id_guess
+from affectstream.streaming.worker.caption_cache import CaptionCache
+from affectstream.streaming.worker.dlq import dlq_record
 from affectstream.streaming.worker.image_refs import load_image_bytes
-from affectstream.streaming.worker.schemas import InvalidPost, Post, parse_post
+from affectstream.streaming.worker.schemas import InvalidPost, Post
 from affectstream.streaming.worker.settings import Settings
+from affectstream.streaming.worker.stage import Record, Stage, StageBatch, parse_all, register_stage
 
 log = logging.getLogger("affectstream.caption")
 
-Record = tuple[bytes | None, bytes]  # (key, value) ready to send
-
 
 @dataclass
-class CaptionBatch:
+class CaptionBatch(StageBatch):
     """What one micro-batch turned into: messages for ``posts-enriched`` and for the DLQ."""
     enriched: list[Record] = field(default_factory=list)
-    dlq: list[Record] = field(default_factory=list)
     cache_hits: int = 0
     described: int = 0
+
+    def records(self) -> dict[str, list[Record]]:
+        return {"enriched": self.enriched, "dlq": self.dlq}
 
 
 @dataclass
@@ -52,12 +54,12 @@ class _Pending:
     sha: str | None = None
 
 
-class Captioning:
+class Captioning(Stage):
     """The caption stage without Kafka: ``await process(raw_values)`` -> CaptionBatch.
 
     ``captioner`` is anything with ``.name`` and ``.describe(list[PIL.Image]) -> list[str]``; ``cache`` is
-    anything with ``async get_caption(sha, name)`` / ``async put_caption(sha, name, caption)`` (the
-    RedisSink) or None.
+    anything with ``async get_caption(sha, name)`` / ``async put_caption(sha, name, caption)`` (a
+    ``caption_cache.CaptionCache``) or None.
     """
 
     def __init__(self, settings: Settings, captioner, cache=None, io_threads: int = 4):
@@ -70,21 +72,25 @@ class Captioning:
         self.model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner")
         self._stuck = None  # concurrent Future of a describe call that timed out and still runs
 
+    async def start(self) -> None:
+        log.info("captioner %s ready", self.captioner.name)
+
+    def observe(self, batch: CaptionBatch, n_events: int, seconds: float) -> None:
+        metrics.observe_caption_batch(batch, n_events, seconds)
+
     def close(self) -> None:
         self.io_pool.shutdown(wait=False, cancel_futures=True)
         self.model_pool.shutdown(wait=False, cancel_futures=True)
 
+    async def aclose(self) -> None:
+        self.close()
+        if self.cache is not None:
+            await self.cache.close()
+
     async def process(self, raws: list[bytes]) -> CaptionBatch:
         out = CaptionBatch()
         pending: list[_Pending] = []
-        for raw in raws:
-            try:
-                post = parse_post(raw, self.settings)
-            except InvalidPost as e:
-                post_id = e.post_id or post_id_guess(raw)
-                log.warning("dlq stage=parse reason=%s id=%s", e.reason, post_id)
-                out.dlq.append(dlq_record(raw, e.reason, "parse", str(e), post_id))
-                continue
+        for post, raw in parse_all(raws, self.settings, "parse", out.dlq):
             if post.image is None:
                 out.enriched.append(_forward(post))
             else:
@@ -221,53 +227,16 @@ def _reason(exc: BaseException, default: str) -> str:
     return default
 
 
-async def send_all(app: faust.App, records: dict[str, list[Record]]) -> None:
-    """Send every record and wait until the broker has acknowledged all of them."""
-    topics = app.affect_topics  # type: ignore[attr-defined]
-    futures = []
-    for name, recs in records.items():
-        for key, value in recs:
-            futures.append(await topics[name].send(key=key, value=value, force=True))
-    if futures:
-        await asyncio.gather(*futures)
-
-
 def build_stage(settings: Settings) -> Captioning:
     from affectstream.model.captioners import build_captioner
-    from affectstream.streaming.worker.redis_sink import RedisSink
 
     captioner = build_captioner(settings.captioner, settings.device)
-    return Captioning(settings, captioner, cache=RedisSink(settings))
+    return Captioning(settings, captioner, cache=CaptionCache(settings))
 
 
 def register(app: faust.App, settings: Settings) -> str:
     """Attach the caption agent to ``app``; returns its name."""
     import affectstream.model.captioners  # noqa: F401 - heavy imports now, not on the event loop
-    import affectstream.streaming.worker.redis_sink  # noqa: F401
 
-    topics = app.affect_topics  # type: ignore[attr-defined]
-    stage: dict[str, Captioning] = {}
-
-    @app.agent(topics["posts"], name="caption")
-    async def caption(stream: faust.StreamT) -> None:
-        if "s" not in stage:
-            loop = asyncio.get_running_loop()
-            stage["s"] = await loop.run_in_executor(None, build_stage, settings)
-            log.info("captioner %s ready", stage["s"].captioner.name)
-        captioning = stage["s"]
-        async for events in stream.noack_take(settings.caption_batch_max, within=settings.caption_batch_window_s):
-            started = time.perf_counter()
-            batch = await captioning.process([e.message.value for e in events])
-            metrics.observe_caption_batch(batch, len(events), time.perf_counter() - started)
-            await send_all(app, {"enriched": batch.enriched, "dlq": batch.dlq})
-            for event in events:
-                await stream.ack(event)
-
-    @app.on_before_shutdown.connect
-    async def _close(app: faust.App, **kwargs) -> None:
-        if "s" in stage:
-            stage["s"].close()
-            if stage["s"].cache is not None:
-                await stage["s"].cache.close()
-
-    return "caption"
+    return register_stage(app, settings, name="caption", source="posts", build=lambda: build_stage(settings),
+                          batch_max=settings.caption_batch_max, within=settings.caption_batch_window_s)

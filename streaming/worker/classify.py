@@ -5,9 +5,11 @@ Per micro-batch (``batch_max`` posts or ``batch_window_s`` seconds, whichever fi
 2. predict all (post text, image description) pairs in one call, in the inference thread (one thread:
    torch runs its own intra-op threads); if the batch call raises, retry post by post, and a post that
    still fails -> DLQ ``inference_failed``;
-3. write the results to Redis (the sink retries until Redis accepts; idempotent per post id), send them to
-   ``sentiment`` and wait for the broker's acknowledgements;
-4. only then ack the batch's events, so their offsets can be committed: at least once.
+3. build each ``Result`` once, serialise it once, and hand the batch to every configured sink (setting
+   ``sinks``, default ``redis,topic``: Redis — retried until it accepts, idempotent per post id — and the
+   ``sentiment`` topic, awaiting the broker's acknowledgements; see ``sinks/``), dead letters to the DLQ;
+4. only after all of them accepted, ack the batch's events so their offsets can be committed
+   (``stage.register_stage``): at least once.
 
 The model is loaded once per worker. Between batches the agent checks (every few seconds) whether the
 model directory changed — a new ``model.safetensors`` or a ``models/default`` symlink pointing at a new
@@ -24,23 +26,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import faust
-import orjson
 
 from affectstream.streaming.worker import metrics
-from affectstream.streaming.worker.dlq import dlq_record, post_id_guess
-from affectstream.streaming.worker.schemas import InvalidPost, make_result, parse_post
+from affectstream.streaming.worker.dlq import dlq_record
+from affectstream.streaming.worker.result import Result
 from affectstream.streaming.worker.settings import Settings
+from affectstream.streaming.worker.sinks import SinkItem, build_sinks, sink_classes
+from affectstream.streaming.worker.stage import Stage, StageBatch, parse_all, register_stage
 
 log = logging.getLogger("affectstream.classify")
 
-Record = tuple[bytes | None, bytes]
 RELOAD_CHECK_S = 5.0
 
 
 @dataclass
-class ClassifyBatch:
-    results: list[dict] = field(default_factory=list)
-    dlq: list[Record] = field(default_factory=list)
+class ClassifyBatch(StageBatch):
+    """Results (each serialised once) for the sinks, and dead letters."""
+    sink_items: list[SinkItem] = field(default_factory=list)
+
+    @property
+    def items(self) -> list[SinkItem]:
+        return self.sink_items
+
+    @property
+    def results(self) -> list[Result]:
+        return [item.result for item in self.sink_items]
 
 
 def model_signature(model_dir: str) -> tuple | None:
@@ -53,7 +63,7 @@ def model_signature(model_dir: str) -> tuple | None:
         return None
 
 
-class Classifying:
+class Classifying(Stage):
     """The classify stage without Kafka: ``await process(raw_values)`` -> ClassifyBatch.
 
     ``load_predictor`` is a zero-argument callable returning an object with ``.version`` and
@@ -95,22 +105,25 @@ class Classifying:
         self.predictor, self._signature = predictor, signature
         return True
 
+    async def before_batch(self) -> None:
+        await self.maybe_reload()
+
+    def observe(self, batch: ClassifyBatch, n_events: int, seconds: float) -> None:
+        metrics.observe_classify_batch(batch, n_events, seconds, self.predictor.version)
+
+    def log_batch(self, batch: ClassifyBatch, n_events: int, seconds: float) -> None:
+        log.info("classified batch n=%d results=%d dlq=%d in %.0f ms (model %s)", n_events,
+                 len(batch.sink_items), len(batch.dlq), 1000 * seconds, self.predictor.version)
+
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def process(self, raws: list[bytes]) -> ClassifyBatch:
         out = ClassifyBatch()
-        posts, originals = [], []
-        for raw in raws:
-            try:
-                posts.append(parse_post(raw, self.settings))
-                originals.append(raw)
-            except InvalidPost as e:
-                post_id = e.post_id or post_id_guess(raw)
-                log.warning("dlq stage=classify reason=%s id=%s", e.reason, post_id)
-                out.dlq.append(dlq_record(raw, e.reason, "classify", str(e), post_id))
-        if not posts:
+        parsed = parse_all(raws, self.settings, "classify", out.dlq)
+        if not parsed:
             return out
+        posts = [post for post, _ in parsed]
         loop = asyncio.get_running_loop()
         predictor = self.predictor
         pairs = [(p.text, p.caption or "") for p in posts]
@@ -128,13 +141,13 @@ class Classifying:
                 except Exception as e1:  # noqa: BLE001
                     predictions.append(e1)
         now_ms = int(time.time() * 1000)
-        for post, raw, prediction in zip(posts, originals, predictions):
+        for (post, raw), prediction in zip(parsed, predictions):
             if isinstance(prediction, BaseException):
                 log.warning("dlq stage=classify reason=inference_failed id=%s", post.id)
                 out.dlq.append(dlq_record(raw, "inference_failed", "classify",
                                           f"{type(prediction).__name__}: {prediction}", post.id))
             else:
-                out.results.append(make_result(post, prediction.to_dict(), predictor.version, now_ms))
+                out.sink_items.append(SinkItem.of(Result.from_prediction(post, prediction, predictor.version, now_ms)))
         return out
 
 
@@ -149,42 +162,11 @@ def build_stage(settings: Settings) -> Classifying:
 
 
 def register(app: faust.App, settings: Settings) -> str:
-    """Attach the classify agent to ``app``; returns its name."""
+    """Attach the classify agent to ``app``; returns its name. An unknown sink in ``settings.sinks`` raises
+    ``SinkConfigError`` here, at start-up."""
+    classes = sink_classes(settings)
     import affectstream.model.predictor  # noqa: F401 - import torch now: importing it inside the agent blocks the loop
-    from affectstream.streaming.worker.caption import send_all
-    from affectstream.streaming.worker.redis_sink import RedisSink
 
-    topics = app.affect_topics  # type: ignore[attr-defined]
-    state: dict = {}
-
-    @app.agent(topics["enriched"], name="classify")
-    async def classify(stream: faust.StreamT) -> None:
-        if "stage" not in state:
-            stage = build_stage(settings)
-            await stage.start()
-            state["stage"], state["sink"] = stage, RedisSink(settings)
-        stage, sink = state["stage"], state["sink"]
-        async for events in stream.noack_take(settings.batch_max, within=settings.batch_window_s):
-            await stage.maybe_reload()
-            started = time.perf_counter()
-            batch = await stage.process([e.message.value for e in events])
-            metrics.observe_classify_batch(batch, len(events), time.perf_counter() - started, stage.predictor.version)
-            if batch.results:
-                await sink.write(batch.results)  # returns once Redis has accepted every result
-            await send_all(app, {
-                "sentiment": [(r["id"].encode("utf-8"), orjson.dumps(r)) for r in batch.results],
-                "dlq": batch.dlq,
-            })
-            for event in events:
-                await stream.ack(event)
-            log.info("classified batch n=%d results=%d dlq=%d in %.0f ms (model %s)", len(events),
-                     len(batch.results), len(batch.dlq), 1000 * (time.perf_counter() - started),
-                     stage.predictor.version)
-
-    @app.on_before_shutdown.connect
-    async def _close(app: faust.App, **kwargs) -> None:
-        if "stage" in state:
-            state["stage"].close()
-            await state["sink"].close()
-
-    return "classify"
+    return register_stage(app, settings, name="classify", source="enriched", build=lambda: build_stage(settings),
+                          batch_max=settings.batch_max, within=settings.batch_window_s,
+                          sinks=build_sinks(settings, app, classes))

@@ -52,9 +52,9 @@ def observe_classify_batch(batch, n_events: int, seconds: float, model_version: 
     POSTS.labels("classify", "dlq").inc(len(batch.dlq))
     observe_dlq("classify", batch.dlq)
     for result in batch.results:
-        LABELS.labels(result["label"]).inc()
-        if result.get("latency_ms") is not None and result["latency_ms"] >= 0:
-            LATENCY.observe(result["latency_ms"] / 1000)
+        LABELS.labels(result.label).inc()
+        if result.latency_ms is not None and result.latency_ms >= 0:
+            LATENCY.observe(result.latency_ms / 1000)
     set_model_version(model_version)
 
 

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import orjson
 
 from affectstream.streaming.worker.redis_keys import counted_brands, event_ms
+
+if TYPE_CHECKING:
+    from affectstream.streaming.worker.schemas import Post
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,18 @@ class Result:
     created_at: int | None = None                  # epoch ms from the post, when it had one
     processed_at: int = 0                          # epoch ms
     latency_ms: int | None = None
+
+    @classmethod
+    def from_prediction(cls, post: "Post", prediction: Any, model_version: str, processed_at_ms: int) -> "Result":
+        """The result for a parsed post; ``prediction`` is the predictor's ``Prediction`` (or its ``to_dict()``)."""
+        pred: Mapping[str, Any] = prediction if isinstance(prediction, Mapping) else prediction.to_dict()
+        created = post.created_at_ms
+        return cls(
+            id=post.id, label=pred["label"], scores=pred["scores"], emotion=pred.get("emotion"),
+            rationale=pred.get("rationale") or [], caption=post.caption, image_error=post.image_error,
+            brands=list(post.brands), model=model_version, created_at=created, processed_at=processed_at_ms,
+            latency_ms=processed_at_ms - created if created is not None else None,
+        )
 
     def to_json(self) -> bytes:
         return orjson.dumps(self)  # orjson serialises dataclasses natively, in field order

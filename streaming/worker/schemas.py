@@ -1,4 +1,4 @@
-"""Message schemas: Post (input), Result (output), and the machine-readable rejection reasons.
+"""Message schemas: Post (input) and the machine-readable rejection reasons (the output is result.Result).
 
 `parse_post` turns *any* bytes into a `Post` or raises `InvalidPost` with a `reason` from `REASONS`;
 nothing else escapes. All JSON goes through orjson (DESIGN.md).
@@ -245,22 +245,3 @@ def _parse_caption(raw: Any, settings: Settings) -> str | None:
 
 def _opt_str(raw: Any) -> str | None:
     return raw if isinstance(raw, str) else None
-
-
-def make_result(post: Post, prediction: dict, model_version: str, processed_at_ms: int) -> dict:
-    """Result JSON (DESIGN.md) from a parsed post and `Prediction.to_dict()`."""
-    created = post.created_at_ms
-    return {
-        "id": post.id,
-        "label": prediction["label"],
-        "scores": prediction["scores"],
-        "emotion": prediction.get("emotion"),
-        "rationale": prediction.get("rationale", []),
-        "caption": post.caption,
-        "image_error": post.image_error,
-        "brands": list(post.brands),
-        "model": model_version,
-        "created_at": created,
-        "processed_at": processed_at_ms,
-        "latency_ms": processed_at_ms - created if created is not None else None,
-    }

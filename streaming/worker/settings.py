@@ -39,6 +39,7 @@ class Settings:
     top_k: int = 0                      # 0: use the model's own K
     device: str = "auto"                # auto | cpu | cuda
     threads: int = 0                    # 0: torch default
+    sinks: str = "redis,topic"          # where results go: built-in names and/or package.module:ClassName (sinks/)
 
     # caption agent
     captioner: str = "offline"          # offline | none | vlm:<id or path>

@@ -1,0 +1,140 @@
+"""The skeleton both agents share: micro-batches in, sinks and topics out, offsets acked last.
+
+A stage (``caption.Captioning``, ``classify.Classifying``) knows nothing of Kafka: ``await start()`` loads
+what it needs (models) off the event loop, ``await process(raw_values)`` turns one micro-batch into a
+``StageBatch`` (results for the sinks, records for topics: forwards and dead letters), ``observe`` and
+``log_batch`` report it. ``register_stage`` attaches the faust agent that runs, for every micro-batch
+(``batch_max`` events or ``within`` seconds, whichever first):
+
+    noack_take -> stage.process -> every sink + every topic send, concurrently -> ack
+
+Offsets are acked only after all of them succeeded; any failure raises before the ack, so the batch is
+delivered again (at least once; the Redis sink is idempotent per post id).
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Sequence
+
+import faust
+
+from affectstream.streaming.worker.dlq import dlq_record, post_id_guess
+from affectstream.streaming.worker.schemas import InvalidPost, Post, parse_post
+from affectstream.streaming.worker.settings import Settings
+from affectstream.streaming.worker.sinks import Sink, SinkItem
+from affectstream.streaming.worker.sinks.topic import Record, send_all
+
+log = logging.getLogger("affectstream.stage")
+
+SendRecords = Callable[[dict[str, list[Record]]], Awaitable[None]]
+
+
+@dataclass
+class StageBatch:
+    """What one micro-batch turned into. Subclasses add their own outputs and counters."""
+    dlq: list[Record] = field(default_factory=list)
+
+    @property
+    def items(self) -> list[SinkItem]:
+        """Results for the sinks (serialised once)."""
+        return []
+
+    def records(self) -> dict[str, list[Record]]:
+        """Messages to send, by contract topic role ("enriched", "dlq" …)."""
+        return {"dlq": self.dlq}
+
+
+class Stage:
+    """Base of a stage; ``process`` is the one method a stage must write."""
+
+    async def start(self) -> None:
+        """Load what the stage needs; called once, on the event loop, before the first batch."""
+
+    async def before_batch(self) -> None:
+        """Called before every batch (classify: the hot-reload check)."""
+
+    async def process(self, raws: list[bytes]) -> StageBatch:
+        raise NotImplementedError
+
+    def observe(self, batch: StageBatch, n_events: int, seconds: float) -> None:
+        """Metrics for a processed batch (before delivery)."""
+
+    def log_batch(self, batch: StageBatch, n_events: int, seconds: float) -> None:
+        """After the batch was delivered and acked."""
+
+    def close(self) -> None:
+        """Stop thread pools (synchronous: tests and tools call it outside a loop's shutdown)."""
+
+    async def aclose(self) -> None:
+        self.close()
+
+
+def parse_all(raws: list[bytes], settings: Settings, dlq_stage: str,
+              dlq: list[Record]) -> list[tuple[Post, bytes]]:
+    """Parse every raw value; a rejected one becomes a DLQ record (``dlq_stage``) with its reason."""
+    parsed: list[tuple[Post, bytes]] = []
+    for raw in raws:
+        try:
+            parsed.append((parse_post(raw, settings), raw))
+        except InvalidPost as e:
+            post_id = e.post_id or post_id_guess(raw)
+            log.warning("dlq stage=%s reason=%s id=%s", dlq_stage, e.reason, post_id)
+            dlq.append(dlq_record(raw, e.reason, dlq_stage, str(e), post_id))
+    return parsed
+
+
+async def deliver(batch: StageBatch, sinks: Sequence[Sink], send: SendRecords) -> None:
+    """Hand ``batch`` to every sink and send its topic records, concurrently. Waits for all of them and
+    then raises the first failure, if any: the caller acks only when this returns."""
+    jobs = [send(batch.records())]
+    items = batch.items
+    if items:
+        jobs.extend(sink.write(items) for sink in sinks)
+    for outcome in await asyncio.gather(*jobs, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+async def run_stage(stream: Any, stage: Stage, sinks: Sequence[Sink], send: SendRecords,
+                    batch_max: int, within: float) -> None:
+    """The agent loop over a faust stream (anything with ``noack_take`` and ``ack``)."""
+    async for events in stream.noack_take(batch_max, within=within):
+        await stage.before_batch()
+        started = time.perf_counter()
+        batch = await stage.process([e.message.value for e in events])
+        stage.observe(batch, len(events), time.perf_counter() - started)
+        await deliver(batch, sinks, send)
+        for event in events:
+            await stream.ack(event)
+        stage.log_batch(batch, len(events), time.perf_counter() - started)
+
+
+def register_stage(app: faust.App, settings: Settings, *, name: str, source: str, build: Callable[[], Stage],
+                   batch_max: int, within: float, sinks: Sequence[Sink] = ()) -> str:
+    """Attach agent ``name`` reading the contract topic ``source`` ("posts", "enriched"). ``build`` runs
+    in a thread on the agent's first start (it may load models); ``sinks`` are closed at shutdown."""
+    topics = app.affect_topics  # type: ignore[attr-defined]
+    state: dict[str, Stage] = {}
+
+    async def agent(stream: faust.StreamT) -> None:
+        if "stage" not in state:
+            stage = await asyncio.get_running_loop().run_in_executor(None, build)
+            await stage.start()
+            state["stage"] = stage
+        await run_stage(stream, state["stage"], sinks, functools.partial(send_all, app), batch_max, within)
+
+    agent.__name__ = agent.__qualname__ = name
+    app.agent(topics[source], name=name)(agent)
+
+    @app.on_before_shutdown.connect
+    async def _close(app: faust.App, **kwargs) -> None:
+        if "stage" in state:
+            await state["stage"].aclose()
+        for sink in sinks:
+            await sink.close()
+
+    return name
