@@ -23,20 +23,21 @@ from typing import Callable
 
 import orjson
 
+from affectstream.streaming.worker.redis_client import sync_redis
+from affectstream.streaming.worker.result import Result
+from affectstream.streaming.worker.settings import Settings
+
 
 @dataclass
 class LiveResults:
     """Subscribes to the live channel in a thread; records id -> (arrival ms, created_at ms, processed_at ms)."""
-    redis_url: str
-    channel: str
+    settings: Settings
     arrivals: dict[str, tuple[float, int | None, int | None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        import redis
-
-        self._client = redis.Redis.from_url(self.redis_url)
+        self._client = sync_redis(self.settings)
         self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.subscribe(self.channel)
+        self._pubsub.subscribe(self.settings.keys.live)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-live", daemon=True)
         self._thread.start()
@@ -47,8 +48,8 @@ class LiveResults:
             if message is None:
                 continue
             now_ms = time.time() * 1000
-            result = orjson.loads(message["data"])
-            self.arrivals.setdefault(result["id"], (now_ms, result.get("created_at"), result.get("processed_at")))
+            result = Result.from_json(message["data"])
+            self.arrivals.setdefault(result.id, (now_ms, result.created_at, result.processed_at))
 
     def wait_for(self, ids: list[str], timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -100,9 +101,8 @@ def peak_rss_mb(pid: int) -> float:
 def run(model_dir: Path, *, burst: int, load_seconds: float, loads: tuple[float, ...], batch_max: int,
         batch_window_s: float, device: str, threads: int, pairs: list[tuple[str, str]],
         caption_images: int, say: Callable[[str], None]) -> dict:
-    from affectstream.streaming.tools.demo import WorkerProcess
     from affectstream.streaming.tools.services import EmbeddedServices
-    from affectstream.streaming.worker.settings import Settings
+    from affectstream.streaming.tools.workers import WorkerProcess
 
     run_id = uuid.uuid4().hex[:8]
     requested = Settings(broker_url="", redis_url="", app_id=f"affectstream-bench-{run_id}",
@@ -113,7 +113,7 @@ def run(model_dir: Path, *, burst: int, load_seconds: float, loads: tuple[float,
     with EmbeddedServices(requested) as services:
         s = services.settings
         say(f"  broker {s.broker_url}, redis {s.redis_url}; starting a classify worker ...")
-        live = LiveResults(s.redis_url, s.keys.live)
+        live = LiveResults(s)
         worker = WorkerProcess(s, "classify", loglevel="warning")
         caption_worker = None
         try:

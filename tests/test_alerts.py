@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from affectstream.streaming.monitor.alerts import AlertRule, claim_alert, detect_shift, make_alert, two_proportion_z, windows_for
-from affectstream.streaming.tools.demo import WorkerProcess
+from affectstream.streaming.tools.workers import WorkerProcess
 from affectstream.streaming.tools.producer import produce_lines
 from affectstream.streaming.worker.redis_client import async_redis as redis_client
 from affectstream.streaming.worker.redis_keys import minute_bucket

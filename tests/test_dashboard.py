@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 import pytest
 
-from affectstream.streaming.tools.demo import WorkerProcess
+from affectstream.streaming.tools.workers import WorkerProcess
 from affectstream.streaming.tools.producer import produce_lines
 from affectstream.streaming.tools.services import free_port
 from tests.test_alerts import pick_texts

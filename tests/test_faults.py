@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from affectstream.streaming.worker.caption import Captioning
-from affectstream.streaming.tools.demo import WorkerProcess
+from affectstream.streaming.tools.workers import WorkerProcess
 from affectstream.streaming.tools.producer import produce_lines
 from affectstream.streaming.worker.redis_sink import RedisSink
 from affectstream.bench.reliability import record

@@ -8,7 +8,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from affectstream.streaming.tools.demo import WorkerProcess
+from affectstream.streaming.tools.workers import WorkerProcess
 from affectstream.streaming.tools.producer import produce_lines
 from affectstream.streaming.tools.services import free_port
 from tests.test_pipeline import make_settings, read_topic, stored_ids, text_posts, wait_for

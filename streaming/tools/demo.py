@@ -4,104 +4,32 @@
    create the topics;
 2. ensure a model: ``settings.model_dir`` when it holds a trained model, else an untrained one built
    from the packaged encoder (with a loud warning: its labels mean nothing until ``affectstream train``);
-3. start worker process(es) ``affectstream worker --role all`` — subprocesses, so faust owns its own event
-   loop and signal handling and a crash cannot take the view down; they are stopped (SIGTERM, then
-   SIGKILL) on exit, Ctrl-C or error, and die with this process on Linux. Unless web is disabled, the first
-   worker serves the live dashboard on ``settings.web_port`` (or a free port when that one is taken) and
-   the demo prints ``dashboard: http://127.0.0.1:PORT/``;
-4. stream the bundled sample (``created_at`` shifted so the newest post is "now") and show results as they arrive (from the ``sentiment`` and DLQ topics)
-   and per-brand counts (from the Redis minute buckets);
+3. start worker process(es) ``affectstream worker --role all`` (``workers.WorkerProcess``: subprocesses,
+   so faust owns its own event loop and signal handling and a crash cannot take the view down); they are
+   stopped (SIGTERM, then SIGKILL) on exit, Ctrl-C or error, and die with this process on Linux. Unless
+   web is disabled, the first worker serves the live dashboard on ``settings.web_port`` (or a free port
+   when that one is taken) and the demo prints ``dashboard: http://127.0.0.1:PORT/``;
+4. stream the bundled sample (``created_at`` shifted so the newest post is "now") and show results as
+   they arrive (from the ``sentiment`` and DLQ topics) and per-brand counts (from the Redis minute
+   buckets): ``demo_view``;
 5. stop once every sample line is accounted for — a result or a dead letter — or at the timeout, and
    print a summary.
 """
 from __future__ import annotations
 
 import contextlib
-import collections
-import dataclasses
-import os
 import signal
-import subprocess
-import sys
-import tempfile
+import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
-from affectstream.streaming.worker.settings import ENV_PREFIX, Settings
-
-STOP_TIMEOUT_S = 20.0
-
-
-# --- worker processes ------------------------------------------------------------------------------
-
-def settings_env(settings: Settings, base: dict | None = None) -> dict[str, str]:
-    """The environment that makes ``Settings.load()`` in a child process return ``settings``.
-    (Environment, not argv: secrets must not show up in ``ps``.)"""
-    env = dict(os.environ if base is None else base)
-    for name, value in dataclasses.asdict(settings).items():
-        env[ENV_PREFIX + name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return env
-
-
-class WorkerProcess:
-    """``python -m affectstream.cli worker`` as a child process with its log in a file."""
-
-    def __init__(self, settings: Settings, role: str = "all", *, log_path: str | None = None,
-                 extra_args: list[str] | None = None, loglevel: str = "info"):
-        self.role = role
-        if log_path is None:
-            fd, log_path = tempfile.mkstemp(prefix=f"affectstream-worker-{role}-", suffix=".log")
-            os.close(fd)
-        self.log_path = log_path
-        web = "--with-web" if settings.web_enabled else "--without-web"  # port: settings.web_port
-        cmd = [sys.executable, "-m", "affectstream.cli", "worker", "--role", role, web,
-               "--no-create-topics", "--loglevel", loglevel, *(extra_args or [])]
-        root = str(Path(__file__).resolve().parent.parent)
-        env = settings_env(settings)
-        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
-        with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env=env, cwd=os.getcwd(), preexec_fn=_die_with_parent())
-        self.pid = self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
-        """SIGTERM (faust stops cleanly and commits acked offsets), SIGKILL after ``timeout_s``."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, nothing committed on the way out."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-
-def _die_with_parent():
-    try:
-        from affectstream.streaming.tools.services import _die_with_parent as die
-        return die()
-    except ImportError:
-        return None
+from affectstream.streaming.tools.demo_view import LABELS, Progress, Watcher, watch
+from affectstream.streaming.tools.workers import WorkerProcess
+from affectstream.streaming.worker.settings import Settings
 
 
 def shift_to_now(lines: list[bytes], now_ms: int | None = None) -> list[bytes]:
@@ -136,8 +64,6 @@ def shift_to_now(lines: list[bytes], now_ms: int | None = None) -> list[bytes]:
 
 def dashboard_port(settings: Settings) -> int:
     """``settings.web_port`` when it is free, else any free port (a second demo, or a worker on 6066)."""
-    import socket
-
     from affectstream.streaming.tools.services import free_port
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -170,143 +96,6 @@ def ensure_model(settings: Settings, say=print) -> tuple[Path, bool]:
         build_untrained(path)
     say(UNTRAINED_WARNING.format(model_dir=str(configured), path=str(path)))
     return path, False
-
-
-# --- watching results ------------------------------------------------------------------------------
-
-@dataclass
-class Progress:
-    total: int
-    started: float = field(default_factory=time.monotonic)
-    produced_at: float | None = None
-    first_result_at: float | None = None
-    last_result_at: float | None = None
-    result_ids: set = field(default_factory=set)
-    dlq: int = 0
-    dlq_reasons: collections.Counter = field(default_factory=collections.Counter)
-    recent: collections.deque = field(default_factory=lambda: collections.deque(maxlen=8))
-    brand_counts: dict = field(default_factory=dict)   # brand -> {label: count}, from Redis
-    model_version: str = ""
-
-    @property
-    def done(self) -> bool:
-        return len(self.result_ids) + self.dlq >= self.total
-
-    def throughput(self) -> float:
-        """Posts accounted for per second, from the first result to the latest (the worker's start-up —
-        group join and model load — is excluded; the summary also gives the end-to-end figure)."""
-        if self.first_result_at is None or self.last_result_at is None:
-            return 0.0
-        return (len(self.result_ids) + self.dlq) / max(self.last_result_at - self.first_result_at, 0.5)
-
-
-class Watcher:
-    """Reads ``sentiment`` and the DLQ from the start (no consumer group) and the Redis brand buckets.
-    Only records written after ``since_ms`` count, so an external broker's old messages are ignored."""
-
-    def __init__(self, settings: Settings, progress: Progress, since_ms: int):
-        from kafka import KafkaConsumer, TopicPartition
-        import redis
-
-        from affectstream.streaming.worker.kafka_config import bootstrap_servers, kafka_client_kwargs
-        from affectstream.streaming.worker.redis_client import redis_client_kwargs
-
-        self.settings, self.progress, self.since_ms = settings, progress, since_ms
-        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers(settings), group_id=None,
-                                      enable_auto_commit=False, client_id="affectstream-demo",
-                                      **kafka_client_kwargs(settings))
-        tps = []
-        for topic in (settings.topic_sentiment, settings.topic_dlq):
-            for p in sorted(self.consumer.partitions_for_topic(topic) or {0}):
-                tps.append(TopicPartition(topic, p))
-        self.consumer.assign(tps)
-        self.consumer.seek_to_beginning(*tps)
-        self.redis = redis.Redis.from_url(settings.redis_url, **redis_client_kwargs(settings))
-
-    def poll(self, timeout_ms: int = 200) -> None:
-        p = self.progress
-        for tp, records in self.consumer.poll(timeout_ms=timeout_ms).items():
-            for record in records:
-                if record.timestamp < self.since_ms:
-                    continue
-                value = orjson.loads(record.value)
-                now = time.monotonic()
-                p.first_result_at = p.first_result_at or now
-                p.last_result_at = now
-                if tp.topic == self.settings.topic_dlq:
-                    p.dlq += 1
-                    p.dlq_reasons[f"{value.get('stage')}/{value.get('reason')}"] += 1
-                    p.recent.append(("dlq", value))
-                else:
-                    p.result_ids.add(value.get("id"))
-                    p.model_version = value.get("model", p.model_version)
-                    p.recent.append(("result", value))
-
-    def refresh_brands(self) -> None:
-        from affectstream.streaming.worker.redis_keys import ALL_BRANDS
-
-        keys = self.settings.keys
-        counts: dict[str, collections.Counter] = {}
-        for key in self.redis.scan_iter(match=keys.brand_pattern(), count=500):
-            parsed = keys.parse_brand_key(key.decode())
-            if parsed is None or parsed[0] == ALL_BRANDS:
-                continue
-            brand = parsed[0]
-            c = counts.setdefault(brand, collections.Counter())
-            for label, n in self.redis.hgetall(key).items():
-                c[label.decode()] += int(n)
-        self.progress.brand_counts = counts
-
-    def close(self) -> None:
-        self.consumer.close()
-        self.redis.close()
-
-
-# --- rendering -------------------------------------------------------------------------------------
-
-LABELS = ("positive", "neutral", "negative")
-
-
-def render(progress: Progress, workers: list[WorkerProcess], trained: bool):
-    from rich.console import Group
-    from rich.panel import Panel
-    from rich.table import Table
-    from rich.text import Text
-
-    from affectstream.streaming.tools.tail import dlq_text, result_text
-
-    p = progress
-    elapsed = time.monotonic() - p.started
-    head = Text()
-    head.append(f"posts in {p.total}   results {len(p.result_ids)}   DLQ {p.dlq}   ")
-    head.append(f"{p.throughput():.1f} posts/s   {elapsed:.0f}s   ")
-    alive = sum(w.alive() for w in workers)
-    head.append(f"workers {alive}/{len(workers)}", style="green" if alive == len(workers) else "bold red")
-    if p.first_result_at is None:
-        head.append("   (waiting for the worker to join the group and load the model...)", style="dim")
-    if not trained:
-        head.append("\nUNTRAINED MODEL: labels are meaningless until `affectstream train --preset default`",
-                    style="bold red")
-    brands = Table(title="per-brand sentiment (Redis minute buckets)", expand=True)
-    brands.add_column("brand")
-    for label, style in zip(LABELS, ("green", "yellow", "red")):
-        brands.add_column(label, justify="right", style=style)
-    brands.add_column("share", ratio=1)
-    for brand in sorted(p.brand_counts):
-        c = p.brand_counts[brand]
-        total = sum(c.values()) or 1
-        bar = Text()
-        for label, style in zip(LABELS, ("green", "yellow", "red")):
-            bar.append("█" * round(30 * c.get(label, 0) / total), style=style)
-        brands.add_row(brand, *(str(c.get(label, 0)) for label in LABELS), bar)
-    recent = Text("\n").join(
-        dlq_text(v) if kind == "dlq" else result_text(v) for kind, v in list(p.recent)[::-1]) or Text("…")
-    legend = Text("rationale words: ", style="dim")
-    legend.append("from the post text", style="cyan")
-    legend.append(" / ", style="dim")
-    legend.append("from the image description", style="magenta")
-    return Group(Panel(head, title="affectstream demo"), brands,
-                 Panel(Group(recent, legend), title="recent posts"))
 
 
 # --- the demo --------------------------------------------------------------------------------------
@@ -391,7 +180,7 @@ def run_demo(settings: Settings, *, sample: Path, live: bool = True, rate: float
             progress.produced_at = time.monotonic()
             threading.Thread(target=produce, name="demo-producer", daemon=True).start()
             deadline = started + timeout_s
-            complete = _watch(progress, watcher, procs, deadline, live, trained, console, say)
+            complete = watch(progress, watcher, procs, deadline, live, trained, console, say)
             if produce_error:
                 raise produce_error[0]
             watcher.refresh_brands()
@@ -424,50 +213,3 @@ def _hold(procs: list[WorkerProcess], web_port: int, say) -> None:
     with contextlib.suppress(KeyboardInterrupt):
         while all(w.alive() for w in procs):
             time.sleep(0.5)
-
-
-def _watch(progress: Progress, watcher: Watcher, procs: list[WorkerProcess], deadline: float, live: bool,
-           trained: bool, console, say) -> bool:
-    last_brands = last_line = 0.0
-
-    def step() -> bool | None:
-        nonlocal last_brands
-        watcher.poll(200)
-        now = time.monotonic()
-        if now - last_brands > 1.0:
-            watcher.refresh_brands()
-            last_brands = now
-        if progress.done:
-            watcher.refresh_brands()  # the last frame shows the final counts
-            return True
-        if now > deadline:
-            say(f"timed out with {len(progress.result_ids)} results and {progress.dlq} dead letters "
-                f"of {progress.total} posts")
-            return False
-        if not any(w.alive() for w in procs):
-            say("every worker exited")
-            for w in procs:
-                say(f"--- worker pid {w.pid} log tail:\n{w.log_tail()}")
-            return False
-        return None
-
-    if live:
-        from rich.live import Live
-
-        with Live(render(progress, procs, trained), console=console, refresh_per_second=4,
-                  transient=False) as view:
-            while True:
-                outcome = step()
-                view.update(render(progress, procs, trained))
-                if outcome is not None:
-                    return outcome
-    while True:
-        outcome = step()
-        now = time.monotonic()
-        if outcome is not None or now - last_line > 2.0:
-            last_line = now
-            p = progress
-            say(f"[{now - p.started:6.1f}s] results {len(p.result_ids)}  DLQ {p.dlq}  of {p.total}  "
-                f"{p.throughput():.1f} posts/s")
-        if outcome is not None:
-            return outcome

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
 
+from affectstream.streaming.tools.processes import die_with_parent, log_tail, stop_process
 from affectstream.streaming.worker.kafka_config import create_topics
 from affectstream.streaming.worker.settings import Settings
 
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 20.0
-_PR_SET_PDEATHSIG = 1
 # Tansu reads these from the environment; explicit flags win, but a stray value must not leak in.
 _TANSU_ENV = ("CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE", "SCHEMA_REGISTRY",
               "OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -52,14 +52,7 @@ class RunningService:
         proc = self._proc
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                log.warning("%s pid %d ignored SIGTERM; killing", self.name, self.pid)
-                proc.kill()
-                proc.wait()
+        stop_process(proc, STOP_TIMEOUT_S, self.name)
         log.info("%s stopped (pid %d, exit %s)", self.name, self.pid, proc.returncode)
         self._proc = None
 
@@ -149,12 +142,12 @@ def _start_once(name: str, cmd: list[str], port: int, url: str, env: dict | None
     fd, log_path = tempfile.mkstemp(prefix=f"affectstream-{name}-{port}-", suffix=".log")
     with os.fdopen(fd, "wb") as log_file:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                env=env, preexec_fn=_die_with_parent())
+                                env=env, preexec_fn=die_with_parent())
     service = RunningService(name=name, url=url, pid=proc.pid, port=port, log_path=log_path, _proc=proc)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode} on port {port}:\n{_tail(log_path)}")
+            raise RuntimeError(f"{name} exited with {proc.returncode} on port {port}:\n{log_tail(log_path)}")
         if _port_answers(port):
             time.sleep(0.05)
             if proc.poll() is None:  # the answer came from our process, not from a stranger on the port
@@ -162,24 +155,7 @@ def _start_once(name: str, cmd: list[str], port: int, url: str, env: dict | None
                 return service
         time.sleep(0.05)
     service.stop()
-    raise RuntimeError(f"{name} did not answer on port {port} within {START_TIMEOUT_S:.0f}s:\n{_tail(log_path)}")
-
-
-def _die_with_parent():
-    """Linux: SIGTERM the child when the starting thread dies. Only from the main thread, whose death is
-    the process's; a worker thread exiting must not take the server with it."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    return preexec
+    raise RuntimeError(f"{name} did not answer on port {port} within {START_TIMEOUT_S:.0f}s:\n{log_tail(log_path)}")
 
 
 def _port_answers(port: int) -> bool:
@@ -188,13 +164,6 @@ def _port_answers(port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def _tail(path: str, lines: int = 20) -> str:
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 # --- embedded services -----------------------------------------------------------------------------

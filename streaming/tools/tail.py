@@ -6,34 +6,34 @@ from __future__ import annotations
 
 import base64
 import sys
+from typing import Iterable
 
 import orjson
 from rich.console import Console
 from rich.text import Text
 
 from affectstream.streaming.worker.kafka_config import bootstrap_servers, kafka_client_kwargs
+from affectstream.streaming.worker.result import Result
 from affectstream.streaming.worker.settings import Settings
 
 LABEL_STYLE = {"positive": "bold green", "negative": "bold red", "neutral": "bold yellow"}
 SOURCE_STYLE = {"text": "cyan", "image": "magenta"}
 
 
-def result_text(result: dict, width: int = 60) -> Text:
+def result_text(result: Result) -> Text:
     """One line: label, confidence, id, brands, rationale words coloured by source (text / image)."""
-    label = str(result.get("label", "?"))
-    score = (result.get("scores") or {}).get(label)
+    score = result.scores.get(result.label)
     line = Text()
-    line.append(f"{label:<8}", style=LABEL_STYLE.get(label, "bold"))
+    line.append(f"{result.label:<8}", style=LABEL_STYLE.get(result.label, "bold"))
     line.append(f" {score:.2f} " if isinstance(score, (int, float)) else "  ?   ")
-    line.append(f"{str(result.get('id', ''))[:24]:<24} ", style="dim")
-    brands = ",".join(result.get("brands") or [])
-    if brands:
-        line.append(f"[{brands}] ", style="blue")
-    for word in result.get("rationale") or []:
+    line.append(f"{result.id[:24]:<24} ", style="dim")
+    if result.brands:
+        line.append(f"[{','.join(result.brands)}] ", style="blue")
+    for word in result.rationale:
         line.append(str(word.get("text", "")), style=SOURCE_STYLE.get(word.get("source"), ""))
         line.append(" ")
-    if result.get("image_error"):
-        line.append(f"(image_error: {result['image_error']})", style="dim red")
+    if result.image_error:
+        line.append(f"(image_error: {result.image_error})", style="dim red")
     return line
 
 
@@ -47,14 +47,16 @@ def dlq_text(record: dict) -> Text:
     return line
 
 
-def make_consumer(settings: Settings, topic: str, from_beginning: bool):
+def topic_consumer(settings: Settings, topics: Iterable[str], *, from_beginning: bool,
+                   client_id: str = "affectstream-tail"):
+    """A kafka-python consumer of every partition of ``topics``, without a consumer group (it never moves
+    a worker's offsets), at the oldest retained record or at the end."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers(settings), group_id=None,
-                             enable_auto_commit=False, client_id="affectstream-tail",
-                             **kafka_client_kwargs(settings))
-    partitions = consumer.partitions_for_topic(topic) or set()
-    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+                             enable_auto_commit=False, client_id=client_id, **kafka_client_kwargs(settings))
+    tps = [TopicPartition(topic, p) for topic in topics
+           for p in sorted(consumer.partitions_for_topic(topic) or {0})]  # not created yet: partition 0
     consumer.assign(tps)
     if from_beginning:
         consumer.seek_to_beginning(*tps)
@@ -67,7 +69,7 @@ def tail(settings: Settings, *, from_beginning: bool = False, as_json: bool = Fa
          dlq: bool = False) -> int:
     topic = settings.topic_dlq if dlq else settings.topic_sentiment
     console = Console(file=sys.stdout, highlight=False, soft_wrap=True)
-    consumer = make_consumer(settings, topic, from_beginning)
+    consumer = topic_consumer(settings, [topic], from_beginning=from_beginning)
     seen = 0
     try:
         while not limit or seen < limit:
@@ -78,8 +80,8 @@ def tail(settings: Settings, *, from_beginning: bool = False, as_json: bool = Fa
                         sys.stdout.write(record.value.decode("utf-8", "replace") + "\n")
                         sys.stdout.flush()
                     else:
-                        value = orjson.loads(record.value)
-                        console.print(dlq_text(value) if dlq else result_text(value))
+                        console.print(dlq_text(orjson.loads(record.value)) if dlq
+                                      else result_text(Result.from_json(record.value)))
                     if limit and seen >= limit:
                         break
     except KeyboardInterrupt:

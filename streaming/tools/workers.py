@@ -1,0 +1,63 @@
+"""Worker processes for the local tools: ``python -m affectstream.cli worker`` as a child process,
+configured through the environment, its log in a file. The demo, the benchmarks and the tests run workers
+exactly as deployed, so faust owns its event loop and signal handling and a crash cannot take the caller
+down."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import tempfile
+
+from affectstream.streaming.tools.processes import die_with_parent, log_tail, stop_process
+from affectstream.streaming.worker.settings import ENV_PREFIX, Settings
+
+STOP_TIMEOUT_S = 20.0
+
+
+def settings_env(settings: Settings, base: dict | None = None) -> dict[str, str]:
+    """The environment that makes ``Settings.load()`` in a child process return ``settings``.
+    (Environment, not argv: secrets must not show up in ``ps``.)"""
+    env = dict(os.environ if base is None else base)
+    for name, value in dataclasses.asdict(settings).items():
+        env[ENV_PREFIX + name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+class WorkerProcess:
+    """``python -m affectstream.cli worker --role ROLE`` as a child process with its log in a file; it dies
+    with this process on Linux."""
+
+    def __init__(self, settings: Settings, role: str = "all", *, log_path: str | None = None,
+                 extra_args: list[str] | None = None, loglevel: str = "info"):
+        self.role = role
+        if log_path is None:
+            fd, log_path = tempfile.mkstemp(prefix=f"affectstream-worker-{role}-", suffix=".log")
+            os.close(fd)
+        self.log_path = log_path
+        web = "--with-web" if settings.web_enabled else "--without-web"  # port: settings.web_port
+        cmd = [sys.executable, "-m", "affectstream.cli", "worker", "--role", role, web,
+               "--no-create-topics", "--loglevel", loglevel, *(extra_args or [])]
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         env=settings_env(settings), cwd=os.getcwd(),
+                                         preexec_fn=die_with_parent())
+        self.pid = self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+        """SIGTERM (faust stops cleanly and commits acked offsets), SIGKILL after ``timeout_s``."""
+        return stop_process(self.proc, timeout_s, f"worker {self.role}")
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing committed on the way out."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return log_tail(self.log_path, lines)
