@@ -4,7 +4,10 @@ Use with ``pytest_plugins = ["tests.servers"]`` in tests/conftest.py. Never mock
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 import uuid
+from http.server import ThreadingHTTPServer
 from typing import Any, Iterator
 
 import pytest
@@ -12,7 +15,7 @@ import pytest
 from affectstream.streaming.tools.services import RunningService, start_broker, start_redis
 from affectstream.streaming.worker.settings import Settings
 
-__all__ = ["broker", "redis_server", "settings_for"]
+__all__ = ["broker", "redis_server", "settings_for", "workers_running", "local_http_server"]
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +50,33 @@ def settings_for(broker: RunningService | None = None, redis: RunningService | N
     }
     values.update(overrides)
     return Settings(**values)
+
+
+@contextlib.contextmanager
+def workers_running(workers: list, log_lines: int = 80) -> Iterator[list]:
+    """Stop every worker process in ``workers`` on the way out (the list may grow inside the block); when
+    the block fails, print each one's log tail first."""
+    try:
+        yield workers
+    except BaseException:
+        for w in workers:
+            if w is not None:
+                print(f"--- worker {w.role} pid {w.pid}:\n{w.log_tail(log_lines)}")
+        raise
+    finally:
+        for w in workers:
+            if w is not None:
+                w.stop()
+
+
+@contextlib.contextmanager
+def local_http_server(handler) -> Iterator[str]:
+    """A threaded HTTP server for ``handler`` on a free 127.0.0.1 port; yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

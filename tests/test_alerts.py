@@ -19,7 +19,7 @@ from affectstream.streaming.worker.redis_client import async_redis as redis_clie
 from affectstream.streaming.worker.redis_keys import minute_bucket
 from affectstream.streaming.tools.services import free_port
 from affectstream.streaming.monitor.hub import LiveHub
-from tests.servers import settings_for
+from tests.servers import settings_for, workers_running
 from tests.test_pipeline import make_settings, read_topic, stored_ids, wait_for
 
 RULE = AlertRule()
@@ -173,7 +173,7 @@ def test_a_negative_burst_for_one_brand_gives_exactly_one_alert_for_it(broker, r
     burst = [post(i, "acme", 5, bad=i >= 4) for i in range(24)]
     burst += [post(i, b, 5, bad=i < 4) for b in brands[1:] for i in range(24)]
     worker = WorkerProcess(s, "all")
-    try:
+    with workers_running([worker]):
         produce_lines(s, [orjson.dumps(p) for p in quiet])
         wait_for(lambda: len(stored_ids(s)) >= len(quiet), 90, [worker], "the calm period's results")
         produce_lines(s, [orjson.dumps(p) for p in burst])
@@ -183,11 +183,6 @@ def test_a_negative_burst_for_one_brand_gives_exactly_one_alert_for_it(broker, r
         alerts = [orjson.loads(r.value) for r in read_topic(s, s.topic_alerts)]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/alerts", timeout=5) as response:
             shown = orjson.loads(response.read())
-    except BaseException:
-        print(worker.log_tail(80))
-        raise
-    finally:
-        worker.stop()
 
     assert [(a["brand"], a["minute"]) for a in alerts] == [("acme", minute_bucket(M0 + 5 * 60_000))]
     assert alerts[0]["hits"] == 20 and alerts[0]["n"] == 24 and alerts[0]["baseline_n"] == 30

@@ -29,7 +29,7 @@ from affectstream.streaming.worker.redis_sink import RedisSink
 from affectstream.bench.reliability import record
 from affectstream.streaming.tools.services import free_port, start_broker, start_redis
 from affectstream.streaming.worker.kafka_config import bootstrap_servers, create_topics
-from tests.servers import settings_for
+from tests.servers import settings_for, workers_running
 from tests.test_pipeline import (BRANDS, brand_counts, lines_of, make_settings, read_topic, redis_client,
                                  stored_ids, text_posts, wait_for, workers)
 
@@ -144,27 +144,18 @@ def test_sigkilled_classify_worker_loses_no_post_and_counts_none_twice(broker, r
     posts = text_posts(N_CRASH, prefix="crash")
     caption = WorkerProcess(s, "caption")
     first = WorkerProcess(s, "classify")
-    second = None
-    try:
+    with workers_running([caption, first], log_lines=60) as procs:
         produce_lines(s, lines_of(posts))
         wait_for(lambda: len(stored_ids(s)) >= N_CRASH // 4, 180, [caption, first], "a quarter of the results")
         before_kill = len(stored_ids(s))
         first.kill()
         assert first.proc.returncode == -signal.SIGKILL
         second = WorkerProcess(s, "classify")
+        procs.append(second)
         ids = {p["id"] for p in posts}
         wait_for(lambda: stored_ids(s) >= ids, 300, [caption, second], "a result for every post after the crash")
         time.sleep(1.0)
         results = read_topic(s, s.topic_sentiment)
-    except BaseException:
-        for w in (caption, first, second):
-            if w is not None:
-                print(f"--- {w.role} pid {w.pid}:\n{w.log_tail(60)}")
-        raise
-    finally:
-        for w in (caption, first, second):
-            if w is not None:
-                w.stop()
 
     a = audit(s, posts)
     redelivered = len(results) - len({orjson.loads(r.value)["id"] for r in results})
@@ -191,7 +182,7 @@ def test_redis_outage_mid_stream_retries_without_losing_or_double_counting(broke
     random.Random(7).shuffle(posts)
     worker = WorkerProcess(s, "all")
     outage = {}
-    try:
+    with workers_running([worker]):
         stream = Stream(s, lines_of(posts), rate=60.0)  # ~25 s of posts
         wait_for(lambda: len(stored_ids(s)) >= 150, 120, [worker], "results before the outage")
         server.stop()
@@ -212,11 +203,6 @@ def test_redis_outage_mid_stream_retries_without_losing_or_double_counting(broke
         retries = log_lines(worker, "redis write failed")
         cache_skips = log_lines(worker, "caption cache unavailable")
         assert worker.alive()
-    except BaseException:
-        print(f"--- worker pid {worker.pid}:\n{worker.log_tail(80)}")
-        raise
-    finally:
-        worker.stop()
     try:
         a = audit(s, posts)
         enriched = read_topic(s, s.topic_enriched)
@@ -307,26 +293,23 @@ def test_broker_unreachable_mid_stream_loses_nothing(redis_server, tiny_model_di
     posts = text_posts(900, prefix="bk-freeze")
     worker = WorkerProcess(s, "all")
     try:
-        stream = Stream(s, lines_of(posts), rate=50.0)  # ~18 s of posts
-        wait_for(lambda: len(stored_ids(s)) >= 100, 120, [worker], "results before the outage")
-        joins_before = log_lines(worker, "Setting newly assigned partitions")
-        os.kill(broker.pid, signal.SIGSTOP)
-        try:
-            time.sleep(10.0)  # > session timeout (6 s)
-            assert worker.alive(), worker.log_tail(60)
-        finally:
-            os.kill(broker.pid, signal.SIGCONT)
-        stream.join(120)
-        ids = {p["id"] for p in posts}
-        wait_for(lambda: stored_ids(s) >= ids, 180, [worker], "a result for every post after the outage")
-        time.sleep(1.0)
-        rejoined = log_lines(worker, "Setting newly assigned partitions") - joins_before
-        assert worker.alive()
-    except BaseException:
-        print(f"--- worker pid {worker.pid}:\n{worker.log_tail(80)}")
-        raise
+        with workers_running([worker]):
+            stream = Stream(s, lines_of(posts), rate=50.0)  # ~18 s of posts
+            wait_for(lambda: len(stored_ids(s)) >= 100, 120, [worker], "results before the outage")
+            joins_before = log_lines(worker, "Setting newly assigned partitions")
+            os.kill(broker.pid, signal.SIGSTOP)
+            try:
+                time.sleep(10.0)  # > session timeout (6 s)
+                assert worker.alive(), worker.log_tail(60)
+            finally:
+                os.kill(broker.pid, signal.SIGCONT)
+            stream.join(120)
+            ids = {p["id"] for p in posts}
+            wait_for(lambda: stored_ids(s) >= ids, 180, [worker], "a result for every post after the outage")
+            time.sleep(1.0)
+            rejoined = log_lines(worker, "Setting newly assigned partitions") - joins_before
+            assert worker.alive()
     finally:
-        worker.stop()
         a = audit(s, posts)
         broker.stop()
     record_audit("broker unreachable 10 s mid-stream (SIGSTOP), then back", a, messages=len(posts), started=started,
@@ -352,23 +335,20 @@ def test_worker_survives_a_broker_restart_and_keeps_what_was_acknowledged(redis_
     before = text_posts(200, prefix="bk-before")
     worker = WorkerProcess(s, "all")
     try:
-        produce_lines(s, lines_of(before))
-        wait_for(lambda: stored_ids(s) >= {p["id"] for p in before}, 120, [worker], "results before the outage")
-        time.sleep(1.5)  # let the acked offsets commit
-        joins_before = log_lines(worker, "Setting newly assigned partitions")
-        broker.stop()
-        time.sleep(5.0)
-        assert worker.alive(), worker.log_tail(60)
-        broker = start_broker(port)
-        create_topics(s)  # the lost topics, as an operator restores them
-        wait_for(lambda: log_lines(worker, "Setting newly assigned partitions") > joins_before, 90, [worker],
-                 "the worker to rejoin its group on the restarted broker")
-        assert worker.alive()
-    except BaseException:
-        print(f"--- worker pid {worker.pid}:\n{worker.log_tail(80)}")
-        raise
+        with workers_running([worker]):
+            produce_lines(s, lines_of(before))
+            wait_for(lambda: stored_ids(s) >= {p["id"] for p in before}, 120, [worker], "results before the outage")
+            time.sleep(1.5)  # let the acked offsets commit
+            joins_before = log_lines(worker, "Setting newly assigned partitions")
+            broker.stop()
+            time.sleep(5.0)
+            assert worker.alive(), worker.log_tail(60)
+            broker = start_broker(port)
+            create_topics(s)  # the lost topics, as an operator restores them
+            wait_for(lambda: log_lines(worker, "Setting newly assigned partitions") > joins_before, 90, [worker],
+                     "the worker to rejoin its group on the restarted broker")
+            assert worker.alive()
     finally:
-        worker.stop()
         a = audit(s, before)
         broker.stop()
     record_audit("broker process restarted (memory storage: data lost)", a, messages=len(before), started=started,
@@ -512,16 +492,11 @@ def test_worker_with_a_redis_password_works_end_to_end_and_never_logs_a_secret(b
         check = s.replace(redis_url=server.url)  # the test's own clients: password in the URL
         posts = text_posts(30, prefix="auth")
         procs = [WorkerProcess(s, "all", loglevel="debug")]
-        try:
+        with workers_running(procs, log_lines=60):
             assert redis_pw not in " ".join(procs[0].proc.args)
             produce_lines(s, lines_of(posts))
             ids = {p["id"] for p in posts}
             wait_for(lambda: stored_ids(check) >= ids, 120, procs, "results written with the password")
-        except BaseException:
-            print(procs[0].log_tail(60))
-            raise
-        finally:
-            procs[0].stop()
         log = open(procs[0].log_path, errors="replace").read()
         a = audit(check, posts)
     finally:

@@ -26,7 +26,7 @@ import struct
 import threading
 import time
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import orjson
 import pytest
@@ -40,7 +40,7 @@ from affectstream.streaming.worker.image_refs import fetch_url, is_public_addres
 from affectstream.streaming.tools.producer import produce_lines
 from affectstream.bench.reliability import FULL_ENV, record
 from affectstream.streaming.worker.schemas import REASONS, InvalidPost, parse_post
-from tests.servers import settings_for
+from tests.servers import local_http_server, settings_for
 from tests.test_pipeline import (BRANDS, brand_counts, make_settings, read_topic, stored_ids,
                                  wait_for, workers)
 
@@ -74,13 +74,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def web():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     _Handler.hits.clear()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with local_http_server(_Handler) as url:
+        yield url
 
 
 # --- image bytes -----------------------------------------------------------------------------------

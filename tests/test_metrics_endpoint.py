@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from affectstream.streaming.tools.workers import WorkerProcess
 from affectstream.streaming.tools.producer import produce_lines
 from affectstream.streaming.tools.services import free_port
+from tests.servers import workers_running
 from tests.test_pipeline import make_settings, read_topic, stored_ids, text_posts, wait_for
 
 pytestmark = pytest.mark.integration
@@ -38,16 +39,11 @@ def test_metrics_endpoint_counts_every_result_and_every_dead_letter_by_reason(br
     bad = [b"{not json", orjson.dumps({"text": "no id"}), orjson.dumps({"id": "blank", "text": "  "}),
            orjson.dumps({"id": "nope", "text": 7})]
     worker = WorkerProcess(s, "all")
-    try:
+    with workers_running([worker], log_lines=60):
         produce_lines(s, [orjson.dumps(p) for p in good[:12]] + bad + [orjson.dumps(p) for p in good[12:]])
         wait_for(lambda: len(stored_ids(s)) >= len(good) and len(read_topic(s, s.topic_dlq)) >= len(bad), 90,
                  [worker], "every result and dead letter")
         content_type, samples = scrape(port)
-    except BaseException:
-        print(worker.log_tail(60))
-        raise
-    finally:
-        worker.stop()
 
     assert content_type.startswith("text/plain; version=0.0.4")
     n, k = len(good), len(bad)
