@@ -112,7 +112,7 @@ def roberta_base_dir(root: Path, layers: int | None = None) -> Shape:
 
     from affectstream.model.aligned import AlignedClassifier
     from affectstream.model.config import AlignedConfig
-    from affectstream.model.deploy import save_pretrained
+    from affectstream.model.deploy import save_deployed
 
     name = "roberta-base" if layers is None else f"roberta-base-{layers}l"
     directory = root / name
@@ -130,7 +130,7 @@ def roberta_base_dir(root: Path, layers: int | None = None) -> Shape:
         torch.manual_seed(0)
         encoder = RobertaModel(config, add_pooling_layer=False)
         aligned = AlignedConfig(encoder="roberta-base (random weights)", version=f"bench-{name}")
-        save_pretrained(AlignedClassifier(aligned, encoder), tokenizer, directory)
+        save_deployed(AlignedClassifier(aligned, encoder), tokenizer, directory)
     config = json.loads((directory / "config.json").read_text())["encoder_config"]
     return Shape(name, directory, config)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from transformers import PreTrainedModel
+from transformers import AutoModel, PreTrainedModel
 
 from affectstream.model.config import AlignedConfig
 
@@ -41,16 +41,32 @@ class TokenScorer(nn.Module):
         return self.net(hidden_states).squeeze(-1)  # (B, T, H) -> (B, T)
 
 
-class AlignedClassifier(nn.Module):
-    def __init__(self, config: AlignedConfig, encoder: PreTrainedModel):
-        super().__init__()
-        self.config = config
-        self.encoder = encoder
-        hidden = encoder.config.hidden_size
+class AlignedClassifier(PreTrainedModel):
+    """`save_pretrained` writes config.json + model.safetensors; `from_pretrained` rebuilds the encoder from
+    `config.encoder_config` and loads every weight (see `model/deploy.py` for the serving entry point)."""
+
+    config_class = AlignedConfig
+    base_model_prefix = "aligned"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["TokenScorer"]  # the encoder's own (e.g. BertLayer) are gathered by post_init
+
+    def __init__(self, config: AlignedConfig, encoder: PreTrainedModel | None = None):
+        # a pretrained encoder (training) or one built from the config (loading a deployed directory)
+        if encoder is not None:
+            config.encoder_config = encoder.config
+        elif config.encoder_config is None:
+            raise ValueError("AlignedConfig.encoder_config is not set and no encoder was given")
+        super().__init__(config)
+        self.encoder = encoder if encoder is not None else AutoModel.from_config(config.encoder_config,
+                                                                                 add_pooling_layer=False)
+        hidden = config.encoder_config.hidden_size
         self.scorer = TokenScorer(hidden, config.scorer_hidden, config.dropout)
         self.dropout = nn.Dropout(config.dropout)
         self.sentiment_head = nn.Linear(hidden, len(config.sentiment_labels))
         self.emotion_head = nn.Linear(hidden, len(config.emotion_labels)) if config.emotion_labels else None
+        # initialises only modules not yet initialised (scorer, heads): a given or loaded encoder keeps its weights
+        self.post_init()
 
     def forward(
         self,
@@ -99,3 +115,6 @@ class AlignedClassifier(nn.Module):
             selected_scores=selected_scores,
             selected_valid=selected_valid,
         )
+
+
+AutoModel.register(AlignedConfig, AlignedClassifier, exist_ok=True)

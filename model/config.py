@@ -1,22 +1,33 @@
-"""The model's one configuration object, serialised into a deployed directory's ``config.json``."""
+"""The model's one configuration object, a transformers `PreTrainedConfig` serialised as the deployed
+directory's ``config.json``, and the label lists every layer imports from here.
+
+The encoder's own config is a sub-config (``encoder_config``), stored as a dict in config.json and rebuilt
+with ``AutoConfig.for_model`` — the way HF composite models (LLaVA's ``text_config``) keep theirs.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
-SENTIMENT_LABELS = ("negative", "neutral", "positive")
-MSED_EMOTION_LABELS = ("happiness", "sad", "neutral", "disgust", "anger", "fear")
+from transformers import AutoConfig, PreTrainedConfig
+
+SENTIMENT_LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
+# MSED's six emotion classes, in the order the MSED paper lists them.
+EMOTION_LABELS: tuple[str, ...] = ("happiness", "sad", "neutral", "disgust", "anger", "fear")
 
 # The encoder sees one pair: post text, then the image description. For RoBERTa the tokenizer
 # renders it as `<s> text </s></s> description </s>`; for BERT-style encoders `[CLS] text [SEP] description [SEP]`.
 DESCRIPTION_FORMAT = "pair(text, description)"
+POOLINGS = ("topk", "all")
 
 
-@dataclass
-class AlignedConfig:
+class AlignedConfig(PreTrainedConfig):
+    model_type: ClassVar[str] = "affectstream-aligned"
+    sub_configs: ClassVar[dict] = {"encoder_config": AutoConfig}
+
     encoder: str = "roberta-base"            # hub id or local path the encoder was initialised from
-    sentiment_labels: tuple[str, ...] = SENTIMENT_LABELS
-    emotion_labels: tuple[str, ...] = ()     # empty: no emotion head
+    encoder_config: dict | PreTrainedConfig | None = None  # the encoder's architecture (HF config)
+    sentiment_labels: tuple[str, ...] | list[str] = SENTIMENT_LABELS
+    emotion_labels: tuple[str, ...] | list[str] = ()  # empty: no emotion head
     top_k: int = 16                          # tokens selected per post (and shown as the rationale)
     max_length: int = 128                    # tokens for the whole pair; the longer side is truncated first
     pooling: str = "topk"                    # "topk" (the method) | "all" (ablation: mean of every token)
@@ -29,20 +40,39 @@ class AlignedConfig:
     trained: bool = False
     training_data: str = ""
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, **kwargs: Any) -> None:
         self.sentiment_labels = tuple(self.sentiment_labels)
         self.emotion_labels = tuple(self.emotion_labels)
+        if isinstance(self.encoder_config, dict):
+            self.encoder_config = AutoConfig.for_model(**self.encoder_config)
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-        if self.pooling not in ("topk", "all"):
-            raise ValueError(f"pooling must be 'topk' or 'all', got {self.pooling!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if len(self.sentiment_labels) < 2:
             raise ValueError("need at least two sentiment labels")
+        super().__post_init__(**kwargs)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    @property
+    def hidden_size(self) -> int:
+        return self.encoder_config.hidden_size
+
+    @property
+    def initializer_range(self) -> float:
+        """The encoder's init scale, used by `_init_weights` for the scorer and heads."""
+        return getattr(self.encoder_config, "initializer_range", 0.02)
+
+    def method_options(self) -> dict[str, Any]:
+        """Only this class's own fields (no encoder config, no HF bookkeeping): what the model card shows."""
+        return {name: getattr(self, name) for name in type(self).__annotations__
+                if name not in ("model_type", "sub_configs", "encoder_config")}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AlignedConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
+        # directories written before this class was a PreTrainedConfig nest the fields under "affectstream"
+        if "affectstream" in config_dict:
+            config_dict = {**config_dict["affectstream"], "encoder_config": config_dict["encoder_config"]}
+        return super().from_dict(config_dict, **kwargs)
+
+
+AutoConfig.register(AlignedConfig.model_type, AlignedConfig, exist_ok=True)  # AutoTokenizer/AutoConfig read our config.json

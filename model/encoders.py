@@ -1,7 +1,10 @@
 """Where encoders and their tokenizers come from: a hub id, a local path, or the packaged offline default."""
 from __future__ import annotations
 
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
+import contextlib
+from collections.abc import Iterator
+
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
 PRODUCTION_ENCODER = "roberta-base"
@@ -25,24 +28,23 @@ def load_encoder(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     path = resolve_encoder(name)
     tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
     # the checkpoint's pooler is unused on purpose (we pool top-K tokens): don't print a load report for it
+    with quiet_transformers():
+        encoder = AutoModel.from_pretrained(path, add_pooling_layer=False)
+    return encoder, tokenizer
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No progress bars or load reports from transformers while loading or saving weights; errors still show."""
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        encoder = AutoModel.from_pretrained(path, add_pooling_layer=False)
+        yield
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
-    return encoder, tokenizer
-
-
-def encoder_from_config(config_dict: dict) -> PreTrainedModel:
-    """An encoder with the architecture described by a HF config dict (weights loaded separately)."""
-    config_dict = dict(config_dict)
-    model_type = config_dict.pop("model_type")
-    config = AutoConfig.for_model(model_type, **config_dict)
-    return AutoModel.from_config(config, add_pooling_layer=False)
 
 
 def tiny_random_encoder(hidden: int = 32, layers: int = 2, max_length: int = 128):

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from affectstream.model.aligned import AlignedClassifier, AlignedOutput
 from affectstream.model.config import AlignedConfig
-from affectstream.model.deploy import load_pretrained
+from affectstream.model.deploy import load_deployed
+from affectstream.model.device import cpu_has_bf16_units, pick_device, pick_dtype  # noqa: F401 - bench/cli.py reads the first two here
 from affectstream.model.rationale import RationaleWord, TokenSpan, merge_to_words
 from affectstream.model.tokenization import SOURCE_NAMES, encode_pairs
 
@@ -43,31 +44,6 @@ class Prediction:
             # the same dict as RationaleWord.to_dict(), without dataclasses.asdict's deep copy (~4x faster)
             "rationale": [{"text": w.text, "score": w.score, "source": w.source} for w in self.rationale],
         }
-
-
-@functools.cache
-def cpu_has_bf16_units() -> bool:
-    """AMX or AVX512-BF16: bf16 matrix products run several times faster than fp32 on these CPUs."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        if device.type == "cuda" or cpu_has_bf16_units():
-            return torch.bfloat16
-        return torch.float32
-    return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-            "fp32": torch.float32, "float32": torch.float32}[dtype]
 
 
 # --- oneDNN pre-packed linear layers ---------------------------------------------------------------
@@ -171,7 +147,7 @@ class BatchPredictor:
                        dtype: str = "auto", batch_size: int = 64) -> "BatchPredictor":
         if threads > 0:
             torch.set_num_threads(threads)
-        model, tokenizer, config = load_pretrained(path)
+        model, tokenizer, config = load_deployed(path)
         version = config.version if config.version != "untrained" else f"untrained:{Path(path).name}"
         return cls(model, tokenizer, config, device=device, dtype=dtype, top_k=top_k,
                    batch_size=batch_size, version=version)

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from affectstream.model.config import EMOTION_LABELS, SENTIMENT_LABELS
 from tests.dataset_fixtures import (NON_UTF8_TEXT, write_clmlf_split, write_msed, write_mvsa_multiple,
                                     write_mvsa_single, write_vader_sdist, write_vader_tweets)
 from affectstream.training.datasets import KINDS, load_dataset, render_meme
@@ -22,7 +23,7 @@ from affectstream.training.datasets.msed import join_title_caption
 from affectstream.training.datasets.mvsa import LabelLine, Rejected, combine_labels, parse_label_line
 from affectstream.training.datasets.proxy import POST_TEXTS, load_proxy
 from affectstream.training.datasets.vader import CITATION, Tweet, ensure_sdist, label_for, parse_tweet_line
-from affectstream.training.samples import EMOTIONS, SENTIMENTS, Dataset, Sample, decode_text
+from affectstream.training.samples import Dataset, Sample, decode_text
 from affectstream.training.splits import load_split_file, stratified_split
 
 
@@ -111,14 +112,14 @@ LABEL_LINE_REASONS = {"blank", "header", "bad_id", "malformed", "wrong_annotator
 def test_label_line_parser_never_crashes(line: str, annotators: int | None) -> None:
     out = parse_label_line(line, annotators)
     if isinstance(out, LabelLine):
-        assert out.label in SENTIMENTS
+        assert out.label in SENTIMENT_LABELS
     else:
         assert isinstance(out, Rejected) and out.reason in LABEL_LINE_REASONS
 
 
 @settings(max_examples=200, deadline=None)
 @given(id_=st.from_regex(r"[0-9]{1,6}", fullmatch=True),
-       pairs=st.lists(st.tuples(st.sampled_from(SENTIMENTS), st.sampled_from(SENTIMENTS)),
+       pairs=st.lists(st.tuples(st.sampled_from(SENTIMENT_LABELS), st.sampled_from(SENTIMENT_LABELS)),
                       min_size=3, max_size=3),
        sep=st.sampled_from(["\t", " ", "\t\t"]), upper=st.booleans())
 def test_label_line_parser_matches_the_voting_rule(id_: str, pairs: list[tuple[str, str]], sep: str,
@@ -223,7 +224,7 @@ def test_msed_reads_csvs_images_and_emotions(tmp_path: Path) -> None:
     assert by_id["train-3"].image_path == str(root / "train" / "images" / "3.jpg")
     assert by_id["train-1"].text == "Happy dog. A dog runs on the grass"
     assert by_id["dev-1"].text == "Just a caption"
-    assert all(s.emotion in EMOTIONS for s in ds.samples)
+    assert all(s.emotion in EMOTION_LABELS for s in ds.samples)
 
 
 def test_join_title_caption() -> None:
@@ -289,7 +290,7 @@ def test_jsonl_good_file(tmp_path: Path) -> None:
     rows: list[object] = [{"id": "a", "text": "love it", "image": "imgs/a.jpg", "label": "positive",
                            "split": "test"},
                           {"id": 2, "text": "meh", "label": "Neutral", "split": "val"}, ""]
-    rows += [{"id": f"x{i}", "text": "t", "label": SENTIMENTS[i % 3]} for i in range(30)]
+    rows += [{"id": f"x{i}", "text": "t", "label": SENTIMENT_LABELS[i % 3]} for i in range(30)]
     ds = load_jsonl(_write_jsonl(tmp_path / "mine.jsonl", rows))
     by_id = {s.id: s for s in ds.samples}
     assert len(ds.samples) == 32 and ds.name == "mine" and not ds.has_emotion
@@ -349,7 +350,7 @@ def test_proxy_default_size_is_balanced_600() -> None:
     ds = load_proxy()
     assert len(ds.samples) == 600
     assert all(sum(ds.counts()[sp].values()) for sp in ("train", "dev", "test"))
-    assert Counter(s.label for s in ds.samples) == {lab: 200 for lab in SENTIMENTS}
+    assert Counter(s.label for s in ds.samples) == {lab: 200 for lab in SENTIMENT_LABELS}
 
 
 def test_render_meme_is_deterministic_and_draws_dark_text_on_light_background() -> None:
@@ -367,3 +368,26 @@ def test_load_dataset_rejects_unknown_kind_and_missing_path() -> None:
         load_dataset("imdb", "x")
     with pytest.raises(ValueError, match="needs a path"):
         load_dataset("msed")
+
+
+def test_registry_rows_name_real_options_and_baselines() -> None:
+    from affectstream.training.baselines import BASELINES
+    from affectstream.training.config import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for kind, spec in KINDS.items():
+        assert callable(spec.load), kind
+        assert set(spec.train_options.values()) <= fields, kind
+        assert spec.baseline is None or spec.baseline in BASELINES, kind
+    assert [k for k, spec in KINDS.items() if not spec.needs_path] == ["vader", "proxy"]
+    assert KINDS["proxy"].synthetic and KINDS["vader"].baseline == "vader_rule"
+
+
+def test_load_dataset_records_its_kind_and_the_trainer_feeds_registry_options(tmp_path) -> None:
+    from affectstream.training.config import PRESETS
+    from affectstream.training.train import load_datasets
+
+    assert load_dataset("mvsa-single", str(write_mvsa_single(tmp_path))).kind == "mvsa-single"
+    cfg = PRESETS["tiny"].replace(dataset="proxy", extra_datasets=("proxy",), proxy_size=12)
+    datasets = load_datasets(cfg)
+    assert [d.kind for d in datasets] == ["proxy", "proxy"] and all(len(d.samples) == 12 for d in datasets)

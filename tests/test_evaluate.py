@@ -6,7 +6,8 @@ import math
 import pytest
 
 from affectstream.training.baselines import vader_rule_baseline
-from affectstream.training.card import VADER_CITATION, dataset_info, render_card
+from affectstream.training.card import dataset_info, render_card
+from affectstream.training.datasets.vader import CITATION as VADER_CITATION
 from affectstream.training.evaluate import classification_metrics, format_report, format_table
 from affectstream.training.plots import plot_confusion, plot_curves
 from affectstream.training.samples import Dataset, Sample
@@ -151,7 +152,8 @@ def test_vader_baseline_labels_clear_tweets():
 
 
 def _card(**overrides):
-    ds = Dataset(name="vader-tweets", has_emotion=False, source="vaderSentiment-3.3.2.tar.gz",
+    ds = Dataset(name="vader-tweets", kind="vader", citation=VADER_CITATION, has_emotion=False,
+                 source="vaderSentiment-3.3.2.tar.gz",
                  samples=[_sample(1, "good", "positive"), _sample(2, "bad", "negative"),
                           Sample(id="3", text="ok", label="neutral", split="train")])
     metrics = classification_metrics(Y_TRUE, Y_PRED, LABELS)
@@ -187,8 +189,8 @@ def test_card_has_sections_citation_and_numbers():
 
 
 def test_card_marks_proxy_set_synthetic_and_works_without_optional_parts():
-    proxy = {"name": "proxy-memes (synthetic)", "counts": {"train": {"negative": 5, "positive": 5}},
-             "fingerprint": "abc123"}
+    proxy = {**dataset_info(Dataset(name="proxy-memes (synthetic)", kind="proxy", has_emotion=False, samples=[])),
+             "counts": {"train": {"negative": 5, "positive": 5}}, "fingerprint": "abc123"}
     card, _ = _card(dataset=proxy, baseline=None, ablations=None, plots=[])
     assert "synthetic" in card and VADER_CITATION not in card
     assert "## Ablations" not in card and "## Plots" not in card

@@ -1,10 +1,15 @@
-"""Model math: top-K selection and masking, scorer gradient, uniformity loss, save/load, predictor."""
+"""Model math: top-K selection and masking, scorer gradient, uniformity loss, save/load, predictor, device picker."""
+import json
 import math
 
 import pytest
 import torch
+from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
 
-from affectstream.model.deploy import load_pretrained, save_pretrained
+from affectstream.model.aligned import AlignedClassifier
+from affectstream.model.config import AlignedConfig
+from affectstream.model.deploy import load_deployed, save_deployed
+from affectstream.model.device import cpu_has_bf16_units, pick_device, pick_dtype
 from affectstream.model.losses import aligned_objective, uniformity_loss
 from affectstream.model.predictor import BatchPredictor
 from affectstream.model.tokenization import SOURCE_IMAGE, SOURCE_SPECIAL, SOURCE_TEXT, encode_pairs
@@ -128,7 +133,7 @@ def test_objective_adds_lambda_times_uniformity_and_emotion():
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
 def test_save_then_load_reproduces_predictions(tmp_path, kind):
     model, tokenizer = tiny_classifier(kind=kind, emotions=True, scratch=tmp_path)
-    directory = save_pretrained(model, tokenizer, tmp_path / "m")
+    directory = save_deployed(model, tokenizer, tmp_path / "m")
     assert {p.name for p in directory.iterdir()} >= {"config.json", "model.safetensors"}
     assert not list(directory.glob("*.bin")) and not list(directory.glob("*.pt"))
     before = BatchPredictor(model, tokenizer, model.config, dtype="fp32").predict(PAIRS)
@@ -153,7 +158,82 @@ def test_predictor_keeps_input_order_and_returns_rationales(tiny_model_dir):
 
 def test_load_refuses_directory_without_safetensors(tmp_path):
     with pytest.raises(FileNotFoundError):
-        load_pretrained(tmp_path)
+        load_deployed(tmp_path)
+
+
+def test_aligned_classifier_is_a_transformers_model():
+    model, _ = tiny_classifier()
+    assert isinstance(model, PreTrainedModel) and isinstance(model.config, PreTrainedConfig)
+    assert AlignedClassifier.config_class is AlignedConfig
+    assert model.config.encoder_config is model.encoder.config
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_save_pretrained_then_from_pretrained_gives_identical_outputs(tmp_path, kind):
+    model, tokenizer = tiny_classifier(kind=kind, emotions=True, scratch=tmp_path)
+    model.save_pretrained(tmp_path / "m")
+    layout = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert layout["model_type"] == "affectstream-aligned" and layout["encoder_config"]["model_type"] == kind
+    assert layout["top_k"] == model.config.top_k and layout["emotion_labels"] == list(model.config.emotion_labels)
+    for reloaded in (AlignedClassifier.from_pretrained(tmp_path / "m"), AutoModel.from_pretrained(tmp_path / "m")):
+        assert type(reloaded) is AlignedClassifier and reloaded.config.emotion_labels == model.config.emotion_labels
+        _, before = forward(model.eval(), tokenizer, PAIRS)
+        _, after = forward(reloaded.eval(), tokenizer, PAIRS)
+        assert torch.equal(before.sentiment_logits, after.sentiment_logits)
+        assert torch.equal(before.emotion_logits, after.emotion_logits)
+        assert torch.equal(before.selected_idx, after.selected_idx)
+
+
+def test_bf16_weights_load_upcast_to_fp32_unchanged(tmp_path):
+    model, tokenizer = tiny_classifier()
+    save_deployed(model.to(torch.bfloat16), tokenizer, tmp_path / "m")
+    reloaded, _, _ = load_deployed(tmp_path / "m")
+    assert reloaded.dtype == torch.float32
+    for (name, stored), (_, loaded) in zip(model.state_dict().items(), reloaded.state_dict().items()):
+        assert torch.equal(stored.float(), loaded), name
+
+
+def test_directory_in_the_pre_transformers_layout_still_loads(tmp_path):
+    model, tokenizer = tiny_classifier()
+    directory = save_deployed(model, tokenizer, tmp_path / "m")
+    new = json.loads((directory / "config.json").read_text())
+    own = model.config.method_options()
+    legacy = {"affectstream": {k: list(v) if isinstance(v, tuple) else v for k, v in own.items()},
+              "encoder_config": new["encoder_config"]}
+    (directory / "config.json").write_text(json.dumps(legacy))
+    reloaded, _, config = load_deployed(directory)
+    assert config.method_options() == own
+    _, before = forward(model.eval(), tokenizer, PAIRS)
+    _, after = forward(reloaded, tokenizer, PAIRS)
+    assert torch.equal(before.sentiment_logits, after.sentiment_logits)
+
+
+def test_load_refuses_weights_that_do_not_match_the_config(tmp_path):
+    model, tokenizer = tiny_classifier()
+    directory = save_deployed(model, tokenizer, tmp_path / "m")
+    config = json.loads((directory / "config.json").read_text())
+    config["emotion_labels"] = ["happiness", "sad"]  # an emotion head the weights do not have
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="does not match"):
+        load_deployed(directory)
+
+
+def test_device_picker_choices(monkeypatch):
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("cuda:1") == torch.device("cuda", 1)
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device"):
+        pick_device("tpu")
+
+
+def test_dtype_picker_detects_bf16_instead_of_assuming_it():
+    cpu = torch.device("cpu")
+    assert pick_dtype("auto", cpu) == (torch.bfloat16 if cpu_has_bf16_units() else torch.float32)
+    assert pick_dtype("fp32", cpu) == torch.float32 and pick_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown dtype"):
+        pick_dtype("int8", cpu)
 
 
 def test_description_field_labels_are_never_selected():

@@ -6,7 +6,8 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from affectstream.model.deploy import load_pretrained
+from affectstream.model.config import SENTIMENT_LABELS
+from affectstream.model.deploy import load_deployed
 from affectstream.model.predictor import BatchPredictor
 from affectstream.training.config import PRESETS
 from affectstream.training.train import train
@@ -20,7 +21,7 @@ def keyword_jsonl(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "posts.jsonl"
     lines = []
     for i in range(240):
-        label = ["negative", "neutral", "positive"][i % 3]
+        label = SENTIMENT_LABELS[i % 3]
         text = f"{rng.choice(['so', 'the', 'my'])} {rng.choice(WORDS[label])} {rng.choice(['phone', 'coffee', 'car'])}"
         lines.append(orjson.dumps({"id": f"k{i}", "text": text, "label": label}))
     path.write_bytes(b"\n".join(lines) + b"\n")
@@ -44,7 +45,7 @@ def test_tiny_training_loss_falls_and_export_reloads(tmp_path, keyword_jsonl):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["reproducibility"]["seed"] == 13 and metrics["data"]["posts"]["fingerprint"]
     # the exported directory predicts what the in-memory model measured
-    model, tokenizer, config = load_pretrained(out)
+    model, tokenizer, config = load_deployed(out)
     assert config.trained
     predictor = BatchPredictor.from_directory(out, dtype="fp32")
     preds = predictor.predict([("i love my phone", ""), ("i hate my car", "")])

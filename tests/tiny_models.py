@@ -9,8 +9,8 @@ import torch
 from transformers import AutoTokenizer, RobertaConfig, RobertaModel
 
 from affectstream.model.aligned import AlignedClassifier
-from affectstream.model.config import AlignedConfig
-from affectstream.model.deploy import save_pretrained
+from affectstream.model.config import EMOTION_LABELS, AlignedConfig
+from affectstream.model.deploy import save_deployed
 from affectstream.model.encoders import resolve_encoder, tiny_random_encoder
 
 
@@ -47,11 +47,11 @@ def tiny_classifier(kind: str = "bert", emotions: bool = False, top_k: int = 4, 
         tokenizer = roberta_tokenizer((scratch or Path("/tmp")) / "roberta-tok")
         encoder = tiny_roberta(len(tokenizer), max_length)
     config = AlignedConfig(encoder=f"tiny-{kind}", top_k=top_k, max_length=max_length, scorer_hidden=16,
-                           emotion_labels=("happiness", "sad", "neutral", "disgust", "anger", "fear") if emotions else (),
+                           emotion_labels=EMOTION_LABELS if emotions else (),
                            version=f"tiny-{kind}", **overrides)
     return AlignedClassifier(config, encoder), tokenizer
 
 
 def save_tiny(directory: Path, **kwargs) -> Path:
     model, tokenizer = tiny_classifier(scratch=directory.parent, **kwargs)
-    return save_pretrained(model, tokenizer, directory)
+    return save_deployed(model, tokenizer, directory)

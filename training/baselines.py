@@ -30,3 +30,7 @@ def vader_rule_baseline(samples: list[Sample]) -> list[str]:
     """VADER's rule-based analyzer on each sample's text (the image is ignored): compound >= 0.05 →
     positive, <= -0.05 → negative, else neutral."""
     return [vader_label(s.text) for s in samples]
+
+
+# name -> predictor (samples -> labels); a dataset kind names its baseline in training.datasets.KINDS
+BASELINES = {"vader_rule": vader_rule_baseline}

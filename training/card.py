@@ -18,11 +18,10 @@ import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from affectstream.training.datasets import KINDS
 from affectstream.training.evaluate import format_report, format_table
 from affectstream.training.samples import SPLITS, Dataset
 
-VADER_CITATION = ("Hutto, C.J. & Gilbert, E.E. (2014). VADER: A Parsimonious Rule-based Model for Sentiment "
-                  "Analysis of Social Media Text. ICWSM-14.")
 DEFAULT_BASELINE_NAME = "VADER rule analyzer (compound ±0.05)"
 RESULT_ROWS = (("accuracy", "Accuracy"), ("weighted_f1", "Weighted F1"), ("macro_precision", "Macro precision"),
                ("macro_recall", "Macro recall"), ("macro_f1", "Macro F1"))
@@ -30,18 +29,11 @@ RESULT_ROWS = (("accuracy", "Accuracy"), ("weighted_f1", "Weighted F1"), ("macro
 
 def dataset_info(ds: Dataset) -> dict[str, Any]:
     """What the card (and metrics.json) says about the training data."""
-    return {"name": ds.name, "counts": ds.counts(), "fingerprint": ds.fingerprint(), "source": ds.source,
-            "citation": ds.citation, "skipped": dict(ds.skipped), "notes": dict(ds.notes),
-            "emotion_counts": ds.emotion_counts() if ds.has_emotion else {}}
-
-
-def _is_vader(dataset: dict[str, Any]) -> bool:
-    return "vader" in str(dataset.get("name", "")).lower()
-
-
-def _is_synthetic(dataset: dict[str, Any]) -> bool:
-    name = str(dataset.get("name", "")).lower()
-    return bool(dataset.get("synthetic")) or "synthetic" in name or "proxy" in name
+    spec = KINDS.get(ds.kind)  # None for a Dataset built by hand rather than by load_dataset
+    return {"name": ds.name, "kind": ds.kind, "counts": ds.counts(), "fingerprint": ds.fingerprint(),
+            "source": ds.source, "citation": ds.citation, "skipped": dict(ds.skipped), "notes": dict(ds.notes),
+            "emotion_counts": ds.emotion_counts() if ds.has_emotion else {},
+            "synthetic": bool(spec and spec.synthetic), "card_notes": list(spec.card_notes if spec else ())}
 
 
 def _heads(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -140,13 +132,11 @@ def render_card(*, config: dict[str, Any], metrics: dict[str, Any], dataset: dic
     for key, label in (("skipped", "Records dropped"), ("notes", "Kept with a caveat")):
         if dataset.get(key):
             add(f"- {label}: " + ", ".join(f"{k} = {v}" for k, v in sorted(dataset[key].items())))
-    if _is_vader(dataset):
-        add(f"- Citation: {VADER_CITATION}")
-        add("- These are the tweets VADER's authors rated and evaluated their analyzer on, so the VADER baseline "
-            "below is not an out-of-sample figure for VADER.")
-    elif dataset.get("citation"):
+    if dataset.get("citation"):
         add(f"- Citation: {dataset['citation']}")
-    if _is_synthetic(dataset):
+    for note in dataset.get("card_notes", ()):
+        add(f"- {note}")
+    if dataset.get("synthetic"):
         add("- **This multimodal proxy set is synthetic**: generated images whose sentiment the text alone does "
             "not carry. It checks that the image path works end to end; its scores say nothing about real posts.")
     add("")

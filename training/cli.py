@@ -17,6 +17,7 @@ OPTIONS = [  # (flag, TrainConfig field, type)
     ("--lr", "lr", float), ("--head-lr", "head_lr", float), ("--seed", "seed", int), ("--out", "out_dir", str),
     ("--run-dir", "run_dir", str), ("--max-train-samples", "max_train_samples", int),
     ("--proxy-size", "proxy_size", int), ("--threads", "threads", int), ("--version", "version", str),
+    ("--device", "device", click.Choice(["auto", "cpu", "cuda"])),
 ]
 
 
@@ -77,21 +78,20 @@ def ablate(**flags) -> None:
 @click.option("--seed", default=13, show_default=True)
 def evaluate(model_dir: str, dataset: str, data_path: str | None, split: str, seed: int) -> None:
     """Score a deployed model directory on a dataset split."""
-    import torch
-
     from affectstream.model.captioners import build_captioner
-    from affectstream.model.deploy import load_pretrained
+    from affectstream.model.deploy import load_deployed
+    from affectstream.model.device import pick_device
     from affectstream.training.datasets import load_dataset
     from affectstream.training.descriptions import describe_samples
     from affectstream.training.evaluate import format_report
     from affectstream.training.train import evaluate_split
 
-    model, tokenizer, model_cfg = load_pretrained(model_dir)
+    model, tokenizer, model_cfg = load_deployed(model_dir)
     data = load_dataset(dataset, data_path, seed=seed)
     samples = data.split(split)
     cfg = TrainConfig(max_length=model_cfg.max_length)
     descriptions, _ = describe_samples([s for s in samples if s.has_image], build_captioner(model_cfg.captioner), cfg.cache_dir)
-    metrics = evaluate_split(model, tokenizer, samples, descriptions, cfg, torch.device("cpu"))
+    metrics = evaluate_split(model, tokenizer, samples, descriptions, cfg, pick_device("cpu"))
     click.echo(format_report(metrics, title=f"{Path(model_dir).name} on {data.name} {split}"))
 
 

@@ -40,6 +40,7 @@ class TrainConfig:
     bf16: bool = True                         # autocast where the device supports it
     seed: int = 13
     threads: int = 0
+    device: str = "auto"                      # auto | cpu | cuda (model.device.pick_device)
     # outputs
     out_dir: str = "models/default"
     run_dir: str = "runs/default"             # checkpoints and logs

@@ -6,9 +6,8 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 
-SENTIMENTS: tuple[str, ...] = ("negative", "neutral", "positive")
-# MSED's six emotion classes, in the order the MSED paper lists them.
-EMOTIONS: tuple[str, ...] = ("happiness", "sad", "neutral", "disgust", "anger", "fear")
+from affectstream.model.config import EMOTION_LABELS, SENTIMENT_LABELS
+
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
 
 
@@ -16,20 +15,20 @@ SPLITS: tuple[str, ...] = ("train", "dev", "test")
 class Sample:
     id: str
     text: str
-    label: str  # one of SENTIMENTS
+    label: str  # one of SENTIMENT_LABELS
     split: str  # one of SPLITS
     image_path: str | None = None  # a file path, or None for text-only
     image_bytes: bytes | None = None  # generated images (proxy set); never together with image_path
-    emotion: str | None = None  # one of EMOTIONS when the dataset has it
+    emotion: str | None = None  # one of EMOTION_LABELS when the dataset has it
 
     def __post_init__(self) -> None:
         # Loaders build samples from untrusted files; catching a bad value here names the sample.
-        if self.label not in SENTIMENTS:
-            raise ValueError(f"sample {self.id!r}: label {self.label!r} not in {SENTIMENTS}")
+        if self.label not in SENTIMENT_LABELS:
+            raise ValueError(f"sample {self.id!r}: label {self.label!r} not in {SENTIMENT_LABELS}")
         if self.split not in SPLITS:
             raise ValueError(f"sample {self.id!r}: split {self.split!r} not in {SPLITS}")
-        if self.emotion is not None and self.emotion not in EMOTIONS:
-            raise ValueError(f"sample {self.id!r}: emotion {self.emotion!r} not in {EMOTIONS}")
+        if self.emotion is not None and self.emotion not in EMOTION_LABELS:
+            raise ValueError(f"sample {self.id!r}: emotion {self.emotion!r} not in {EMOTION_LABELS}")
         if self.image_path is not None and self.image_bytes is not None:
             raise ValueError(f"sample {self.id!r}: give image_path or image_bytes, not both")
 
@@ -49,6 +48,7 @@ class Dataset:
     notes: dict[str, int] = field(default_factory=dict)
     source: str = ""  # where the data came from (path, or archive + checksum)
     citation: str = ""
+    kind: str = ""  # its row in training.datasets.KINDS; set by load_dataset
 
     def split(self, name: str) -> list[Sample]:
         if name not in SPLITS:
@@ -57,7 +57,7 @@ class Dataset:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """split -> label -> count, with every split and label present (zeros included)."""
-        out = {sp: {lab: 0 for lab in SENTIMENTS} for sp in SPLITS}
+        out = {sp: {lab: 0 for lab in SENTIMENT_LABELS} for sp in SPLITS}
         for s in self.samples:
             out[s.split][s.label] += 1
         return out

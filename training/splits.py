@@ -19,7 +19,8 @@ from pathlib import Path
 
 import orjson
 
-from affectstream.training.samples import SENTIMENTS, Sample, bump
+from affectstream.model.config import SENTIMENT_LABELS
+from affectstream.training.samples import Sample, bump
 
 # CLMLF's integer labels ("emotion_label" in their JSON files).
 CLMLF_LABELS: dict[int, str] = {0: "positive", 1: "neutral", 2: "negative"}
@@ -124,7 +125,7 @@ def _norm_id(value: object, src: Path, n: int) -> str:
 def _norm_label(value: object, src: Path, n: int) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and value in CLMLF_LABELS:
         return CLMLF_LABELS[value]
-    if isinstance(value, str) and value.strip().lower() in SENTIMENTS:
+    if isinstance(value, str) and value.strip().lower() in SENTIMENT_LABELS:
         return value.strip().lower()
     raise ValueError(f"split file {src}: item {n} has label {value!r}; expected 0/1/2 or a sentiment name")
 

@@ -21,16 +21,16 @@ from transformers import get_linear_schedule_with_warmup
 
 from affectstream.model.aligned import AlignedClassifier
 from affectstream.model.captioners import build_captioner
-from affectstream.model.config import AlignedConfig
-from affectstream.model.deploy import save_pretrained
+from affectstream.model.config import EMOTION_LABELS, SENTIMENT_LABELS, AlignedConfig
+from affectstream.model.deploy import save_deployed
+from affectstream.model.device import autocast, pick_device
 from affectstream.model.encoders import load_encoder
 from affectstream.model.losses import aligned_objective
-from affectstream.model.predictor import cpu_has_bf16_units
 from affectstream.model.tokenization import encode_pairs
 from affectstream.training.config import TrainConfig
-from affectstream.training.datasets import load_dataset
+from affectstream.training.datasets import KINDS, load_dataset
 from affectstream.training.descriptions import describe_samples
-from affectstream.training.samples import EMOTIONS, SENTIMENTS, Dataset, Sample
+from affectstream.training.samples import Dataset, Sample
 
 log = logging.getLogger("affectstream.train")
 
@@ -45,10 +45,12 @@ class TrainResult:
 # ---------------------------------------------------------------- data
 
 def load_datasets(cfg: TrainConfig) -> list[Dataset]:
-    datasets = [load_dataset(cfg.dataset, cfg.data_path, seed=cfg.seed, split_file=cfg.split_file)]
-    for kind in cfg.extra_datasets:
-        options = {"size": cfg.proxy_size} if kind == "proxy" else {}
-        datasets.append(load_dataset(kind, None, seed=cfg.seed, **options))
+    """The primary dataset (from cfg.data_path) and every extra kind (fetched or generated: no path)."""
+    def options(kind: str) -> dict:
+        return {option: getattr(cfg, name) for option, name in KINDS[kind.strip().lower()].train_options.items()}
+
+    datasets = [load_dataset(cfg.dataset, cfg.data_path, seed=cfg.seed, split_file=cfg.split_file, **options(cfg.dataset))]
+    datasets += [load_dataset(kind, None, seed=cfg.seed, **options(kind)) for kind in cfg.extra_datasets]
     return datasets
 
 
@@ -68,8 +70,8 @@ def length_bucketed_batches(samples: list[Sample], descriptions: dict[str, str],
 
 def encode_batch(tokenizer, batch: list[Sample], descriptions: dict[str, str], max_length: int):
     encoded = encode_pairs(tokenizer, [s.text for s in batch], [descriptions.get(s.id, "") for s in batch], max_length)
-    labels = torch.tensor([SENTIMENTS.index(s.label) for s in batch])
-    emotions = torch.tensor([EMOTIONS.index(s.emotion) if s.emotion else -100 for s in batch])
+    labels = torch.tensor([SENTIMENT_LABELS.index(s.label) for s in batch])
+    emotions = torch.tensor([EMOTION_LABELS.index(s.emotion) if s.emotion else -100 for s in batch])
     return encoded, labels, emotions
 
 
@@ -99,16 +101,11 @@ def evaluate_split(model, tokenizer, samples, descriptions, cfg, device) -> dict
     from affectstream.training.evaluate import classification_metrics
 
     predicted, predicted_emotion = predict_labels(model, tokenizer, samples, descriptions, cfg, device)
-    metrics = classification_metrics([s.label for s in samples], predicted, SENTIMENTS)
+    metrics = classification_metrics([s.label for s in samples], predicted, SENTIMENT_LABELS)
     with_emotion = [(s.emotion, e) for s, e in zip(samples, predicted_emotion) if s.emotion and e]
     if with_emotion:
-        metrics["emotion"] = classification_metrics([t for t, _ in with_emotion], [p for _, p in with_emotion], EMOTIONS)
+        metrics["emotion"] = classification_metrics([t for t, _ in with_emotion], [p for _, p in with_emotion], EMOTION_LABELS)
     return metrics
-
-
-def autocast(device: torch.device, enabled: bool):
-    use = enabled and (device.type == "cuda" or cpu_has_bf16_units())
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use)
 
 
 # ---------------------------------------------------------------- checkpoints (safetensors + JSON; never pickle)
@@ -164,7 +161,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(cfg.device)
     run_dir, out_dir = Path(cfg.run_dir), Path(cfg.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -182,7 +179,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
     # model: pretrained encoder + fresh scorer and heads
     encoder, tokenizer = load_encoder(cfg.encoder)
     model_cfg = AlignedConfig(
-        encoder=cfg.encoder, emotion_labels=EMOTIONS if has_emotion else (), top_k=cfg.top_k,
+        encoder=cfg.encoder, emotion_labels=EMOTION_LABELS if has_emotion else (), top_k=cfg.top_k,
         max_length=cfg.max_length, pooling=cfg.pooling, uniformity_weight=cfg.uniformity_weight,
         captioner=captioner.name, version=cfg.version or default_version(cfg), trained=True,
         training_data="+".join(d.name for d in datasets))
@@ -268,15 +265,17 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
 
 
 def baselines_for(datasets: list[Dataset]) -> dict:
-    """The VADER rule analyzer on the same test split, where the data is text (tweets)."""
-    from affectstream.training.baselines import vader_rule_baseline
+    """Each dataset kind's reference predictor (KINDS[kind].baseline, e.g. VADER's rule analyzer for the
+    VADER tweets) on the same test split."""
+    from affectstream.training.baselines import BASELINES
     from affectstream.training.evaluate import classification_metrics
 
     out = {}
     for d in datasets:
-        test = d.split("test")
-        if test and d.name.startswith("vader"):
-            out[d.name] = {"vader_rule": classification_metrics([s.label for s in test], vader_rule_baseline(test), SENTIMENTS)}
+        test, baseline = d.split("test"), KINDS[d.kind].baseline if d.kind in KINDS else None
+        if test and baseline:
+            predicted = BASELINES[baseline](test)
+            out[d.name] = {baseline: classification_metrics([s.label for s in test], predicted, SENTIMENT_LABELS)}
     return out
 
 
@@ -292,14 +291,14 @@ def export(model, tokenizer, out_dir: Path, metrics: dict, datasets: list[Datase
     for name, test in metrics["test"].items():
         plots.append(plot_confusion(test, out_dir / f"confusion-{slug(name)}.png", title=f"{name} test").name)
     baseline = metrics["baselines"].get(primary.name, {}).get("vader_rule")
-    card = render_card(config=model.config.to_dict(), metrics=metrics["test"].get(primary.name, {}),
+    card = render_card(config=model.config.method_options(), metrics=metrics["test"].get(primary.name, {}),
                        dataset=dataset_info(primary), baseline=baseline, ablations=ablations, plots=plots,
                        reproducibility={**metrics["reproducibility"], "data_fingerprint": primary.fingerprint()})
     for extra in datasets[1:]:
         if extra.name in metrics["test"]:
             card += (f"\n## Also trained on: {extra.name}\n\n{extra.summary()}\n\n```text\n"
                      f"{format_report(metrics['test'][extra.name], title=f'{extra.name} test')}\n```\n")
-    save_pretrained(model, tokenizer, out_dir, metrics=metrics, card=card)
+    save_deployed(model, tokenizer, out_dir, metrics=metrics, card=card)
 
 
 def slug(name: str) -> str:

@@ -6,12 +6,12 @@ without reading text), "none" (text-only ablation), "vlm:<hub id or local path>"
 
 from __future__ import annotations
 
-from affectstream.model.captioners.base import Captioner, NoCaptioner, resolve_device
+from affectstream.model.captioners.base import Captioner, NoCaptioner
 from affectstream.model.captioners.offline import OfflineConfig, OfflineDescriber
 from affectstream.model.captioners.vlm import VLMCaptioner, VLMConfig
 
 __all__ = ["Captioner", "NoCaptioner", "OfflineConfig", "OfflineDescriber", "VLMCaptioner", "VLMConfig",
-           "build_captioner", "resolve_device"]
+           "build_captioner"]
 
 SPECS = ('"offline"', '"offline:no-ocr"', '"none"', '"vlm:<hub id or local path>"')
 

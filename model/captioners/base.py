@@ -25,10 +25,6 @@ class NoCaptioner:
         return ["" for _ in images]
 
 
-def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when a GPU is present, else "cpu"; anything else passes through."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def to_rgb(images: list[Image.Image]) -> list[Image.Image]:
+    """What every captioner's models read: 3-channel RGB (palette, grey, RGBA and CMYK images converted)."""
+    return [im if im.mode == "RGB" else im.convert("RGB") for im in images]

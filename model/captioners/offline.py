@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from affectstream.model.captioners.base import to_rgb
+
 _CLASSES_FILE = Path(__file__).parent / "data" / "imagenet_classes.txt"
 
 
@@ -57,7 +59,7 @@ class OfflineDescriber:
     def describe(self, images: list[Image.Image]) -> list[str]:
         if not images:
             return []
-        images = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
+        images = to_rgb(images)
         with self._lock:
             self._load()
             labels = self._labels(images)

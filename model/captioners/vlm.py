@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import Image
 
-from affectstream.model.captioners.base import resolve_device
+from affectstream.model.captioners.base import to_rgb
 
 AFFECT_PROMPT = ("Describe this image in one or two short sentences for sentiment analysis: the main "
                  "objects, people's facial expressions, the mood, and any text written in the image.")
@@ -27,6 +27,12 @@ class VLMConfig:
     prompt: str = AFFECT_PROMPT  # used only for chat (instruction-tuned) models
 
 
+def _pick_device(device: str):
+    from affectstream.model.device import pick_device  # imports torch: only once a VLM is configured
+
+    return pick_device(device)
+
+
 class VLMCaptioner:
     """Batched generation; bf16 (fp16 where bf16 is unsupported) on CUDA, fp32 on CPU. Loads lazily."""
 
@@ -36,12 +42,12 @@ class VLMCaptioner:
         self._lock = threading.Lock()
         self._model: Any = None
         self._processor: Any = None
-        self._device = resolve_device(config.device)
+        self._device = _pick_device(config.device)
 
     def describe(self, images: list[Image.Image]) -> list[str]:
         if not images:
             return []
-        images = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
+        images = to_rgb(images)
         with self._lock:
             self._load()
             out: list[str] = []
@@ -55,9 +61,11 @@ class VLMCaptioner:
         import torch
         from transformers import AutoProcessor
 
+        from affectstream.model.device import has_bf16_units
+
         dtype = torch.float32
-        if self._device.startswith("cuda"):
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if self._device.type == "cuda":
+            dtype = torch.bfloat16 if has_bf16_units(self._device) else torch.float16
         self._processor = AutoProcessor.from_pretrained(self.config.model)
         tokenizer = getattr(self._processor, "tokenizer", None)
         if tokenizer is not None:

@@ -1,6 +1,6 @@
 """Dataset loaders: every raw layout becomes one ``training.samples.Dataset``.
 
-``load_dataset(kind, path, seed=, split_file=)`` with kind one of:
+``load_dataset(kind, path, seed=, split_file=)`` with kind one of the rows of ``KINDS``:
 
 - ``mvsa-single`` / ``mvsa-multiple``: MVSA raw directories (``mvsa.py``: cleaning rules, counts);
 - ``msed``: MSED csv + images (``msed.py``), with emotions;
@@ -9,9 +9,14 @@
 - ``proxy``: "proxy-memes (synthetic)", sentiment carried by the image only (``proxy.py``).
 
 Extra keyword options go to the loader: ``size``/``image_size`` for proxy, ``strict`` for jsonl.
+Everything that differs by kind (loader, whether it needs a path, which TrainConfig fields feed it,
+its reference baseline, what the model card must say about it) is one row of ``KINDS``.
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from affectstream.training.datasets.jsonl import load_jsonl
@@ -21,24 +26,47 @@ from affectstream.training.datasets.proxy import load_proxy, render_meme
 from affectstream.training.datasets.vader import load_vader
 from affectstream.training.samples import Dataset
 
-KINDS: tuple[str, ...] = ("mvsa-single", "mvsa-multiple", "msed", "vader", "jsonl", "proxy")
+__all__ = ["KINDS", "DatasetKind", "load_dataset", "render_meme"]
 
-__all__ = ["KINDS", "load_dataset", "render_meme"]
+
+@dataclass(frozen=True)
+class DatasetKind:
+    load: Callable[..., Dataset]              # (path, *, seed, split_file, **options) -> Dataset
+    needs_path: bool = True                   # False: fetched or generated when no path is given
+    train_options: dict[str, str] = field(default_factory=dict)  # loader option -> TrainConfig field
+    baseline: str | None = None               # a training.baselines.BASELINES name, reported next to the model
+    synthetic: bool = False                   # generated data: the card says its scores mean nothing for real posts
+    card_notes: tuple[str, ...] = ()          # extra lines for the model card's data section
+
+
+def _pathless(loader: Callable[..., Dataset]) -> Callable[..., Dataset]:
+    """A generator that reads no files: the registry's uniform call passes a path, which it ignores."""
+    @functools.wraps(loader)
+    def load(path: str | None, **kwargs: Any) -> Dataset:
+        return loader(**kwargs)
+    return load
+
+
+KINDS: dict[str, DatasetKind] = {
+    "mvsa-single": DatasetKind(functools.partial(load_mvsa, multiple=False)),
+    "mvsa-multiple": DatasetKind(functools.partial(load_mvsa, multiple=True)),
+    "msed": DatasetKind(load_msed),
+    "vader": DatasetKind(load_vader, needs_path=False, baseline="vader_rule", card_notes=(
+        "These are the tweets VADER's authors rated and evaluated their analyzer on, so the VADER baseline "
+        "below is not an out-of-sample figure for VADER.",)),
+    "jsonl": DatasetKind(load_jsonl),
+    "proxy": DatasetKind(_pathless(load_proxy), needs_path=False, train_options={"size": "proxy_size"}, synthetic=True),
+}
 
 
 def load_dataset(kind: str, path: str | None = None, *, seed: int = 13, split_file: str | None = None,
                  **options: Any) -> Dataset:
     kind = kind.strip().lower()
-    if kind in ("vader", "proxy"):
-        if kind == "vader":
-            return load_vader(path, seed=seed, split_file=split_file, **options)
-        return load_proxy(seed=seed, split_file=split_file, **options)
     if kind not in KINDS:
-        raise ValueError(f"unknown dataset kind {kind!r}; expected one of {KINDS}")
-    if path is None:
+        raise ValueError(f"unknown dataset kind {kind!r}; expected one of {tuple(KINDS)}")
+    spec = KINDS[kind]
+    if path is None and spec.needs_path:
         raise ValueError(f"dataset kind {kind!r} needs a path")
-    if kind in ("mvsa-single", "mvsa-multiple"):
-        return load_mvsa(path, multiple=kind == "mvsa-multiple", seed=seed, split_file=split_file, **options)
-    if kind == "msed":
-        return load_msed(path, seed=seed, split_file=split_file, **options)
-    return load_jsonl(path, seed=seed, split_file=split_file, **options)
+    dataset = spec.load(path, seed=seed, split_file=split_file, **options)
+    dataset.kind = kind
+    return dataset

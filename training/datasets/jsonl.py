@@ -17,7 +17,8 @@ from pathlib import Path
 
 import orjson
 
-from affectstream.training.samples import EMOTIONS, SENTIMENTS, Dataset, Sample, bump
+from affectstream.model.config import EMOTION_LABELS, SENTIMENT_LABELS
+from affectstream.training.samples import Dataset, Sample, bump
 from affectstream.training.splits import assign_splits
 
 _SPLIT_ALIASES = {"train": "train", "dev": "dev", "val": "dev", "valid": "dev", "validation": "dev",
@@ -79,8 +80,8 @@ def parse_jsonl_line(raw: bytes | str, base_dir: Path) -> tuple[Sample, bool]:
     if not isinstance(text, str):
         raise BadLine("bad_text", "'text' must be a string")
     label = obj.get("label")
-    if not isinstance(label, str) or label.strip().lower() not in SENTIMENTS:
-        raise BadLine("bad_label", f"'label' must be one of {SENTIMENTS}, got {label!r}")
+    if not isinstance(label, str) or label.strip().lower() not in SENTIMENT_LABELS:
+        raise BadLine("bad_label", f"'label' must be one of {SENTIMENT_LABELS}, got {label!r}")
     return Sample(id=str(id_).strip(), text=text, label=label.strip().lower(),
                   split=_split_of(obj) or "train", image_path=_image_of(obj, base_dir),
                   emotion=_emotion_of(obj)), _split_of(obj) is not None
@@ -99,8 +100,8 @@ def _emotion_of(obj: dict) -> str | None:
     emotion = obj.get("emotion")
     if emotion is None:
         return None
-    if not isinstance(emotion, str) or emotion.strip().lower() not in EMOTIONS:
-        raise BadLine("bad_emotion", f"'emotion' must be one of {EMOTIONS}, got {emotion!r}")
+    if not isinstance(emotion, str) or emotion.strip().lower() not in EMOTION_LABELS:
+        raise BadLine("bad_emotion", f"'emotion' must be one of {EMOTION_LABELS}, got {emotion!r}")
     return emotion.strip().lower()
 
 

@@ -17,7 +17,8 @@ import csv
 import io
 from pathlib import Path
 
-from affectstream.training.samples import EMOTIONS, SENTIMENTS, SPLITS, Dataset, Sample, bump, decode_text
+from affectstream.model.config import EMOTION_LABELS, SENTIMENT_LABELS
+from affectstream.training.samples import SPLITS, Dataset, Sample, bump, decode_text
 from affectstream.training.splits import assign_splits
 
 # Spellings seen in re-distributions of MSED; mapping them is cheaper than losing rows.
@@ -74,12 +75,12 @@ def _read_split(split_dir: Path, split: str, skipped: dict[str, int],
 def _row_to_sample(row: dict[str, str | None], i: int, split: str, split_dir: Path,
                    skipped: dict[str, int], notes: dict[str, int]) -> Sample | None:
     sentiment = _norm(row.get("sentiment"))
-    if sentiment not in SENTIMENTS:
+    if sentiment not in SENTIMENT_LABELS:
         bump(skipped, "unknown_sentiment")
         return None
     emotion = _norm(row.get("emotion"))
     emotion = _EMOTION_ALIASES.get(emotion, emotion)
-    if emotion not in EMOTIONS:
+    if emotion not in EMOTION_LABELS:
         bump(skipped, "unknown_emotion")
         return None
     image = split_dir / "images" / f"{i}.jpg"

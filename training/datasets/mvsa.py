@@ -27,7 +27,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from affectstream.training.samples import SENTIMENTS, Dataset, Sample, bump, decode_text
+from affectstream.model.config import SENTIMENT_LABELS
+from affectstream.training.samples import Dataset, Sample, bump, decode_text
 from affectstream.training.splits import SplitFile, assign_splits, load_split_file
 
 LABEL_FILE = "labelResultAll.txt"
@@ -69,7 +70,7 @@ def parse_label_line(line: str, annotators: int | None = None) -> LabelLine | Re
     split_pairs = [p.lower().split(",") for p in pairs]
     if any(len(p) != 2 for p in split_pairs):
         return Rejected("malformed", id_)
-    if any(lab not in SENTIMENTS for p in split_pairs for lab in p):
+    if any(lab not in SENTIMENT_LABELS for p in split_pairs for lab in p):
         return Rejected("unknown_label", id_)
     text_label = _majority([p[0] for p in split_pairs])
     if text_label is None:

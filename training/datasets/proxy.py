@@ -20,7 +20,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from affectstream.training.samples import SENTIMENTS, Dataset, Sample
+from affectstream.model.config import SENTIMENT_LABELS
+from affectstream.training.samples import Dataset, Sample
 from affectstream.training.splits import assign_splits
 
 NAME = "proxy-memes (synthetic)"
@@ -60,7 +61,7 @@ def load_proxy(*, seed: int = 13, size: int = DEFAULT_SIZE, image_size: tuple[in
         raise ValueError("proxy size must be at least 3 (one per class)")
     rng = random.Random(f"proxy:{seed}")
     items: list[tuple[str, str]] = []
-    for k, label in enumerate(SENTIMENTS):
+    for k, label in enumerate(SENTIMENT_LABELS):
         n = size // 3 + (1 if k < size % 3 else 0)
         pool = phrases(label)
         rng.shuffle(pool)

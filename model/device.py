@@ -1,0 +1,61 @@
+"""The one device and dtype picker: serving (`predictor.py`), training (`training/train.py`) and the
+captioners ask here, so "auto" means the same thing everywhere.
+
+    device: "auto" (cuda when a GPU is present, else cpu) | "cpu" | "cuda" | "cuda:N"
+    dtype:  "auto" (bf16 where the device has bf16 matrix units, else fp32) | "bf16" | "fp16" | "fp32"
+
+bf16 capability is detected, never assumed: on CUDA `torch.cuda.is_bf16_supported()`; on a CPU the
+AMX / AVX512-BF16 flags in /proc/cpuinfo (without them bf16 matmuls are emulated and slower than fp32).
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+          "fp32": torch.float32, "float32": torch.float32}
+
+
+@functools.cache
+def cpu_has_bf16_units() -> bool:
+    """AMX or AVX512-BF16: bf16 matrix products run several times faster than fp32 on these CPUs."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" -> cuda when a GPU is present, else cpu; "cpu", "cuda", "cuda:N" as given."""
+    device = str(device).strip().lower()
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.split(":")[0] not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)} (or cuda:N)")
+    return torch.device(device)
+
+
+def has_bf16_units(device: torch.device) -> bool:
+    """Whether bf16 matmuls are native (fast) on this device."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_bf16_units()
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """"auto" -> bf16 where `device` has bf16 units, else fp32; a name from DTYPES as given."""
+    dtype = dtype.strip().lower()
+    if dtype == "auto":
+        return torch.bfloat16 if has_bf16_units(device) else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected auto or one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
+    """bf16 autocast for training and evaluation where the device has bf16 units; a no-op elsewhere."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and has_bf16_units(device))
