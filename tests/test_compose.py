@@ -74,6 +74,15 @@ def test_dockerfile_builds_from_python_slim_with_pinned_cpu_torch():
     assert 'ENTRYPOINT ["affectstream"]' in text
 
 
+def test_dockerfile_copies_every_folder_pyproject_maps_into_the_package():
+    import tomllib
+
+    text = (ROOT / "Dockerfile").read_text()
+    copied = set(re.findall(r"^COPY (\S+) \./\1$", text, re.M))
+    mapped = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    assert {folder.split("/")[0] for folder in mapped.values()} <= copied
+
+
 @pytest.mark.skipif(shutil.which("docker") is None, reason="no docker CLI")
 def test_docker_compose_config_accepts_the_file():
     probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
