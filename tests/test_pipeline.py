@@ -16,11 +16,11 @@ import orjson
 import pytest
 import redis
 
-from affectstream.streaming.tools.demo import WorkerProcess
 from affectstream.streaming.tools.producer import produce_lines
 from affectstream.streaming.tools.sample.make_sample import meme
+from affectstream.streaming.tools.workers import WorkerProcess
 from affectstream.streaming.worker.kafka_config import bootstrap_servers, create_topics
-from tests.servers import settings_for
+from tests.servers import settings_for, workers_running
 
 pytestmark = pytest.mark.integration
 
@@ -51,16 +51,8 @@ def lines_of(posts: list[dict]) -> list[bytes]:
 
 @contextmanager
 def workers(settings, *roles: str):
-    procs = [WorkerProcess(settings, role, loglevel="info") for role in roles]
-    try:
+    with workers_running([WorkerProcess(settings, role, loglevel="info") for role in roles]) as procs:
         yield procs
-    except BaseException:
-        for w in procs:
-            print(f"--- worker {w.role} pid {w.pid} log tail:\n{w.log_tail(60)}")
-        raise
-    finally:
-        for w in procs:
-            w.stop()
 
 
 def read_topic(settings, topic: str) -> list:
