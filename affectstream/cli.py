@@ -120,6 +120,7 @@ def worker(settings: Settings, role: str, loglevel: str, create_topics: bool) ->
 
     from affectstream.streaming.monitor.web import monitor_settings, register_web
     from affectstream.streaming.worker.app import create_app
+    from affectstream.streaming.worker.sinks import SinkConfigError
 
     if not settings.broker_url or not settings.redis_url:
         raise click.UsageError("worker needs --broker and --redis (the embedded services are for `demo`)")
@@ -129,7 +130,10 @@ def worker(settings: Settings, role: str, loglevel: str, create_topics: bool) ->
         create(settings)
     if role == "monitor":  # its own group: starting or stopping it never rebalances the processing workers
         settings = monitor_settings(settings)
-    app = create_app(settings, role)
+    try:
+        app = create_app(settings, role)
+    except SinkConfigError as e:
+        raise click.UsageError(str(e)) from None
     if settings.web_enabled:
         register_web(app, settings)  # dashboard, JSON API, SSE, /metrics, sentiment-shift alerts
     click.echo(f"affectstream worker role={role} app={settings.app_id} broker={settings.redacted()['broker_url']}",

@@ -65,13 +65,13 @@ def vlm_images_per_s(directory: Path, n: int, batch: int, max_new_tokens: int, d
 
 
 def cache_hits_per_s(redis_url: str, lookups: int, concurrency: int) -> dict:
-    """RedisSink.get_caption on hits: one at a time, and `concurrency` at once (the caption agent
+    """CaptionCache.get_caption on hits: one at a time, and `concurrency` at once (the caption agent
     looks up a whole micro-batch with asyncio.gather)."""
-    from affectstream.streaming.worker.redis_sink import RedisSink
+    from affectstream.streaming.worker.caption_cache import CaptionCache
     from affectstream.streaming.worker.settings import Settings
 
     async def main() -> dict:
-        sink = RedisSink(Settings(redis_url=redis_url, redis_prefix="benchcache:"))
+        sink = CaptionCache(Settings(redis_url=redis_url, redis_prefix="benchcache:"))
         shas = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(concurrency)]
         for sha in shas:
             await sink.put_caption(sha, "offline", "objects: espresso. scene: dark, warm colours.")

@@ -67,7 +67,7 @@ def machine() -> dict:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    from affectstream.model.predictor import cpu_has_bf16_units
+    from affectstream.model.device import cpu_has_bf16_units
 
     info = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -89,7 +89,7 @@ def run_bench(sizes: Sizes, *, shapes: tuple[str, ...], e2e: bool, caption: bool
     import torch
 
     from affectstream.bench import classify, workload
-    from affectstream.model.predictor import pick_device
+    from affectstream.model.device import pick_device
 
     dev = pick_device(device)
     root = workload.scratch_dir()
@@ -216,7 +216,7 @@ def table(r: dict) -> str:
                   f"{cap['offline_images_per_s']:.1f} images/s",
                   f"vlm: {v['shape']} (random weights, {r['device']}), batch {v['batch']}, {v['max_new_tokens']} new "
                   f"tokens: {cap['vlm_images_per_s']:.2f} images/s",
-                  "caption cache hit (RedisSink.get_caption): "
+                  "caption cache hit (CaptionCache.get_caption): "
                   + ", ".join(f"{k} {val:.0f} lookups/s" for k, val in cap["cache_hits_per_s"].items()), ""]
     if e:
         lines.append("memory (peak resident set, VmHWM): classify worker "

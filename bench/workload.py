@@ -16,7 +16,8 @@ import numpy as np
 import orjson
 from PIL import Image, ImageDraw, ImageFont
 
-SAMPLE = Path(__file__).resolve().parent.parent / "streaming" / "sample" / "posts.jsonl"
+from affectstream.streaming.tools.sample import POSTS as SAMPLE
+
 DESCRIPTIONS = [
     'objects: espresso, coffee mug. text in image: "worst monday ever". scene: dark, warm colours, mostly brown.',
     "objects: cellular telephone, screen. scene: bright, cool colours, mostly black and grey.",

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from affectstream.model.aligned import AlignedClassifier, AlignedOutput
 from affectstream.model.config import AlignedConfig
 from affectstream.model.deploy import load_deployed
-from affectstream.model.device import cpu_has_bf16_units, pick_device, pick_dtype  # noqa: F401 - bench/cli.py reads the first two here
+from affectstream.model.device import pick_device, pick_dtype
 from affectstream.model.rationale import RationaleWord, TokenSpan, merge_to_words
 from affectstream.model.tokenization import SOURCE_NAMES, encode_pairs
 

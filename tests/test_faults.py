@@ -25,7 +25,7 @@ from PIL import Image
 from affectstream.streaming.worker.caption import Captioning
 from affectstream.streaming.tools.workers import WorkerProcess
 from affectstream.streaming.tools.producer import produce_lines
-from affectstream.streaming.worker.redis_sink import RedisSink
+from affectstream.streaming.worker.caption_cache import CaptionCache
 from affectstream.bench.reliability import record
 from affectstream.streaming.tools.services import free_port, start_broker, start_redis
 from affectstream.streaming.worker.kafka_config import bootstrap_servers, create_topics
@@ -245,7 +245,7 @@ def test_caption_cache_outage_degrades_to_captioning_without_the_cache(tmp_path)
     raws = [orjson.dumps(p) for p in image_posts(12, prefix="cache", distinct=4)]
 
     async def run():
-        sink = RedisSink(s)
+        sink = CaptionCache(s)
         sink.cache_retry_s = 0.2  # retry the cache soon after it failed (default: 5 s)
         stage = Captioning(s, Counting(), cache=sink)
         try:

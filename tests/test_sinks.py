@@ -70,13 +70,6 @@ def test_a_sink_that_fails_to_construct_names_itself():
         build_sinks(Settings(sinks="topic"), app=None)
 
 
-def test_old_redis_sink_import_path_still_gives_the_caption_cache():
-    from affectstream.streaming.worker.caption_cache import CaptionCache
-    from affectstream.streaming.worker.redis_sink import RedisSink as OldRedisSink
-
-    assert OldRedisSink is CaptionCache
-
-
 # --- ack only after every sink accepted (the stage skeleton, without Kafka) -------------------------------
 
 class _Event:

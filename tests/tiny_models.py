@@ -49,7 +49,17 @@ def tiny_classifier(kind: str = "bert", emotions: bool = False, top_k: int = 4, 
     config = AlignedConfig(encoder=f"tiny-{kind}", top_k=top_k, max_length=max_length, scorer_hidden=16,
                            emotion_labels=EMOTION_LABELS if emotions else (),
                            version=f"tiny-{kind}", **overrides)
-    return AlignedClassifier(config, encoder), tokenizer
+    # HF-style initialisation (std 0.02) leaves a random model's labels nearly constant; tests need a random
+    # model with distinct, deterministic labels (alerts, pipelines), so scorer and heads get torch's default
+    # init, drawn from the same random state as at construction
+    rng = torch.get_rng_state()
+    model = AlignedClassifier(config, encoder)
+    torch.set_rng_state(rng)
+    for module in (model.scorer, model.sentiment_head, model.emotion_head):
+        for layer in module.modules() if module is not None else ():
+            if isinstance(layer, torch.nn.Linear):
+                layer.reset_parameters()
+    return model, tokenizer
 
 
 def save_tiny(directory: Path, **kwargs) -> Path:

@@ -27,7 +27,7 @@ from affectstream.streaming.worker.settings import Settings
 # 1.4% of a core at 1500, 4.6% at 50, 9.2% at 20 — 50 ms keeps the added latency under ~25 ms.
 FETCH_MAX_WAIT_MS = 50
 
-ROLES = ("caption", "classify", "all", "monitor")  # monitor: web + alerts only (python -m affectstream.streaming.monitor.web)
+ROLES = ("caption", "classify", "all", "monitor")  # monitor: no agents; the CLI adds web + alerts
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
