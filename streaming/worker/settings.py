@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from affectstream.streaming.worker.redis_keys import RedisKeys
 
 ENV_PREFIX = "AFFECTSTREAM_"
-SECRET_FIELDS = frozenset({"kafka_sasl_password", "redis_password"})
+SECRET_FIELDS = frozenset({"kafka_sasl_password", "redis_password", "web_auth_token"})
 
 
 @dataclass
@@ -46,6 +46,7 @@ class Settings:
     caption_batch_max: int = 16
     caption_batch_window_s: float = 0.1
     caption_timeout_s: float = 30.0
+    caption_batch_max_pixels: int = 64_000_000  # decoded pixels one caption batch may hold at once
 
     # input limits
     max_text_chars: int = 20_000
@@ -77,9 +78,11 @@ class Settings:
     session_timeout_s: float = 6.0
     heartbeat_interval_s: float = 1.0
 
-    # worker web server (dashboard, metrics)
+    # worker web server (dashboard, JSON API, live events, metrics)
     web_port: int = 6066
     web_enabled: bool = True
+    web_bind: str = "127.0.0.1"          # interface the web server listens on; compose opens it for the monitor only
+    web_auth_token: str = ""             # bearer token for the dashboard and API; required when bound off loopback
 
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> "Settings":
