@@ -1,5 +1,7 @@
 """End to end through the real broker and real Redis: posts produced to ``posts-enriched`` (text posts
-with their image description already attached, as the caption agent would forward them), one classify
+with their image description already attached, as the caption agent would forward them: that topic is
+the internal, trusted one, written by the caption stage and tools standing in for it, never by
+producers; a caption a producer puts on ``posts`` is dropped), one classify
 worker (`affectstream worker --role classify`, a separate process), results read back from Redis's live
 channel (`as:live`, published by the same Lua script that stores the result).
 

@@ -1,7 +1,8 @@
 """What the benchmarks feed the models: realistic posts, images, and models of the real shapes.
 
 Posts are the bundled sample's tweets; one in three carries an image description in the offline
-describer's format (the classify agent sees exactly such pairs). Models are the packaged MiniLM and
+describer's format (the classify agent sees exactly such pairs; the bench writes them to the trusted
+``posts-enriched`` topic, standing in for the caption stage, see bench/e2e.py). Models are the packaged MiniLM and
 roberta-base's architecture with random weights (no RoBERTa weights ship in any package; the speed of a
 network does not depend on its weights).
 """

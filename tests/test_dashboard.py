@@ -98,7 +98,9 @@ def start_chromium(profile: str) -> tuple[subprocess.Popen, str]:
 
 def calm_posts(texts: list[str], n: int = 60) -> list[dict]:
     """``n`` posts over five minutes of event time, brands in turn; every other one with an image
-    description already attached (so rationale words come from both sides)."""
+    description already attached (so rationale words come from both sides). Those go to
+    ``posts-enriched``, the internal topic the caption stage writes (a producer's caption on ``posts`` is
+    dropped): see ``produce_calm``."""
     out = []
     for i in range(n):
         post = {"id": f"calm-{i:03d}", "text": texts[i % len(texts)], "brands": [BRANDS[i % len(BRANDS)]],
@@ -107,6 +109,13 @@ def calm_posts(texts: list[str], n: int = 60) -> list[dict]:
             post["caption"] = CAPTIONS[i % len(CAPTIONS)]
         out.append(post)
     return out
+
+
+def produce_calm(s, posts: list[dict]) -> None:
+    """Posts with a description straight to ``posts-enriched`` (standing in for the caption stage, as the
+    bench does); the others to ``posts`` like any producer's."""
+    produce_lines(s, [orjson.dumps(p) for p in posts if "caption" in p], topic=s.topic_enriched)
+    produce_lines(s, [orjson.dumps(p) for p in posts if "caption" not in p])
 
 
 def get_json(port: int, path: str):
@@ -127,7 +136,7 @@ def test_dashboard_shows_the_streamed_brands_and_posts_and_updates_live(broker, 
     profile = tempfile.mkdtemp(prefix="affectstream-chromium-")
     chromium = None
     try:
-        produce_lines(s, [orjson.dumps(p) for p in sent])
+        produce_calm(s, sent)
         wait_for(lambda: len(stored_ids(s)) >= len(sent), 90, [worker], "results for the streamed posts")
         wait_for(lambda: len(get_json(port, "/api/recent")) >= 50, 10, [worker], "the hub's feed")
 

@@ -208,7 +208,8 @@ def hand_corpus(base: str, image_root: str) -> list[tuple[bytes, Expected]]:
     post(("dlq", "bad_created_at"), text="hi", created_at=-1)
     post(("dlq", "bad_created_at"), text="hi", created_at=1e30)
     post(("dlq", "bad_created_at"), text="hi", created_at=True)
-    post(("dlq", "bad_caption"), text="hi", caption=5)
+    post(("result", None), text="hi", caption=5)                     # a producer's caption is dropped, whatever it is
+    post(("result", None), text="hi", caption="objects: smiling face.", image_error="pwned")
     post(("dlq", "bad_image_ref"), text="hi", image="http://10.0.0.1/x.png")
     post(("dlq", "bad_image_ref"), text="hi", image={"url": "http://10.0.0.1/", "b64": "AAAA"})
     post(("dlq", "bad_image_ref"), text="hi", image={"svg": "<svg/>"})

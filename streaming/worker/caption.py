@@ -1,7 +1,9 @@
 """Caption agent: ``posts`` -> ``posts-enriched`` (image posts gain a ``caption``), bad input -> DLQ.
 
 Per micro-batch:
-1. parse every message; a rejected one goes to the DLQ (stage ``parse``) with its reason;
+1. parse every message; a rejected one goes to the DLQ (stage ``parse``) with its reason. Producers are
+   untrusted: a ``caption`` or ``image_error`` they put on a post is dropped (schemas docstring); only
+   this stage writes those fields, and ``image_error`` is always one of ``IMAGE_ERROR_REASONS``;
 2. text-only posts pass straight through;
 3. image posts: load the bytes (base64 / URL with the SSRF guard / path) in an I/O thread pool, look the
    sha256 up in the Redis caption cache, decode and describe the misses as one batch in the captioner's
@@ -26,11 +28,11 @@ import faust
 from affectstream.model.images import ImageError, ImageLimits, decode_image, image_sha256
 from affectstream.streaming.worker import metrics
 from affectstream.streaming.worker.caption_cache import CaptionCache
-from affectstream.streaming.worker.dlq import dlq_record
+from affectstream.streaming.worker.dlq import dlq_record, post_id_guess
 from affectstream.streaming.worker.image_refs import load_image_bytes
-from affectstream.streaming.worker.schemas import InvalidPost, Post
+from affectstream.streaming.worker.schemas import IMAGE_ERROR_REASONS, InvalidPost, Post, parse_post
 from affectstream.streaming.worker.settings import Settings
-from affectstream.streaming.worker.stage import Record, Stage, StageBatch, parse_all, register_stage
+from affectstream.streaming.worker.stage import Record, Stage, StageBatch, register_stage
 
 log = logging.getLogger("affectstream.caption")
 
@@ -90,7 +92,7 @@ class Captioning(Stage):
     async def process(self, raws: list[bytes]) -> CaptionBatch:
         out = CaptionBatch()
         pending: list[_Pending] = []
-        for post, raw in parse_all(raws, self.settings, "parse", out.dlq):
+        for post, raw in _parse_from_producers(raws, self.settings, out.dlq):
             if post.image is None:
                 out.enriched.append(_forward(post))
             else:
@@ -208,6 +210,8 @@ class Captioning(Stage):
             raise
 
     def _image_failed(self, p: _Pending, reason: str, error: str, out: CaptionBatch) -> None:
+        if reason not in IMAGE_ERROR_REASONS:  # the classify stage rejects any other image_error
+            reason, error = "caption_failed", f"{reason}: {error}"
         if p.post.text.strip():
             log.info("image_error reason=%s id=%s: forwarding text-only", reason, p.post.id)
             p.post.image_error = reason
@@ -215,6 +219,20 @@ class Captioning(Stage):
         else:
             log.warning("dlq stage=caption reason=%s id=%s (image-only post)", reason, p.post.id)
             out.dlq.append(dlq_record(p.raw, reason, "caption", error, p.post.id))
+
+
+def _parse_from_producers(raws: list[bytes], settings: Settings, dlq: list[Record]) -> list[tuple[Post, bytes]]:
+    """Parse values from ``posts`` as untrusted (``trusted_enrichment=False``); a rejected value becomes a
+    DLQ record (stage ``parse``), as ``stage.parse_all`` does for the trusted ``posts-enriched``."""
+    parsed: list[tuple[Post, bytes]] = []
+    for raw in raws:
+        try:
+            parsed.append((parse_post(raw, settings, trusted_enrichment=False), raw))
+        except InvalidPost as e:
+            post_id = e.post_id or post_id_guess(raw)
+            log.warning("dlq stage=parse reason=%s id=%s", e.reason, post_id)
+            dlq.append(dlq_record(raw, e.reason, "parse", str(e), post_id))
+    return parsed
 
 
 def _forward(post: Post) -> Record:

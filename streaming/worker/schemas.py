@@ -2,6 +2,14 @@
 
 `parse_post` turns *any* bytes into a `Post` or raises `InvalidPost` with a `reason` from `REASONS`;
 nothing else escapes. All JSON goes through orjson (DESIGN.md).
+
+Trust: the image side of a post (`caption`, `image_error`) is written by the caption stage only. On
+`posts` (producers: untrusted) those two fields are *ignored*: parsed with ``trusted_enrichment=False``
+they are dropped, whatever they hold, and never forwarded, so a producer cannot choose what the classifier
+reads as the image description nor plant an `image_error`. On `posts-enriched` (the internal topic: only
+the caption stage, or a tool that stands in for it such as the bench, may write there) they are read with
+``trusted_enrichment=True`` and checked: `caption` a string within the text limit (`bad_caption`),
+`image_error` one of `IMAGE_ERROR_REASONS` (`bad_image_error`).
 """
 from __future__ import annotations
 
@@ -27,10 +35,12 @@ FETCH_REASONS = frozenset({
 PARSE_REASONS = frozenset({
     "invalid_json", "invalid_utf8", "not_an_object", "missing_id", "bad_id", "id_too_long", "bad_text",
     "text_too_long", "empty_post", "bad_image_ref", "bad_created_at", "bad_brands", "bad_caption",
-    "message_too_large", "too_deeply_nested",
+    "message_too_large", "too_deeply_nested", "bad_image_error",
 })
 STAGE_REASONS = frozenset({"caption_failed", "caption_timeout", "inference_failed"})
 REASONS: frozenset[str] = PARSE_REASONS | IMAGE_REASONS | FETCH_REASONS | STAGE_REASONS
+# what the caption stage may write as a post's image_error: why its image could not be described
+IMAGE_ERROR_REASONS: frozenset[str] = IMAGE_REASONS | FETCH_REASONS | {"caption_failed", "caption_timeout"}
 
 MAX_BRANDS = 32
 MAX_BRAND_CHARS = 64
@@ -67,8 +77,8 @@ class Post:
     author: str | None = None
     lang: str | None = None
     meta: dict | None = None
-    caption: str | None = None       # set by the caption stage
-    image_error: str | None = None   # set by the caption stage (a reason from REASONS)
+    caption: str | None = None       # set by the caption stage only (see the module docstring)
+    image_error: str | None = None   # set by the caption stage only: one of IMAGE_ERROR_REASONS
     raw: dict = field(default_factory=dict, repr=False)  # original object: unknown fields pass through
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,18 +100,25 @@ class Post:
         return orjson.dumps(self.to_dict())
 
 
-def parse_post(data: bytes, settings: Settings) -> Post:
-    """Bytes -> Post, or InvalidPost(reason). Never raises anything else."""
+def parse_post(data: bytes, settings: Settings, *, trusted_enrichment: bool = True) -> Post:
+    """Bytes -> Post, or InvalidPost(reason). Never raises anything else.
+
+    ``trusted_enrichment``: False for `posts` (producers' `caption` / `image_error` are dropped), True for
+    `posts-enriched` (the caption stage's own fields, validated). The default is True only because the
+    classify stage's parse (stage.parse_all) does not pass it yet; the caption stage passes False."""
     try:
-        return _parse_post(data, settings)
+        return _parse_post(data, settings, trusted_enrichment)
     except InvalidPost:
         raise
     except Exception as e:  # noqa: BLE001 - untrusted input: any surprise is a bad message, never a crash
         raise InvalidPost("invalid_json", f"{type(e).__name__}: {e}") from None
 
 
-def _parse_post(data: bytes, settings: Settings) -> Post:
+def _parse_post(data: bytes, settings: Settings, trusted_enrichment: bool) -> Post:
     obj = _load_object(data, settings)
+    if not trusted_enrichment:
+        obj.pop("caption", None)
+        obj.pop("image_error", None)
     post_id = _parse_id(obj, settings)
     try:
         image = _parse_image(obj.get("image"))
@@ -113,7 +130,7 @@ def _parse_post(data: bytes, settings: Settings) -> Post:
             author=_opt_str(obj.get("author")), lang=_opt_str(obj.get("lang")),
             meta=obj["meta"] if isinstance(obj.get("meta"), dict) else None,
             caption=_parse_caption(obj.get("caption"), settings),
-            image_error=_opt_str(obj.get("image_error")),
+            image_error=_parse_image_error(obj.get("image_error")),
             raw=obj,
         )
     except InvalidPost as e:
@@ -240,6 +257,14 @@ def _parse_caption(raw: Any, settings: Settings) -> str | None:
         return None
     if not isinstance(raw, str) or len(raw) > settings.max_text_chars:
         raise InvalidPost("bad_caption", "caption must be a string within the text limit")
+    return raw
+
+
+def _parse_image_error(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or raw not in IMAGE_ERROR_REASONS:
+        raise InvalidPost("bad_image_error", f"image_error must be one of the documented reasons, got {str(raw)[:64]!r}")
     return raw
 
 
