@@ -220,3 +220,78 @@ def test_path_reads_only_under_root(image_root, tmp_path):
 
 def test_path_images_disabled_without_root():
     assert reason(load_image_bytes, ImageRef("path", "a.png"), Settings()) == "path_not_allowed"
+
+
+# --- host name lookups: a hanging resolver (injected; no query leaves this machine) -----------------
+
+def _hanging_resolver(release: threading.Event, calls: list[str]):
+    def lookup(host, port, type=0):
+        calls.append(host)
+        if host.startswith("slow"):
+            release.wait(30)
+            raise OSError("no answer")
+        return [(2, 1, 6, "", ("93.184.215.14", port))]
+    return lookup
+
+
+def test_eight_hanging_names_do_not_starve_a_good_name():
+    from affectstream.streaming.worker.image_refs import Resolver
+
+    release, calls = threading.Event(), []
+    resolver = Resolver(_hanging_resolver(release, calls))
+    try:
+        slow = [f"slow{i}.example{i}.invalid" for i in range(12)]  # 12 distinct domains, more than 8 threads
+        for host in slow:
+            with pytest.raises(InvalidPost) as info:
+                resolver.resolve(host, 80, 0.1)
+            assert info.value.reason == "fetch_timeout"
+        assert resolver.running() == 12  # each still holds its own thread
+        t0 = time.monotonic()
+        assert resolver.resolve("images.example.com", 443, 1.0) == ("93.184.215.14",)
+        assert time.monotonic() - t0 < 0.3
+    finally:
+        release.set()
+    deadline = time.monotonic() + 5
+    while resolver.running() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert resolver.running() == 0  # threads end once their lookups do
+
+
+def test_a_domain_whose_lookups_hang_is_refused_without_new_threads():
+    from affectstream.streaming.worker.image_refs import Resolver
+
+    release, calls = threading.Event(), []
+    resolver = Resolver(_hanging_resolver(release, calls), max_lookups=16, max_stuck_per_domain=2)
+    try:
+        reasons = [reason(resolver.resolve, f"slow{i}.evil.invalid", 80, 0.05) for i in range(50)]
+        assert set(reasons) == {"fetch_timeout"}
+        assert len(calls) == 2 and resolver.running() == 2  # refused at once while two still hang
+        for i in range(20):  # other domains: the total cap holds the threads at 16
+            reason(resolver.resolve, f"slow.d{i}.invalid", 80, 0.01)
+        assert resolver.running() == 16
+        assert reason(resolver.resolve, "fine.example.com", 80, 1.0) == "fetch_timeout"  # the total cap
+    finally:
+        release.set()
+    deadline = time.monotonic() + 5
+    while resolver.running() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert resolver.resolve("fine.example.com", 80, 1.0) == ("93.184.215.14",)  # and then recovers
+
+
+def test_fetch_url_resolves_a_good_name_while_many_hang(monkeypatch):
+    """Through fetch_url and socket.getaddrinfo (replaced: the lookups hang, or answer a refused
+    address), as the caption stage calls it."""
+    import socket
+
+    release, calls = threading.Event(), []
+    monkeypatch.setattr(socket, "getaddrinfo", _hanging_resolver(release, calls))
+    try:
+        for i in range(10):
+            assert reason(fetch_url, f"http://slow.h{i}.invalid/a.png", 1000, 0.1) == "fetch_timeout"
+        t0 = time.monotonic()
+        # answers promptly with a (public, unroutable in tests) address: policy refuses it, so no connection
+        assert reason(fetch_url, "http://good.example.com/a.png", 1000, 1.0,
+                      lambda ip: False) == "url_not_allowed"
+        assert time.monotonic() - t0 < 0.3
+    finally:
+        release.set()

@@ -34,7 +34,8 @@ from affectstream.streaming.worker.settings import Settings
 
 MAX_REDIRECTS = 3
 DNS_TIMEOUT_S = 5.0
-_dns_pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="dns")
+MAX_LOOKUPS = 128           # lookup threads alive at once, stuck ones included
+MAX_STUCK_PER_DOMAIN = 4    # lookups still running under one domain before its names are refused
 _CHUNK = 64 * 1024
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -161,21 +162,71 @@ def check_url(url: str, policy: AddressPolicy = is_public_address, timeout_s: fl
     return Target(scheme, host, port, path, addresses)
 
 
+def _domain(host: str) -> str:
+    """The circuit key: a hostile zone answers slowly for every name under it, so a1.evil.test and
+    a2.evil.test share one budget of stuck lookups."""
+    labels = host.lower().rstrip(".").split(".")
+    return ".".join(labels[-2:])
+
+
+class Resolver:
+    """getaddrinfo (or an injected ``lookup`` with its signature) bounded by a deadline, in a thread per
+    lookup, with the per-domain and total caps of the module docstring."""
+
+    def __init__(self, lookup: Callable | None = None, max_lookups: int = MAX_LOOKUPS,
+                 max_stuck_per_domain: int = MAX_STUCK_PER_DOMAIN):
+        self._lookup = lookup
+        self.max_lookups = max_lookups
+        self.max_stuck_per_domain = max_stuck_per_domain
+        self._lock = threading.Lock()
+        self._running: dict[str, int] = {}  # domain -> lookups not finished yet
+
+    def running(self) -> int:
+        with self._lock:
+            return sum(self._running.values())
+
+    def resolve(self, host: str, port: int, timeout_s: float = DNS_TIMEOUT_S) -> tuple[str, ...]:
+        domain = _domain(host)
+        with self._lock:
+            if self._running.get(domain, 0) >= self.max_stuck_per_domain:
+                raise InvalidPost("fetch_timeout", f"earlier lookups under {domain!r} have not finished")
+            if sum(self._running.values()) >= self.max_lookups:
+                raise InvalidPost("fetch_timeout", "too many host name lookups still running")
+            self._running[domain] = self._running.get(domain, 0) + 1
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        lookup = self._lookup or socket.getaddrinfo  # read at call time: tests may replace socket's
+        threading.Thread(target=self._run, args=(future, domain, lookup, host, port),
+                         name=f"dns-{domain}"[:40], daemon=True).start()
+        try:
+            infos = future.result(timeout=max(timeout_s, 0.0))
+        except concurrent.futures.TimeoutError:
+            raise InvalidPost("fetch_timeout", "host name lookup exceeded the time limit") from None
+        except (socket.gaierror, UnicodeError, OSError) as e:
+            raise InvalidPost("fetch_failed", f"cannot resolve host: {e}") from None
+        addresses = tuple(dict.fromkeys(info[4][0] for info in infos))
+        if not addresses:
+            raise InvalidPost("fetch_failed", "host has no addresses")
+        return addresses
+
+    def _run(self, future: concurrent.futures.Future, domain: str, lookup: Callable, host: str, port: int) -> None:
+        try:
+            future.set_result(lookup(host, port, type=socket.SOCK_STREAM))
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting caller (or dropped if it gave up)
+            future.set_exception(e)
+        finally:
+            with self._lock:
+                left = self._running[domain] - 1
+                if left:
+                    self._running[domain] = left
+                else:
+                    del self._running[domain]
+
+
+resolver = Resolver()
+
+
 def _resolve(host: str, port: int, timeout_s: float = DNS_TIMEOUT_S) -> tuple[str, ...]:
-    """getaddrinfo bounded by timeout_s: it cannot be interrupted, so it runs in a small pool of its own and
-    a lookup that hangs (a slow or hostile DNS server) costs one pool thread, never the caller's deadline."""
-    future = _dns_pool.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
-    try:
-        infos = future.result(timeout=max(timeout_s, 0.0))
-    except concurrent.futures.TimeoutError:
-        future.cancel()
-        raise InvalidPost("fetch_timeout", "host name lookup exceeded the time limit") from None
-    except (socket.gaierror, UnicodeError, OSError) as e:
-        raise InvalidPost("fetch_failed", f"cannot resolve host: {e}") from None
-    addresses = tuple(dict.fromkeys(info[4][0] for info in infos))
-    if not addresses:
-        raise InvalidPost("fetch_failed", "host has no addresses")
-    return addresses
+    return resolver.resolve(host, port, timeout_s)
 
 
 def fetch_url(url: str, max_bytes: int, timeout_s: float, policy: AddressPolicy = is_public_address) -> bytes:
