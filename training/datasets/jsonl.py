@@ -88,21 +88,21 @@ def parse_jsonl_line(raw: bytes | str, base_dir: Path) -> tuple[Sample, bool]:
 
 
 def _split_of(obj: dict) -> str | None:
-    split = obj.get("split")
-    if split is None:
-        return None
-    if not isinstance(split, str) or split.strip().lower() not in _SPLIT_ALIASES:
-        raise BadLine("bad_split", f"'split' must be train/dev/test, got {split!r}")
-    return _SPLIT_ALIASES[split.strip().lower()]
+    return _choice_of(obj, "split", _SPLIT_ALIASES, "bad_split", "train/dev/test")
 
 
 def _emotion_of(obj: dict) -> str | None:
-    emotion = obj.get("emotion")
-    if emotion is None:
+    return _choice_of(obj, "emotion", {e: e for e in EMOTION_LABELS}, "bad_emotion", f"one of {EMOTION_LABELS}")
+
+
+def _choice_of(obj: dict, name: str, allowed: dict[str, str], reason: str, expected: str) -> str | None:
+    """An optional field that must be one of ``allowed`` (case-insensitive), mapped to its canonical name."""
+    value = obj.get(name)
+    if value is None:
         return None
-    if not isinstance(emotion, str) or emotion.strip().lower() not in EMOTION_LABELS:
-        raise BadLine("bad_emotion", f"'emotion' must be one of {EMOTION_LABELS}, got {emotion!r}")
-    return emotion.strip().lower()
+    if not isinstance(value, str) or value.strip().lower() not in allowed:
+        raise BadLine(reason, f"'{name}' must be {expected}, got {value!r}")
+    return allowed[value.strip().lower()]
 
 
 def _image_of(obj: dict, base_dir: Path) -> str | None:
