@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from affectstream.streaming.monitor.alerts import AlertRule, claim_alert, detect_shift, make_alert, two_proportion_z, windows_for
+from affectstream.streaming.monitor.alerts import (SEND_LEASE_MS, AlertRule, claim_alert, detect_shift, make_alert,
+                                                   outbox_key, take_due, two_proportion_z, windows_for)
 from affectstream.streaming.tools.workers import WorkerProcess
 from affectstream.streaming.tools.producer import produce_lines
 from affectstream.streaming.worker.redis_client import async_redis as redis_client
@@ -91,11 +92,12 @@ def test_two_workers_claiming_the_same_alert_fire_once_and_the_cooldown_holds(re
         shift = detect_shift([{"negative": 25}], [calm()] * 30)
         first = make_alert("acme", "202511291010", shift, RULE, 0)
         try:
-            both = await asyncio.gather(*(claim_alert(client, s.keys, first, RULE, 3600) for _ in range(2)))
+            both = [m is not None for m in
+                    await asyncio.gather(*(claim_alert(client, s.keys, first, RULE, 3600) for _ in range(2)))]
             later = make_alert("acme", "202511291025", shift, RULE, 0)      # 15 min later: cooldown
             after = make_alert("acme", "202511291040", shift, RULE, 0)      # 30 min later: fires again
             other = make_alert("nimbus", "202511291010", shift, RULE, 0)    # brands are independent
-            rest = [await claim_alert(client, s.keys, a, RULE, 3600) for a in (later, after, other)]
+            rest = [await claim_alert(client, s.keys, a, RULE, 3600) is not None for a in (later, after, other)]
             stored = await client.lrange(s.keys.alerts, 0, -1)
             assert [orjson.loads(a)["id"] for a in stored] == ["nimbus:202511291010", "acme:202511291040",
                                                               "acme:202511291010"]
@@ -134,6 +136,97 @@ def test_hubs_of_two_workers_evaluating_the_same_burst_send_one_alert(redis_serv
     sent = asyncio.run(run())
     assert [(a["brand"], a["minute"]) for a in sent] == [("acme", minutes[30])]
     assert sent[0]["hits"] == 22 and sent[0]["baseline_n"] == 300 and sent[0]["z"] >= 3
+
+
+def test_a_backfilled_older_minute_neither_moves_the_cooldown_back_nor_re_arms_it(redis_server):
+    s = settings_for(None, redis_server)
+    shift = detect_shift([{"negative": 25}], [calm()] * 30)
+
+    async def run() -> list[bool]:
+        client = redis_client(s)
+        try:
+            fired = []
+            for minute in ("202511291200",   # fires
+                           "202511291100",   # backfill, an hour older, no alert near it: fires
+                           "202511291220",   # 20 min after the 12:00 alert: the backfill must not re-arm it
+                           "202511291110",   # 10 min after the backfilled alert: quiet too
+                           "202511291140",   # 40 after 11:00 but 20 before 12:00: quiet
+                           "202511291230"):  # 30 after 12:00: fires
+                claimed = await claim_alert(client, s.keys, make_alert("acme", minute, shift, RULE, 0), RULE, 3600)
+                fired.append(claimed is not None)
+            marker = (await client.get(s.keys.alert_last("acme"))).decode()
+            assert max(int(m) for m in marker.split(",")) == 29406990  # 12:30, the newest alert, stays last
+            return fired
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(run()) == [True, True, False, False, False, True]
+
+
+def test_a_claimed_alert_waits_in_the_outbox_until_sent_and_a_dead_senders_lease_runs_out(redis_server):
+    s = settings_for(None, redis_server)
+    shift = detect_shift([{"negative": 25}], [calm()] * 30)
+
+    async def run() -> None:
+        client = redis_client(s)
+        try:
+            message = await claim_alert(client, s.keys, make_alert("acme", "202511291010", shift, RULE, 0), RULE,
+                                        3600, now_ms=M0)
+            assert await client.zrange(outbox_key(s.keys), 0, -1) == [message]
+            assert await take_due(client, s.keys, M0 + SEND_LEASE_MS - 1) == []   # the claimer is sending it
+            assert await take_due(client, s.keys, M0 + SEND_LEASE_MS) == [message]  # ... or died: resend
+            assert await take_due(client, s.keys, M0 + SEND_LEASE_MS + 1) == []   # leased again, to one taker
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_an_alert_whose_send_fails_is_delivered_at_the_next_tick_once_keyed_by_its_id(broker, redis_server):
+    from aiokafka import AIOKafkaProducer
+
+    from affectstream.streaming.worker.kafka_config import bootstrap_servers, create_topics, kafka_client_kwargs
+
+    s = settings_for(broker, redis_server)
+    s = s.replace(topic_alerts=f"alerts-{s.app_id.rsplit('-', 1)[-1]}")
+    create_topics(s)
+    minutes = [minute_bucket(M0 + i * 60_000) for i in range(31)]
+
+    async def run() -> tuple[list[int], list[dict]]:
+        client = redis_client(s)
+        for m in minutes[:30]:
+            await client.hset(s.keys.brand("acme", m), mapping=calm())
+        await client.hset(s.keys.brand("acme", minutes[30]), mapping={"negative": 22, "neutral": 3})
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(s), acks="all",
+                                    **kafka_client_kwargs(s, "aiokafka"))
+        await producer.start()
+        attempts: list[str] = []
+
+        async def send(alert: dict) -> None:  # the broker "fails" the first send; later ones are real
+            attempts.append(alert["id"])
+            if len(attempts) == 1:
+                raise ConnectionError("broker unavailable")
+            await producer.send_and_wait(s.topic_alerts, key=alert["id"].encode(), value=orjson.dumps(alert))
+
+        hub = LiveHub(s)
+        try:
+            hub.dirty = {("acme", minutes[30])}
+            fired = await hub.evaluate_alerts(send)                      # tick 1: claimed, the send fails
+            queued = await client.zcard(outbox_key(s.keys))
+            await hub.evaluate_alerts(send)                              # tick 2: resent from the outbox
+            left = await client.zcard(outbox_key(s.keys))
+            await hub.evaluate_alerts(send)                              # tick 3: nothing left to send
+            return [len(fired), queued, left, len(attempts)], fired
+        finally:
+            await producer.stop()
+            await hub.stop()
+            await client.aclose()
+
+    counts, fired = asyncio.run(run())
+    assert counts == [1, 1, 0, 2]
+    records = read_topic(s, s.topic_alerts)
+    assert [(r.key, orjson.loads(r.value)["id"]) for r in records] == [(f"acme:{minutes[30]}".encode(),
+                                                                       fired[0]["id"])]
 
 
 # --- end to end ------------------------------------------------------------------------------------
@@ -185,5 +278,6 @@ def test_a_negative_burst_for_one_brand_gives_exactly_one_alert_for_it(broker, r
             shown = orjson.loads(response.read())
 
     assert [(a["brand"], a["minute"]) for a in alerts] == [("acme", minute_bucket(M0 + 5 * 60_000))]
+    assert [r.key for r in read_topic(s, s.topic_alerts)] == [alerts[0]["id"].encode()]  # key: the alert id
     assert alerts[0]["hits"] == 20 and alerts[0]["n"] == 24 and alerts[0]["baseline_n"] == 30
     assert [a["id"] for a in shown] == [alerts[0]["id"]]

@@ -12,12 +12,20 @@ The rule (``AlertRule`` defaults), evaluated per brand for a minute ``m`` of eve
   n₀ ≥ ``min_baseline_posts`` (20) and the share rose by at least ``min_rise`` (0.10 absolute: at high
   volume a tiny rise is "significant" but not worth waking anyone);
 * cooldown: a brand that fired at minute m does not fire again for any minute within
-  ``cooldown_minutes`` (30) of m, so one burst gives one alert even while it lasts several minutes.
+  ``cooldown_minutes`` (30) of m, before or after it, so one burst gives one alert even while it lasts
+  several minutes, and a backfilled older minute is judged against every alert the brand had.
 
 ``detect_shift`` is a pure function of minute buckets (label -> count dicts), testable without servers.
-``claim_alert`` applies the cooldown atomically in Redis (one Lua script: compare-and-set of the brand's
-last alert minute, plus recording and publishing the alert), so any number of workers may evaluate the
-same brand and exactly one of them fires. State lives in Redis, not in a faust Table.
+``claim_alert`` applies the cooldown atomically in Redis (one Lua script: the brand's alerted minutes are
+compared with the new one in both directions, then the alert is recorded, published and queued), so any
+number of workers may evaluate the same brand and exactly one of them fires. State lives in Redis, not in a
+faust Table.
+
+Delivery to the ``sentiment-alerts`` topic is at least once: the claim also puts the alert in an outbox (a
+Redis sorted set); it leaves the outbox only when the broker acknowledged the send, and a failed send (or a
+worker that died before its send was acknowledged) is retried at a later tick. So a consumer may see an
+alert twice, never not at all; the message key is the alert id ``brand:minute`` (also ``id`` in the value)
+for consumers to drop repeats.
 """
 from __future__ import annotations
 
@@ -127,26 +135,85 @@ def make_alert(brand: str, minute: str, shift: Shift, rule: AlertRule, at_ms: in
     }
 
 
-# --- Redis: atomic cooldown claim ------------------------------------------------------------------
+# --- Redis: atomic cooldown claim and the outbox ----------------------------------------------------
 
-# KEYS: last-alert marker of the brand, alerts list   ARGV: epoch minute, cooldown minutes, marker ttl s,
-# alert json, keep, channel.  Returns 1 when this caller owns the alert, 0 when within the cooldown.
+ALERT_HISTORY_MAX = 500   # alerted minutes remembered per brand (within the marker's TTL)
+SEND_LEASE_MS = 15_000    # an alert taken for sending is not taken again by any worker for this long
+
+
+def outbox_key(keys: RedisKeys) -> str:
+    """Sorted set: alert JSON -> epoch ms from which it may be (re)sent; an alert leaves it once the
+    broker acknowledged it. (Kept here until the key schema in ``worker.redis_keys`` names it.)"""
+    return keys.alerts + ":outbox"
+
+
+# KEYS: the brand's alerted minutes, alerts list, outbox   ARGV: epoch minute, cooldown minutes, marker ttl s,
+# alert json, keep, channel, outbox score (ms), history minutes, history max.
+# The marker holds the brand's alerted epoch minutes, comma-separated and ascending (an older deployment's
+# single minute reads as a list of one). A minute fires only if no alerted minute lies within the cooldown
+# of it, before or after: a backfilled older minute neither moves the newest alert back nor re-arms the
+# brand. Returns 1 when this caller owns the alert (recorded, published, queued in the outbox), else 0.
 CLAIM_LUA = """
-local last = redis.call('GET', KEYS[1])
-if last and math.abs(tonumber(ARGV[1]) - tonumber(last)) < tonumber(ARGV[2]) then
-  return 0
+local m = tonumber(ARGV[1])
+local cooldown = tonumber(ARGV[2])
+local kept = {m}
+local newest = m
+local raw = redis.call('GET', KEYS[1])
+if raw then
+  for part in string.gmatch(raw, '[^,]+') do
+    local v = tonumber(part)
+    if v then
+      if math.abs(m - v) < cooldown then return 0 end
+      table.insert(kept, v)
+      if v > newest then newest = v end
+    end
+  end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+table.sort(kept)
+local out = {}
+for _, v in ipairs(kept) do
+  if v >= newest - tonumber(ARGV[8]) then table.insert(out, string.format('%d', v)) end
+end
+while #out > tonumber(ARGV[9]) do table.remove(out, 1) end
+redis.call('SET', KEYS[1], table.concat(out, ','), 'EX', ARGV[3])
 redis.call('LPUSH', KEYS[2], ARGV[4])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
 redis.call('PUBLISH', ARGV[6], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[7], ARGV[4])
 return 1
 """
 
+# KEYS: outbox   ARGV: now ms, lease until ms, max.  Takes the alerts due for (re)sending and leases them.
+TAKE_DUE_LUA = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], 'XX', ARGV[2], member) end
+return due
+"""
 
-async def claim_alert(client, keys: RedisKeys, alert: dict, rule: AlertRule, ttl_s: int) -> bool:
-    """Record and publish ``alert`` unless its brand fired within the cooldown (atomic across workers)."""
+
+async def claim_alert(client, keys: RedisKeys, alert: dict, rule: AlertRule, ttl_s: int,
+                      now_ms: int = 0) -> bytes | None:
+    """Record, publish and queue ``alert`` for sending unless an alert of its brand lies within the cooldown
+    (atomic across workers). Returns the queued message (this caller sends it first; ``sent`` removes it)
+    or None. The queued copy is leased to the caller for ``SEND_LEASE_MS`` from ``now_ms``."""
     marker, alerts, channel = keys.alert_last(alert["brand"]), keys.alerts, keys.live_alerts
-    fired = await client.eval(CLAIM_LUA, 2, marker, alerts, epoch_minute(alert["minute"]),
-                              rule.cooldown_minutes, ttl_s, orjson.dumps(alert), ALERTS_KEEP, channel)
-    return bool(fired)
+    message = orjson.dumps(alert)
+    fired = await client.eval(CLAIM_LUA, 3, marker, alerts, outbox_key(keys), epoch_minute(alert["minute"]),
+                              rule.cooldown_minutes, ttl_s, message, ALERTS_KEEP, channel,
+                              now_ms + SEND_LEASE_MS, ttl_s // 60, ALERT_HISTORY_MAX)
+    return message if fired else None
+
+
+async def take_due(client, keys: RedisKeys, now_ms: int, limit: int = 100) -> list[bytes]:
+    """Queued alerts whose first send failed or whose sender's lease ran out; leased to this caller."""
+    return await client.eval(TAKE_DUE_LUA, 1, outbox_key(keys), now_ms, now_ms + SEND_LEASE_MS, limit)
+
+
+async def sent(client, keys: RedisKeys, message: bytes) -> None:
+    """The broker acknowledged ``message``: it leaves the outbox."""
+    await client.zrem(outbox_key(keys), message)
+
+
+async def send_failed(client, keys: RedisKeys, message: bytes) -> None:
+    """Make ``message`` due at once, so the next tick (of any worker) sends it again."""
+    await client.zadd(outbox_key(keys), {message: 0}, xx=True)
