@@ -3,6 +3,11 @@
 Every input is untrusted: `decode_image` turns any bytes into a fully loaded RGB image or raises
 `ImageError` with a machine-readable `reason` (used in the DLQ, metrics and tests alike). Nothing else
 escapes, whatever Pillow does with the bytes.
+
+Memory: `decode_image(..., max_side=N)` decodes for a model that reads at most N pixels a side: JPEGs are
+decoded at a reduced scale by the decoder itself (`draft`), other formats are box-reduced (`reduce`) right
+after decoding, to a longest side in [N, 2N). `decoded_pixels` tells, from the header only, how many
+pixels decoding will allocate at its peak, so a caller can bound what a batch decodes at once.
 """
 
 from __future__ import annotations
@@ -39,20 +44,16 @@ def image_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
-    """Bytes -> RGB image, fully loaded; first frame of animations; EXIF orientation applied."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ImageError("not_an_image", f"expected bytes, got {type(data).__name__}")
-    data = bytes(data)
-    if not data:
-        raise ImageError("image_empty", "no image bytes")
-    if len(data) > limits.max_bytes:
-        raise ImageError("image_too_large", f"{len(data)} bytes > limit {limits.max_bytes}")
-    img = _open_checked(data, limits)
+def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), max_side: int | None = None) -> Image.Image:
+    """Bytes -> RGB image, fully loaded; first frame of animations; EXIF orientation applied; with
+    ``max_side``, reduced to a longest side under 2 x max_side (never below max_side)."""
+    img = _open_checked(_checked_bytes(data, limits), limits)
     try:
+        if max_side:
+            img.draft(None, (max_side, max_side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale; others: no-op
         img.load()  # decodes the first frame only; later frames are never touched
-        img = _upright(img)
-        return _to_rgb(img)
+        img = _upright(_reduced(img, max_side))
+        return _reduced(_to_rgb(img), max_side)
     except ImageError:
         raise
     except (OSError, EOFError, SyntaxError) as e:
@@ -60,6 +61,42 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Imag
         raise ImageError(reason, str(e) or type(e).__name__) from e
     except Exception as e:  # noqa: BLE001 - untrusted input: any decoder failure is a bad image
         raise ImageError("image_corrupt", f"{type(e).__name__}: {e}") from e
+
+
+def decoded_pixels(data: bytes, limits: ImageLimits = ImageLimits(), max_side: int | None = None) -> int:
+    """Pixels ``decode_image(data, limits, max_side)`` decodes at its peak, from the header only (JPEG's
+    reduced-scale decoding counted). Raises ImageError as decode_image would for a bad header."""
+    img = _open_checked(_checked_bytes(data, limits), limits)
+    try:
+        if max_side:
+            img.draft(None, (max_side, max_side))
+        width, height = img.size
+        return width * height
+    except Exception as e:  # noqa: BLE001 - untrusted input: any decoder failure is a bad image
+        raise ImageError("image_corrupt", f"{type(e).__name__}: {e}") from e
+
+
+def _checked_bytes(data: bytes, limits: ImageLimits) -> bytes:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageError("not_an_image", f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if not data:
+        raise ImageError("image_empty", "no image bytes")
+    if len(data) > limits.max_bytes:
+        raise ImageError("image_too_large", f"{len(data)} bytes > limit {limits.max_bytes}")
+    return data
+
+
+def _reduced(img: Image.Image, max_side: int | None) -> Image.Image:
+    """Box-reduce by a whole factor so the longest side stays >= max_side; modes `reduce` does not take
+    (palette, 1-bit) are left for after the RGB conversion."""
+    factor = max(img.size) // max_side if max_side else 1
+    if factor < 2:
+        return img
+    try:
+        return img.reduce(factor)
+    except ValueError:
+        return img
 
 
 def _open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
@@ -120,7 +157,7 @@ def _format_of(img: Image.Image) -> str:
 def _upright(img: Image.Image) -> Image.Image:
     """Apply EXIF orientation; a malformed EXIF block is ignored rather than failing the image."""
     try:
-        return ImageOps.exif_transpose(img) or img
+        return ImageOps.exif_transpose(img, in_place=True) or img  # without in_place: a copy, even upright
     except Exception:  # noqa: BLE001 - EXIF is metadata; the pixels are still good
         return img
 

@@ -176,3 +176,26 @@ def test_mutated_images_give_rgb_or_image_error(seed: bytes, flips: list[tuple[i
     for pos, val in flips:
         data[pos % len(data)] = val
     _only_rgb_or_image_error(bytes(data[: max(1, len(data) - cut % len(data))]))
+
+
+def test_decoding_for_a_small_model_input_reduces_jpeg_in_the_decoder_and_png_after():
+    import io as _io
+
+    from PIL import Image as _Image
+
+    from affectstream.model.images import decoded_pixels
+
+    def encoded(fmt: str) -> bytes:
+        out = _io.BytesIO()
+        _Image.new("RGB", (4000, 3000), (200, 40, 40)).save(out, format=fmt)
+        return out.getvalue()
+
+    jpeg, png = encoded("JPEG"), encoded("PNG")
+    assert decoded_pixels(jpeg, max_side=500) == 1000 * 750  # draft: 1/4 scale, before any pixel is decoded
+    assert decoded_pixels(png, max_side=500) == 4000 * 3000  # PNG decodes at full size, then is reduced
+    for data in (jpeg, png):
+        img = decode_image(data, max_side=500)
+        assert img.mode == "RGB" and 500 <= max(img.size) < 1000 and img.size[0] * 3 == img.size[1] * 4
+        assert img.getpixel((10, 10))[0] > 150
+        assert decode_image(data).size == (4000, 3000)  # without max_side: full size, as before
+    assert decode_image(png, max_side=5000).size == (4000, 3000)  # never enlarged

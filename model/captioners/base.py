@@ -10,6 +10,9 @@ from PIL import Image
 @runtime_checkable
 class Captioner(Protocol):
     name: str  # e.g. "offline", "none", "vlm:<id>"; goes into caption caches and metrics
+    # The longest image side the captioner's models read (after their own resizing); callers may decode
+    # images reduced towards it (model.images.decode_image max_side). None: full size.
+    max_input_side: int | None
 
     def describe(self, images: list[Image.Image]) -> list[str]:
         """One string per image, in the same order."""
@@ -20,6 +23,7 @@ class NoCaptioner:
     """The text-only ablation: every image describes as the empty string."""
 
     name = "none"
+    max_input_side = 64  # reads no pixels; a small decode still proves the image is one
 
     def describe(self, images: list[Image.Image]) -> list[str]:
         return ["" for _ in images]

@@ -51,6 +51,8 @@ class OfflineDescriber:
 
     def __init__(self, config: OfflineConfig = OfflineConfig()):
         self.config = config
+        # OCR recognition reads the largest thumbnail (rec_side); the classifier (224) and the scene (64) less
+        self.max_input_side = max(config.rec_side, config.det_side)
         self._lock = threading.Lock()  # one load, and one batch at a time through the shared models
         self._classifier: Any = None
         self._classes: list[str] = []

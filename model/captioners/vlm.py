@@ -25,6 +25,9 @@ class VLMConfig:
     max_new_tokens: int = 48
     batch_size: int = 16
     prompt: str = AFFECT_PROMPT  # used only for chat (instruction-tuned) models
+    # images are decoded reduced towards this longest side: above what processors resize to (BLIP 384,
+    # Florence-2 768, SmolVLM/Idefics3 tiles up to 1456), so what the model reads is unchanged
+    max_input_side: int = 1536
 
 
 def _pick_device(device: str):
@@ -39,6 +42,7 @@ class VLMCaptioner:
     def __init__(self, config: VLMConfig):
         self.config = config
         self.name = f"vlm:{config.model}"
+        self.max_input_side = config.max_input_side
         self._lock = threading.Lock()
         self._model: Any = None
         self._processor: Any = None
