@@ -196,3 +196,41 @@ def test_redis_client_uses_password_from_settings():
             redis.Redis(port=server.port, retry=Retry(NoBackoff(), 0)).ping()
     finally:
         server.stop()
+
+
+def test_passing_refusals_are_retried_and_bugs_are_not(redis_server):
+    """Real replies from a real redis-server: OOM under noeviction is retried until the limit is raised;
+    WRONGTYPE (a bug) raises at once, without a retry."""
+    from affectstream.streaming.worker.sinks.redis import is_retryable
+
+    settings = settings_for(redis=redis_server)
+    admin = redis.Redis.from_url(redis_server.url)
+
+    async def run():
+        sink = RedisSink(settings)
+        await sink.write([result(0)])
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", "1")  # below anything in use: every write is refused
+        try:
+            task = asyncio.create_task(sink.write([result(1)]))
+            await asyncio.sleep(1.0)
+            assert not task.done() and sink.stalled, "an OOM refusal must be retried, not raised"
+        finally:
+            admin.config_set("maxmemory", "0")
+        fresh = await asyncio.wait_for(task, 10)
+        assert not sink.stalled
+        await sink.client.set(settings.keys.brand("_all", MINUTE), "not a hash")
+        started = time.monotonic()
+        with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+            await sink.write([result(2)])
+        assert time.monotonic() - started < 1.0
+        await sink.close()
+        return fresh
+
+    assert asyncio.run(run()) == {"p1"}
+    assert is_retryable(redis.exceptions.ResponseError(
+        "ERR Error running script (call to f_x): @user_script:2: -OOM command not allowed when used memory"))
+    assert is_retryable(redis.exceptions.ResponseError("BUSY Redis is busy running a script"))
+    assert is_retryable(redis.exceptions.ResponseError("MASTERDOWN Link with MASTER is down"))
+    assert not is_retryable(redis.exceptions.ResponseError("WRONGTYPE Operation against a key holding the wrong kind"))
+    assert not is_retryable(redis.exceptions.ResponseError("ERR syntax error"))

@@ -11,9 +11,14 @@ Per micro-batch (``batch_max`` posts or ``batch_window_s`` seconds, whichever fi
 4. only after all of them accepted, ack the batch's events so their offsets can be committed
    (``stage.register_stage``): at least once.
 
-The model is loaded once per worker. Between batches the agent checks (every few seconds) whether the
-model directory changed — a new ``model.safetensors`` or a ``models/default`` symlink pointing at a new
-version — and swaps the predictor without dropping a post.
+The model is loaded once per worker. A timer (every ``RELOAD_CHECK_S`` seconds, whether or not posts
+arrive) checks whether the model directory changed — ``model_signature``: the resolved path and the size
+and mtime of ``model.safetensors`` — and swaps the predictor without dropping a post: a batch already in
+inference finishes with the model it started with, and every later result carries the new version id.
+Deploy a new version atomically: write it to its own directory, then repoint a symlink
+(``ln -s v2 tmp && mv -T tmp current``, i.e. ``os.replace``); a load that fails keeps the old model and is
+tried again at the next check. The reload is logged (``model reloaded: A -> B``) and shown by the
+``affectstream_model_info`` metric.
 """
 from __future__ import annotations
 
@@ -70,27 +75,37 @@ class Classifying(Stage):
     ``.predict(pairs) -> list[Prediction]``; it runs in the inference thread.
     """
 
-    def __init__(self, settings: Settings, load_predictor, *, watch: bool = True):
+    def __init__(self, settings: Settings, load_predictor, *, watch: bool = True,
+                 check_every_s: float = RELOAD_CHECK_S):
         self.settings = settings
         self.load_predictor = load_predictor
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.predictor = None
         self.watch = watch
+        self.check_every_s = check_every_s
         self._signature: tuple | None = None
-        self._next_check = 0.0
+        self._watcher: asyncio.Task | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._signature = model_signature(self.settings.model_dir)
         self.predictor = await loop.run_in_executor(self.pool, self.load_predictor)
-        self._next_check = time.monotonic() + RELOAD_CHECK_S
+        metrics.set_model_version(self.predictor.version)
         log.info("model %s loaded from %s", self.predictor.version, self.settings.model_dir)
+        if self.watch:
+            self._watcher = asyncio.create_task(self._watch(), name="model-reload-check")
+
+    async def _watch(self) -> None:
+        """The reload timer: runs while the worker is idle too."""
+        while True:
+            await asyncio.sleep(self.check_every_s)
+            try:
+                await self.maybe_reload()
+            except Exception:  # noqa: BLE001 - never let the timer die; the next check tries again
+                log.exception("model reload check failed")
 
     async def maybe_reload(self) -> bool:
         """Swap in a new model version when the directory changed; a failed load keeps the old one."""
-        if not self.watch or time.monotonic() < self._next_check:
-            return False
-        self._next_check = time.monotonic() + RELOAD_CHECK_S
         signature = model_signature(self.settings.model_dir)
         if signature is None or signature == self._signature:
             return False
@@ -101,12 +116,10 @@ class Classifying(Stage):
             log.warning("model reload from %s failed (%s: %s); keeping %s",
                         self.settings.model_dir, type(e).__name__, e, self.predictor.version)
             return False
-        log.info("model reloaded: %s -> %s", self.predictor.version, predictor.version)
+        log.info("model reloaded: %s -> %s (%s)", self.predictor.version, predictor.version, signature[0])
         self.predictor, self._signature = predictor, signature
+        metrics.set_model_version(predictor.version)
         return True
-
-    async def before_batch(self) -> None:
-        await self.maybe_reload()
 
     def observe(self, batch: ClassifyBatch, n_events: int, seconds: float) -> None:
         metrics.observe_classify_batch(batch, n_events, seconds, self.predictor.version)
@@ -116,6 +129,8 @@ class Classifying(Stage):
                  len(batch.sink_items), len(batch.dlq), 1000 * seconds, self.predictor.version)
 
     def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def process(self, raws: list[bytes]) -> ClassifyBatch:

@@ -46,12 +46,17 @@ def observe_caption_batch(batch, n_events: int, seconds: float) -> None:
 
 
 def observe_classify_batch(batch, n_events: int, seconds: float, model_version: str) -> None:
+    """After delivery: results count only when new (``batch.fresh_ids``, from the Redis sink's ``seen``
+    marker); a redelivered post is ``outcome="redelivered"`` and adds no label or latency sample."""
     BATCH_SIZE.labels("classify").observe(n_events)
     BATCH_SECONDS.labels("classify").observe(seconds)
-    POSTS.labels("classify", "result").inc(len(batch.results))
+    fresh = batch.fresh_ids
+    new = [r for r in batch.results if fresh is None or r.id in fresh]
+    POSTS.labels("classify", "result").inc(len(new))
+    POSTS.labels("classify", "redelivered").inc(len(batch.results) - len(new))
     POSTS.labels("classify", "dlq").inc(len(batch.dlq))
     observe_dlq("classify", batch.dlq)
-    for result in batch.results:
+    for result in new:
         LABELS.labels(result.label).inc()
         if result.latency_ms is not None and result.latency_ms >= 0:
             LATENCY.observe(result.latency_ms / 1000)

@@ -9,7 +9,16 @@ what it needs (models) off the event loop, ``await process(raw_values)`` turns o
     noack_take -> stage.process -> every sink + every topic send, concurrently -> ack
 
 Offsets are acked only after all of them succeeded; any failure raises before the ack, so the batch is
-delivered again (at least once; the Redis sink is idempotent per post id).
+delivered again (at least once; the Redis sink is idempotent per post id). ``observe`` runs after the ack,
+with ``batch.fresh_ids`` set to the results a sink reported as new (the Redis sink: first delivery of the
+post), so a redelivered post is not counted again in the metrics.
+
+A stage that raises takes the worker down: the agent logs the error and crashes the faust app, so the
+process exits non-zero and its supervisor (compose ``restart: unless-stopped``, systemd, Kubernetes)
+starts a fresh one, which resumes from the committed offsets. (faust's default would restart the agent
+inside the process, with the failed batch's offsets never acked: a live process that commits nothing more.)
+When the worker is asked to stop (SIGTERM), every sink's ``stop()`` is called at once, so a write retrying
+an outage gives up, its batch stays unacked (delivered again later) and the worker exits.
 """
 from __future__ import annotations
 
@@ -30,6 +39,8 @@ from affectstream.streaming.worker.sinks.topic import Record, send_all
 
 log = logging.getLogger("affectstream.stage")
 
+STOP_GRACE_S = 3.0  # SIGTERM with a sink stuck in an outage: how long the worker may take to stop cleanly
+
 SendRecords = Callable[[dict[str, list[Record]]], Awaitable[None]]
 
 
@@ -37,6 +48,8 @@ SendRecords = Callable[[dict[str, list[Record]]], Awaitable[None]]
 class StageBatch:
     """What one micro-batch turned into. Subclasses add their own outputs and counters."""
     dlq: list[Record] = field(default_factory=list)
+    # after delivery: ids of the results some sink reported as new (None: every result is new)
+    fresh_ids: set[str] | None = None
 
     @property
     def items(self) -> list[SinkItem]:
@@ -54,14 +67,11 @@ class Stage:
     async def start(self) -> None:
         """Load what the stage needs; called once, on the event loop, before the first batch."""
 
-    async def before_batch(self) -> None:
-        """Called before every batch (classify: the hot-reload check)."""
-
     async def process(self, raws: list[bytes]) -> StageBatch:
         raise NotImplementedError
 
     def observe(self, batch: StageBatch, n_events: int, seconds: float) -> None:
-        """Metrics for a processed batch (before delivery)."""
+        """Metrics for a batch, once it is delivered and acked (``batch.fresh_ids`` is set by then)."""
 
     def log_batch(self, batch: StageBatch, n_events: int, seconds: float) -> None:
         """After the batch was delivered and acked."""
@@ -87,30 +97,35 @@ def parse_all(raws: list[bytes], settings: Settings, dlq_stage: str,
     return parsed
 
 
-async def deliver(batch: StageBatch, sinks: Sequence[Sink], send: SendRecords) -> None:
+async def deliver(batch: StageBatch, sinks: Sequence[Sink], send: SendRecords) -> set[str] | None:
     """Hand ``batch`` to every sink and send its topic records, concurrently. Waits for all of them and
-    then raises the first failure, if any: the caller acks only when this returns."""
+    then raises the first failure, if any: the caller acks only when this returns. Returns the result ids
+    that are new to every sink that tells (a sink's ``write`` may return the set of ids it saw for the
+    first time; the Redis sink does), None when no sink tells."""
     jobs = [send(batch.records())]
     items = batch.items
     if items:
         jobs.extend(sink.write(items) for sink in sinks)
-    for outcome in await asyncio.gather(*jobs, return_exceptions=True):
+    outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+    for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome
+    told = [set(outcome) for outcome in outcomes[1:] if isinstance(outcome, (set, frozenset))]
+    return set.intersection(*told) if told else None
 
 
 async def run_stage(stream: Any, stage: Stage, sinks: Sequence[Sink], send: SendRecords,
                     batch_max: int, within: float) -> None:
     """The agent loop over a faust stream (anything with ``noack_take`` and ``ack``)."""
     async for events in stream.noack_take(batch_max, within=within):
-        await stage.before_batch()
         started = time.perf_counter()
         batch = await stage.process([e.message.value for e in events])
-        stage.observe(batch, len(events), time.perf_counter() - started)
-        await deliver(batch, sinks, send)
+        batch.fresh_ids = await deliver(batch, sinks, send)
         for event in events:
             await stream.ack(event)
-        stage.log_batch(batch, len(events), time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        stage.observe(batch, len(events), seconds)
+        stage.log_batch(batch, len(events), seconds)
 
 
 def register_stage(app: faust.App, settings: Settings, *, name: str, source: str, build: Callable[[], Stage],
@@ -121,14 +136,44 @@ def register_stage(app: faust.App, settings: Settings, *, name: str, source: str
     state: dict[str, Stage] = {}
 
     async def agent(stream: faust.StreamT) -> None:
-        if "stage" not in state:
-            stage = await asyncio.get_running_loop().run_in_executor(None, build)
-            await stage.start()
-            state["stage"] = stage
-        await run_stage(stream, state["stage"], sinks, functools.partial(send_all, app), batch_max, within)
+        try:
+            if "stage" not in state:
+                stage = await asyncio.get_running_loop().run_in_executor(None, build)
+                await stage.start()
+                state["stage"] = stage
+            await run_stage(stream, state["stage"], sinks, functools.partial(send_all, app), batch_max, within)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure of the stage ends the worker (module docstring)
+            if app.should_stop:  # a sink gave up because the worker is stopping: the batch stays unacked
+                log.info("agent %s stopped with the worker (%s); its last batch was not acked and will be "
+                         "delivered again", name, type(e).__name__)
+                return
+            log.critical("agent %s crashed (%s: %s); stopping the worker with a non-zero exit so that its "
+                         "supervisor restarts it (unacked offsets are delivered again)", name,
+                         type(e).__name__, e, exc_info=e)
+            await app.crash(e)
 
     agent.__name__ = agent.__qualname__ = name
     app.agent(topics[source], name=name)(agent)
+
+    @app.task
+    async def _stop_sinks_on_shutdown() -> None:
+        """SIGTERM while a sink retries an outage: make it give up, and do not let faust wait for that
+        batch's acks (``stream_wait_empty``: it would wait forever). The batch stays unacked, uncommitted,
+        and is delivered again to whichever worker takes the partition."""
+        await app.wait_until_stopped()
+        stalled = [type(sink).__name__ for sink in sinks if sink.stalled]
+        for sink in sinks:
+            sink.stop()
+        if not stalled:
+            return
+        log.warning("stopping while %s cannot write; the unwritten batch is left unacked (delivered again "
+                    "after a restart)", ", ".join(stalled))
+        app.conf.stream_wait_empty = False
+        await asyncio.sleep(STOP_GRACE_S)  # still here: faust was already waiting for the acks
+        log.error("worker still stopping %.0f s after SIGTERM with an unwritten batch; crashing it", STOP_GRACE_S)
+        await app.crash(RuntimeError("stopped with an unwritten batch"))
 
     @app.on_before_shutdown.connect
     async def _close(app: faust.App, **kwargs) -> None:

@@ -6,7 +6,9 @@ returned: a sink that raises means no ack, and the batch is delivered again (at 
 
 * returns from ``await write(batch)`` only once the batch is durably accepted (retrying outages itself, as
   the Redis sink does, or raising);
-* is idempotent per result id: a redelivered post may reach it twice;
+* is idempotent per result id: a redelivered post may reach it twice (``write`` may return the ids that
+  were new to it; the Redis sink does, and the metrics count only results new to every sink that tells);
+* gives up a retrying ``write`` (raises) once ``stop()`` is called (SIGTERM), so the worker can exit;
 * sends ``item.json`` as it is (the same bytes every sink gets) rather than serialising ``item.result``
   again;
 * releases what it holds in ``await close()`` (called once at shutdown).
@@ -64,8 +66,18 @@ class Sink(ABC):
         self.app = app
 
     @abstractmethod
-    async def write(self, batch: list[SinkItem]) -> None:
-        """Return once every item is accepted; raise (or keep retrying) otherwise. Never called empty."""
+    async def write(self, batch: list[SinkItem]) -> set[str] | None:
+        """Return once every item is accepted; raise (or keep retrying) otherwise. Never called empty.
+        May return the ids of the results it saw for the first time (the stage's metrics count only
+        those); None means every one is new."""
+
+    @property
+    def stalled(self) -> bool:
+        """True while a ``write`` is retrying an outage (it cannot finish until the outage ends)."""
+        return False
+
+    def stop(self) -> None:
+        """The worker is stopping: a ``write`` that is retrying an outage should give up (raise) soon."""
 
     async def close(self) -> None:
         """Release connections; a retrying ``write`` should give up (raise) once this is called."""

@@ -1,0 +1,116 @@
+"""A redelivered post (at-least-once delivery, or a replay after a crash) against the real redis-server: the
+first result stands, it is published once, counted once, and the metrics count it once — even when the
+second delivery is classified by a newer model with a different label."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+
+from affectstream.streaming.worker import metrics
+from affectstream.streaming.worker.classify import Classifying
+from affectstream.streaming.worker.redis_keys import minute_bucket
+from affectstream.streaming.worker.sinks.redis import RedisSink
+from affectstream.streaming.worker.stage import run_stage
+from tests.servers import settings_for
+from tests.test_redis_sink import MINUTE, T0, result
+from tests.test_sinks import _Stream
+
+
+async def live_messages(sink: RedisSink, channel: str, action) -> list[dict]:
+    """Every message published on ``channel`` while ``action()`` runs (and for a moment after)."""
+    pubsub = sink.client.pubsub()
+    await pubsub.subscribe(channel)
+    await pubsub.get_message(timeout=1.0)  # subscribe confirmation
+    await action()
+    received, deadline = [], time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+        if message:
+            received.append(orjson.loads(message["data"]))
+    await pubsub.aclose()
+    return received
+
+
+def test_redelivered_post_keeps_the_first_result_and_is_published_and_counted_once(redis_server):
+    settings = settings_for(redis=redis_server)
+    first = result(1, "positive")
+    newer = result(1, "negative")  # the same post again, e.g. after a reload to a model that disagrees
+    assert first.result.id == newer.result.id and first.json != newer.json
+
+    async def run():
+        sink = RedisSink(settings)
+        returned = []
+
+        async def deliver_twice():
+            returned.append(await sink.write([first, result(2)]))
+            returned.append(await sink.write([newer, result(2), result(3)]))
+
+        published = await live_messages(sink, settings.keys.live, deliver_twice)
+        stored = await sink.client.get(settings.keys.post("p1"))
+        counts = await sink.brand_counts("acme", MINUTE)
+        await sink.close()
+        return returned, published, stored, counts
+
+    returned, published, stored, counts = asyncio.run(run())
+    assert returned == [{"p1", "p2"}, {"p3"}], "write returns the ids that were new"
+    assert sorted(m["id"] for m in published) == ["p1", "p2", "p3"], "a redelivered post is not republished"
+    assert [m["label"] for m in published if m["id"] == "p1"] == ["positive"]
+    assert stored == first.json, "the first result stands"
+    assert counts == {"positive": 3}, "counted once, with the first label"
+
+
+class _Predictor:
+    def __init__(self, version: str, label: str):
+        self.version, self.label = version, label
+
+    def predict(self, pairs):
+        return [{"label": self.label, "scores": {self.label: 1.0}, "emotion": None, "rationale": []} for _ in pairs]
+
+
+def metric(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_redelivered_post_through_the_classify_stage_counts_once_in_the_metrics(redis_server):
+    """The classify stage and the real Redis sink: a post delivered again, classified by a newer model with
+    another label, adds nothing to ``affectstream_posts_total{stage=classify,outcome=result}`` or the label
+    counter; it shows as ``outcome=redelivered``."""
+    settings = settings_for(redis=redis_server, captioner="none")
+    post = orjson.dumps({"id": "redelivered-1", "text": "fine phone", "brands": ["acme"], "created_at": T0})
+    other = orjson.dumps({"id": "other-1", "text": "so slow", "brands": ["acme"], "created_at": T0})
+    before = {key: metric("affectstream_posts_total", stage="classify", outcome=key) for key in ("result", "redelivered")}
+    labels_before = {label: metric("affectstream_results_total", label=label) for label in ("positive", "negative")}
+
+    async def run():
+        sink = RedisSink(settings)
+        first = Classifying(settings, lambda: _Predictor("model-v1", "positive"), watch=False)
+        second = Classifying(settings, lambda: _Predictor("model-v2", "negative"), watch=False)
+        sent = []
+
+        async def send(records):
+            sent.append(records)
+
+        async def both():
+            for stage, batches in ((first, [[post]]), (second, [[post, other]])):
+                await stage.start()
+                await run_stage(_Stream(batches), stage, [sink], send, batch_max=10, within=0.01)
+                stage.close()
+
+        published = await live_messages(sink, settings.keys.live, both)
+        stored = orjson.loads(await sink.client.get(settings.keys.post("redelivered-1")))
+        counts = await sink.brand_counts("acme", minute_bucket(T0))
+        await sink.close()
+        return published, stored, counts
+
+    published, stored, counts = asyncio.run(run())
+    after = {key: metric("affectstream_posts_total", stage="classify", outcome=key) for key in ("result", "redelivered")}
+    labels_after = {label: metric("affectstream_results_total", label=label) for label in ("positive", "negative")}
+    assert [m["id"] for m in published] == ["redelivered-1", "other-1"]
+    assert (stored["label"], stored["model"]) == ("positive", "model-v1"), "the first result stands"
+    assert counts == {"positive": 1, "negative": 1}
+    assert after["result"] - before["result"] == 2, "two posts, two results: the redelivery is not one"
+    assert after["redelivered"] - before["redelivered"] == 1
+    assert labels_after["positive"] - labels_before["positive"] == 1
+    assert labels_after["negative"] - labels_before["negative"] == 1  # other-1 only
