@@ -44,7 +44,10 @@ SETTING_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--caption-batch-window": ("caption_batch_window_s", float, "Caption micro-batch wait, seconds."),
     "--redis-prefix": ("redis_prefix", str, "Prefix of every Redis key."),
     "--web-port": ("web_port", int, "Worker web server port."),
+    "--web-bind": ("web_bind", str, "Interface the web server listens on (default 127.0.0.1; any other needs "
+                                    "AFFECTSTREAM_WEB_AUTH_TOKEN)."),
 }
+EXPLICIT = "affectstream.explicit_settings"  # click context meta: names set by a flag, --set or the environment
 
 
 def settings_options(func: Callable) -> Callable:
@@ -62,6 +65,8 @@ def settings_options(func: Callable) -> Callable:
             overrides["web_enabled"] = web
         for item in kwargs.pop("set_values"):
             overrides.update(parse_set(item))
+        env_names = {f.name for f in fields(Settings) if ENV_PREFIX + f.name.upper() in os.environ}
+        click.get_current_context().meta[EXPLICIT] = frozenset(overrides) | env_names
         try:
             kwargs["settings"] = Settings.load(overrides)
         except ValueError as e:
@@ -71,10 +76,16 @@ def settings_options(func: Callable) -> Callable:
     wrapper = click.option("--set", "set_values", multiple=True, metavar="NAME=VALUE",
                            help="Any other setting, e.g. --set caption_timeout_s=10.")(wrapper)
     wrapper = click.option("--with-web/--without-web", "web", default=None,
-                           help="Start the worker web server (default: settings.web_enabled).")(wrapper)
+                           help="Start the web server (dashboard, API, /metrics). worker: on for --role monitor, "
+                                "else off unless asked; demo: on for its first worker.")(wrapper)
     for flag, (_, kind, help_) in reversed(SETTING_FLAGS.items()):
         wrapper = click.option(flag, _param_name(flag), type=kind, default=None, help=help_)(wrapper)
     return wrapper
+
+
+def explicitly_set(name: str) -> bool:
+    """Whether the running command's setting ``name`` came from a flag, ``--set`` or the environment."""
+    return name in click.get_current_context().meta.get(EXPLICIT, frozenset())
 
 
 def _param_name(flag: str) -> str:
@@ -109,7 +120,8 @@ def main() -> None:
 @main.command()
 @click.option("--role", type=click.Choice(["caption", "classify", "all", "monitor"]), default="all", show_default=True,
               help="Which agents this worker runs; scale each role by starting more workers. "
-                   "monitor: dashboard, /metrics and alerts only, in its own consumer group.")
+                   "monitor: dashboard, /metrics and alerts only, in its own consumer group. Only the monitor "
+                   "opens the web port unless --with-web (or AFFECTSTREAM_WEB_ENABLED=true) asks for it.")
 @click.option("--loglevel", default="info", show_default=True)
 @click.option("--create-topics/--no-create-topics", default=True, show_default=True,
               help="Create missing topics with settings.partitions before starting.")
@@ -119,7 +131,7 @@ def worker(settings: Settings, role: str, loglevel: str, create_topics: bool) ->
     import faust
 
     from affectstream.streaming.monitor.web import monitor_settings, register_web
-    from affectstream.streaming.worker.app import create_app
+    from affectstream.streaming.worker.app import WebExposureError, create_app
     from affectstream.streaming.worker.sinks import SinkConfigError
 
     if not settings.broker_url or not settings.redis_url:
@@ -130,14 +142,18 @@ def worker(settings: Settings, role: str, loglevel: str, create_topics: bool) ->
         create(settings)
     if role == "monitor":  # its own group: starting or stopping it never rebalances the processing workers
         settings = monitor_settings(settings)
+    else:  # a processing worker serves no dashboard: it opens the web port only when asked to
+        settings = settings.replace(web_enabled=settings.web_enabled and explicitly_set("web_enabled"))
     try:
         app = create_app(settings, role)
-    except SinkConfigError as e:
+    except (SinkConfigError, WebExposureError) as e:
         raise click.UsageError(str(e)) from None
     if settings.web_enabled:
         register_web(app, settings)  # dashboard, JSON API, SSE, /metrics, sentiment-shift alerts
-    click.echo(f"affectstream worker role={role} app={settings.app_id} broker={settings.redacted()['broker_url']}",
-               err=True)
+    web = f"http://{settings.web_bind}:{settings.web_port}/" if settings.web_enabled else "off"
+    auth = " (token required)" if settings.web_enabled and settings.web_auth_token else ""
+    click.echo(f"affectstream worker role={role} app={settings.app_id} broker={settings.redacted()['broker_url']} "
+               f"web={web}{auth}", err=True)
     faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
 
 

@@ -3,6 +3,7 @@ deployment needs are there, and every AFFECTSTREAM_* name is a real setting (a t
 silently by ``Settings.load``)."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -52,7 +53,18 @@ def test_compose_has_kafka_kraft_redis_aof_topics_workers_monitor_and_trainer(co
         env = services[name]["environment"]
         assert env["AFFECTSTREAM_BROKER_URL"] == "kafka://kafka:9092"
         assert env["AFFECTSTREAM_REDIS_URL"] == "redis://redis:6379/0"
-        assert env["AFFECTSTREAM_WEB_ENABLED"] == "true"
+
+
+def test_only_the_monitor_opens_the_web_port_and_it_needs_a_token_from_the_environment(compose):
+    services = compose["services"]
+    for name in ("caption", "classify", "topics"):
+        env = services[name]["environment"]
+        assert env.get("AFFECTSTREAM_WEB_ENABLED", "false") != "true" and "ports" not in services[name]
+        assert "AFFECTSTREAM_WEB_BIND" not in env  # the default: loopback
+    env = services["monitor"]["environment"]
+    assert env["AFFECTSTREAM_WEB_BIND"] == "0.0.0.0"
+    # no default: compose refuses to start without a token in .env or the shell
+    assert re.fullmatch(r"\$\{AFFECTSTREAM_WEB_AUTH_TOKEN:\?[^}]+\}", env["AFFECTSTREAM_WEB_AUTH_TOKEN"])
 
 
 def test_every_affectstream_variable_in_compose_is_a_setting_and_parses(compose):
@@ -62,8 +74,9 @@ def test_every_affectstream_variable_in_compose_is_a_setting_and_parses(compose)
     assert used - SETTING_NAMES == set()
     for name, service in compose["services"].items():
         env = {k: str(v) for k, v in (service.get("environment") or {}).items() if k.startswith(ENV_PREFIX)}
-        # ${VAR:-default} -> default, as compose would without an .env file
+        # ${VAR:-default} -> default, as compose would without an .env file; ${VAR:?error} -> a value from .env
         env = {k: re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", v) for k, v in env.items()}
+        env = {k: re.sub(r"\$\{[A-Z0-9_]+:\?[^}]*\}", "from-dot-env", v) for k, v in env.items()}
         Settings.load(env=env)  # every value has the right type
 
 
@@ -88,6 +101,11 @@ def test_docker_compose_config_accepts_the_file():
     probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.skip("the docker compose plugin is not installed")
-    done = subprocess.run(["docker", "compose", "-f", str(COMPOSE), "--profile", "train", "config", "--quiet"],
-                          capture_output=True, text=True, cwd=ROOT)
+    command = ["docker", "compose", "-f", str(COMPOSE), "--env-file", os.devnull, "--profile", "train", "config",
+               "--quiet"]  # a developer's .env must not decide the outcome
+    env = {**os.environ, "AFFECTSTREAM_WEB_AUTH_TOKEN": "a-token"}
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
     assert done.returncode == 0, done.stderr
+    env.pop("AFFECTSTREAM_WEB_AUTH_TOKEN")
+    refused = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+    assert refused.returncode != 0 and "AFFECTSTREAM_WEB_AUTH_TOKEN" in refused.stderr

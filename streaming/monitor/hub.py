@@ -9,7 +9,7 @@ alerts) and keeps:
   per-brand query reads only brands with data in its window;
 * the set of brand-minutes that changed, which ``evaluate_alerts`` judges (event time: a backfill or a
   lagging consumer is judged by the minutes its posts were written in) and ``claim_alert`` lets exactly
-  one process fire.
+  one process fire; ``deliver_due`` resends alerts whose send was not acknowledged (at least once).
 
 Throughput counts results on the live channel (every worker's); the DLQ figures and stage counters come
 from this process's Prometheus registry (scrape every worker's ``/metrics`` for the cluster view).
@@ -26,7 +26,8 @@ import time
 
 import orjson
 
-from affectstream.streaming.monitor.alerts import AlertRule, claim_alert, detect_shift, make_alert, windows_for
+from affectstream.streaming.monitor.alerts import (AlertRule, claim_alert, detect_shift, make_alert, send_failed, sent,
+                                                   take_due, windows_for)
 from affectstream.streaming.worker import metrics
 from affectstream.streaming.worker.redis_client import async_redis
 from affectstream.streaming.worker.redis_keys import ALL_BRANDS, event_ms, minute_bucket, minute_ms, minute_range
@@ -41,6 +42,8 @@ STATS_INTERVAL_S = 2.0
 RATE_WINDOW_S = 10.0
 FUTURE_SLACK_MS = 5 * 60_000   # a created_at further in the future does not move the dashboard's clock
 LABEL_ORDER = ("positive", "neutral", "negative")
+BRANDS_PER_QUERY = 50          # brands one /api/brands page lists at most (the most recently active first)
+MAX_BUCKET_READS = 60 * (BRANDS_PER_QUERY + 1)  # HGETALLs one /api/brands request makes at most (an hour: 50 brands)
 
 
 def _now_ms() -> int:
@@ -190,26 +193,44 @@ class LiveHub:
 
     # --- queries ----------------------------------------------------------------------------------
 
-    async def brands(self, minutes: int = 60, end: str | None = None) -> dict:
-        """Label counts per minute for every brand seen in the ``minutes`` ending at ``end`` (default: the
-        newest minute with data, so a replayed or historical stream still shows up)."""
+    async def brands(self, minutes: int = 60, end: str | None = None, limit: int = BRANDS_PER_QUERY,
+                     offset: int = 0) -> dict:
+        """Label counts per minute for the brands with data in the ``minutes`` ending at ``end`` (default: the
+        newest minute with data, so a replayed or historical stream still shows up).
+
+        Brand names come from posts, so the cost is capped: brands are listed by recent activity (newest
+        data minute first, then name), ``limit`` per page from ``offset``, and never more than
+        ``MAX_BUCKET_READS`` minute buckets (one HGETALL each, the all-brands row included) per request, so a
+        long window lists fewer brands. ``brands_total`` and ``next_offset`` tell a client what was left out."""
         await self.flush_index()
         s = self.settings
-        index = {k.decode(): int(v) for k, v in await self.client.zrange(s.keys.brands, 0, -1, withscores=True)}
+        key = s.keys.brands
         if end is None:
-            newest = index.get(ALL_BRANDS)
-            end = minute_bucket(newest if newest is not None else _now_ms())
+            newest = await self.client.zscore(key, ALL_BRANDS)
+            end = minute_bucket(int(newest) if newest is not None else _now_ms())
         minute_list = minute_range(end, minutes)
         start_ms = minute_ms(minute_list[0])
-        names = sorted(b for b, ms in index.items() if ms >= start_ms)
+        limit = max(0, min(limit, BRANDS_PER_QUERY, MAX_BUCKET_READS // len(minute_list) - 1))
         async with self.client.pipeline(transaction=False) as pipe:
-            for brand in names:
+            pipe.zcount(key, start_ms, "+inf")
+            pipe.zrevrank(key, ALL_BRANDS)
+            pipe.zscore(key, ALL_BRANDS)
+            total, all_rank, all_ms = await pipe.execute()
+        has_all = all_rank is not None and all_ms is not None and all_ms >= start_ms
+        total -= 1 if has_all else 0
+        # the all-brands row sits somewhere in the same order: skip over it so pages neither repeat nor miss
+        first = offset + (1 if has_all and all_rank < offset else 0)
+        page = await self.client.zrevrangebyscore(key, "+inf", start_ms, start=first, num=limit + 1) if limit else []
+        names = [n for n in (p.decode() for p in page) if n != ALL_BRANDS][:limit]
+        rows = names + [ALL_BRANDS]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for brand in rows:
                 for minute in minute_list:
                     pipe.hgetall(s.keys.brand(brand, minute))
             raw = await pipe.execute()
         labels: set[str] = set()
         out: dict[str, dict] = {}
-        for i, brand in enumerate(names):
+        for i, brand in enumerate(rows):
             buckets = [_counts(h) for h in raw[i * len(minute_list):(i + 1) * len(minute_list)]]
             for b in buckets:
                 labels.update(b)
@@ -219,9 +240,11 @@ class LiveHub:
             out[brand] = {"counts": buckets, "total": dict(totals)}
         order = [lbl for lbl in LABEL_ORDER if lbl in labels]
         order += sorted(labels - set(order))
+        following = offset + len(names)
         return {"end": end, "minutes": minute_list, "labels": order or list(LABEL_ORDER),
-                "brands": {b: out[b] for b in names if b != ALL_BRANDS},
-                "all": out.get(ALL_BRANDS, {"counts": [{} for _ in minute_list], "total": {}})}
+                "brands": {b: out[b] for b in sorted(names)}, "all": out[ALL_BRANDS],
+                "brands_total": total, "offset": offset, "limit": limit,
+                "next_offset": following if following < total else None}
 
     async def alerts(self, limit: int = 50) -> list[dict]:
         raw = await self.client.lrange(self.settings.keys.alerts, 0, limit - 1)
@@ -256,8 +279,11 @@ class LiveHub:
     # --- alerts -----------------------------------------------------------------------------------
 
     async def evaluate_alerts(self, send) -> list[dict]:
-        """Evaluate every brand-minute that received results since the last call; ``send(alert)`` each
-        alert this worker won (``claim_alert``)."""
+        """Send the queued alerts that are due (an earlier send failed, or its worker died), then evaluate
+        every brand-minute that received results since the last call and send each alert this worker won
+        (``claim_alert``). ``send(alert)`` must return only once the broker acknowledged the message; an
+        alert leaves the outbox only then. Returns the alerts this call fired."""
+        await self.deliver_due(send)
         if not self.dirty:
             return []
         pending, self.dirty = self.dirty, set()
@@ -285,12 +311,34 @@ class LiveHub:
                 continue
             alert = make_alert(brand, minute, shift, rule, _now_ms())
             ttl = max(s.bucket_ttl_s, 60 * rule.cooldown_minutes)
-            if await claim_alert(self.client, s.keys, alert, rule, ttl):
+            message = await claim_alert(self.client, s.keys, alert, rule, ttl, _now_ms())
+            if message is not None:
                 log.warning("ALERT brand=%s minute=%s %s share %.2f (baseline %.2f) n=%d z=%.1f", brand, minute,
                             rule.label, shift.share, shift.baseline_share, shift.n, shift.z)
-                await send(alert)
+                await self._deliver(send, message)
                 fired.append(alert)
         return fired
+
+    async def deliver_due(self, send) -> int:
+        """Send the outbox's due alerts (``take_due`` leases them to this worker); returns how many the
+        broker acknowledged."""
+        delivered = 0
+        for message in await take_due(self.client, self.settings.keys, _now_ms()):
+            delivered += await self._deliver(send, message)
+        return delivered
+
+    async def _deliver(self, send, message: bytes) -> bool:
+        alert = orjson.loads(message)
+        try:
+            await send(alert)
+        except Exception as e:  # noqa: BLE001 - the broker is away: the alert stays queued for the next tick
+            log.warning("alert %s not delivered (%s: %s); retrying at the next tick", alert.get("id"),
+                        type(e).__name__, e)
+            with contextlib.suppress(Exception):  # if Redis is away too, the lease runs out instead
+                await send_failed(self.client, self.settings.keys, message)
+            return False
+        await sent(self.client, self.settings.keys, message)
+        return True
 
 
 def _counts(bucket: dict) -> dict[str, int]:

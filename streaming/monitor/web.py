@@ -3,17 +3,24 @@
 ``register_web(app, settings)`` adds, when ``settings.web_enabled``:
 
 * ``/`` (+ ``/app.js``, ``/style.css``): the live dashboard, plain files shipped in ``monitor/dashboard``;
-* ``/api/brands?minutes=60``: per-brand label counts per minute from the Redis buckets;
+* ``/api/brands?minutes=60[&end=…&limit=…&offset=…]``: per-brand label counts per minute from the Redis
+  buckets, the most recently active brands first, capped (``hub.BRANDS_PER_QUERY`` brands a page,
+  ``hub.MAX_BUCKET_READS`` buckets a request);
 * ``/api/recent``: the newest results this process heard on the live channel;
 * ``/api/alerts``: the newest sentiment-shift alerts (Redis list);
 * ``/api/stats``: throughput, DLQ counts and rate, model version;
-* ``/events``: server-sent events (``result``, ``alert``, ``stats``) fed from the live channels;
+* ``/events``: server-sent events (``result``, ``alert``, ``stats``) fed from the live channels (at most
+  ``MAX_SSE_CLIENTS`` at once);
 * ``/metrics``: Prometheus text format from ``affectstream.streaming.worker.metrics``;
-* ``/healthz``;
+* ``/healthz`` (never behind the token);
+
+all of it behind ``settings.web_auth_token`` when one is set (``auth``: a bearer header, or a session cookie
+the browser gets by opening ``/?token=…`` once);
 
 and the timers: stats to the SSE clients and the brand index to Redis every ``STATS_INTERVAL_S``, alert
-evaluation every ``ALERT_INTERVAL_S`` (every web-enabled worker runs it; ``alerts.claim_alert`` makes sure
-only one fires). The live state behind the views is ``hub.LiveHub``.
+evaluation and the resending of unacknowledged alerts every ``ALERT_INTERVAL_S`` (every web-enabled worker
+runs it; ``alerts.claim_alert`` makes sure only one fires; the topic gets each alert at least once, keyed by
+its id). The live state behind the views is ``hub.LiveHub``.
 
 A dedicated monitor process is ``affectstream worker --role monitor``: no agents, no model, and
 ``monitor_settings`` puts it in its own consumer group, so starting or stopping it never rebalances the
@@ -31,7 +38,8 @@ import orjson
 from aiohttp import web as aioweb
 
 from affectstream.streaming.monitor.alerts import AlertRule
-from affectstream.streaming.monitor.hub import RECENT_KEEP, STATS_INTERVAL_S, LiveHub
+from affectstream.streaming.monitor.auth import token_middleware
+from affectstream.streaming.monitor.hub import BRANDS_PER_QUERY, RECENT_KEEP, STATS_INTERVAL_S, LiveHub
 from affectstream.streaming.worker import metrics
 from affectstream.streaming.worker.redis_keys import is_minute
 from affectstream.streaming.worker.settings import Settings
@@ -42,6 +50,8 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SSE_PING_S = 15.0
 ALERT_INTERVAL_S = 2.0
 MAX_MINUTES = 24 * 60
+MAX_SSE_CLIENTS = 64          # open /events streams per worker; more get 503
+ALERT_SEND_TIMEOUT_S = 10.0   # an alert send not acknowledged by then is retried at a later tick
 ASSETS = {"index.html": "text/html", "app.js": "application/javascript", "style.css": "text/css"}
 MONITOR_APP_SUFFIX = "-monitor"  # the monitor's consumer group: <app_id>-monitor
 
@@ -69,6 +79,8 @@ def register_web(app: faust.App, settings: Settings, rule: AlertRule = AlertRule
     hub = LiveHub(settings, rule)
     app.affect_hub = hub  # type: ignore[attr-defined]
     alerts_topic = app.affect_topics["alerts"]  # type: ignore[attr-defined]
+    if settings.web_auth_token:  # every route, faust's own included; off loopback create_app insists on it
+        app.web.web_app.middlewares.append(token_middleware(settings.web_auth_token))
 
     def no_cache(response):
         response.headers["Cache-Control"] = "no-store"
@@ -99,10 +111,12 @@ def register_web(app: faust.App, settings: Settings, rule: AlertRule = AlertRule
     class Brands(faust.web.View):
         async def get(self, request):
             minutes = _int_arg(request, "minutes", 60, 1, MAX_MINUTES)
+            limit = _int_arg(request, "limit", BRANDS_PER_QUERY, 1, BRANDS_PER_QUERY)
+            offset = _int_arg(request, "offset", 0, 0, 1_000_000)
             end = request.query.get("end")
             if end is not None and not is_minute(end):
                 return self.json({"error": "end must be YYYYMMDDHHMM"}, status=400)
-            return no_cache(self.json(await hub.brands(minutes, end)))
+            return no_cache(self.json(await hub.brands(minutes, end, limit, offset)))
 
     @app.page("/api/recent", name="api_recent")
     class Recent(faust.web.View):
@@ -123,6 +137,8 @@ def register_web(app: faust.App, settings: Settings, rule: AlertRule = AlertRule
     @app.page("/events", name="events")
     class Events(faust.web.View):
         async def get(self, request):
+            if len(hub.clients) >= MAX_SSE_CLIENTS:
+                return self.json({"error": "too many live clients"}, status=503)
             response = aioweb.StreamResponse(headers={
                 "Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"})
             await response.prepare(request)
@@ -153,7 +169,9 @@ def register_web(app: faust.App, settings: Settings, rule: AlertRule = AlertRule
         await hub.flush_index()
 
     async def send_alert(alert: dict) -> None:
-        await alerts_topic.send(key=alert["brand"].encode(), value=orjson.dumps(alert))
+        # key: the alert id, stable across resends, so consumers can drop the repeats at-least-once allows
+        delivery = await alerts_topic.send(key=alert["id"].encode(), value=orjson.dumps(alert))
+        await asyncio.wait_for(asyncio.shield(delivery), ALERT_SEND_TIMEOUT_S)  # the broker's acknowledgement
 
     @app.timer(ALERT_INTERVAL_S)
     async def _alert_tick() -> None:

@@ -7,8 +7,9 @@
 3. start worker process(es) ``affectstream worker --role all`` (``workers.WorkerProcess``: subprocesses,
    so faust owns its own event loop and signal handling and a crash cannot take the view down); they are
    stopped (SIGTERM, then SIGKILL) on exit, Ctrl-C or error, and die with this process on Linux. Unless
-   web is disabled, the first worker serves the live dashboard on ``settings.web_port`` (or a free port
-   when that one is taken) and the demo prints ``dashboard: http://127.0.0.1:PORT/``;
+   web is disabled, the first worker serves the live dashboard on ``settings.web_bind`` (loopback by
+   default), port ``settings.web_port`` (or a free port when that one is taken), and the demo prints
+   ``dashboard: http://127.0.0.1:PORT/``; the other workers open no port;
 4. stream the bundled sample (``created_at`` shifted so the newest post is "now") and show results as
    they arrive (from the ``sentiment`` and DLQ topics) and per-brand counts (from the Redis minute
    buckets): ``demo_view``;
@@ -66,12 +67,23 @@ def dashboard_port(settings: Settings) -> int:
     """``settings.web_port`` when it is free, else any free port (a second demo, or a worker on 6066)."""
     from affectstream.streaming.tools.services import free_port
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    family = socket.AF_INET6 if ":" in settings.web_bind else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         try:
-            probe.bind(("0.0.0.0", settings.web_port))
+            probe.bind((settings.web_bind, settings.web_port))
             return settings.web_port
         except OSError:
             return free_port()
+
+
+def dashboard_url(settings: Settings, port: int) -> str:
+    """Where to open the dashboard: loopback when the server listens there or on every interface."""
+    host = settings.web_bind
+    if host in ("0.0.0.0", "", "localhost") or host.startswith("127."):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = "[::1]" if host in ("::", "::1") else f"[{host}]"
+    return f"http://{host}:{port}/"
 
 
 # --- the model -------------------------------------------------------------------------------------
@@ -139,7 +151,10 @@ def run_demo(settings: Settings, *, sample: Path, live: bool = True, rate: float
 
     from affectstream.streaming.tools.producer import produce_lines, read_lines
     from affectstream.streaming.tools.services import EmbeddedServices
+    from affectstream.streaming.worker.app import check_web_exposure
     from affectstream.streaming.worker.kafka_config import create_topics
+
+    check_web_exposure(settings)  # off loopback without a token: say so before starting anything
 
     console = Console(stderr=False, highlight=False)
     say = say or (lambda msg: print(msg, flush=True))
@@ -163,7 +178,11 @@ def run_demo(settings: Settings, *, sample: Path, live: bool = True, rate: float
                 procs.append(WorkerProcess(s.replace(**web), "all"))
             say(f"started {workers} worker(s); logs: {', '.join(w.log_path for w in procs)}")
             if web_port:
-                say(f"dashboard: http://127.0.0.1:{web_port}/   (metrics: http://127.0.0.1:{web_port}/metrics)")
+                url = dashboard_url(settings, web_port)
+                say(f"dashboard: {url}   (metrics: {url}metrics)")
+                if settings.web_auth_token:
+                    say("  (token required: open the dashboard once with ?token=<AFFECTSTREAM_WEB_AUTH_TOKEN>; "
+                        "API and /metrics clients send Authorization: Bearer <token>)")
             since_ms = int(time.time() * 1000) - 1000
             watcher = Watcher(s, progress, since_ms)
             producer_done = threading.Event()
@@ -185,7 +204,7 @@ def run_demo(settings: Settings, *, sample: Path, live: bool = True, rate: float
                 raise produce_error[0]
             watcher.refresh_brands()
             if hold and web_port and complete:
-                _hold(procs, web_port, say)
+                _hold(procs, dashboard_url(settings, web_port), say)
         finally:
             for w in procs:
                 w.stop()
@@ -207,9 +226,9 @@ def run_demo(settings: Settings, *, sample: Path, live: bool = True, rate: float
     return summary
 
 
-def _hold(procs: list[WorkerProcess], web_port: int, say) -> None:
+def _hold(procs: list[WorkerProcess], url: str, say) -> None:
     """Keep the workers (and so the dashboard) up after the stream, until Ctrl-C or a worker exits."""
-    say(f"stream done; the dashboard stays up at http://127.0.0.1:{web_port}/ until Ctrl-C")
+    say(f"stream done; the dashboard stays up at {url} until Ctrl-C")
     with contextlib.suppress(KeyboardInterrupt):
         while all(w.alive() for w in procs):
             time.sleep(0.5)

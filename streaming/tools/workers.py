@@ -31,18 +31,24 @@ class WorkerProcess:
     with this process on Linux."""
 
     def __init__(self, settings: Settings, role: str = "all", *, log_path: str | None = None,
-                 extra_args: list[str] | None = None, loglevel: str = "info"):
+                 extra_args: list[str] | None = None, loglevel: str = "info", web_by_role: bool = False):
+        """``web_by_role``: say nothing about web (no flag, no variable), as an operator starting
+        ``affectstream worker`` by hand, so the role decides (only the monitor opens the port); otherwise
+        ``settings.web_enabled`` is passed explicitly."""
         self.role = role
         if log_path is None:
             fd, log_path = tempfile.mkstemp(prefix=f"affectstream-worker-{role}-", suffix=".log")
             os.close(fd)
         self.log_path = log_path
-        web = "--with-web" if settings.web_enabled else "--without-web"  # port: settings.web_port
-        cmd = [sys.executable, "-m", "affectstream.cli", "worker", "--role", role, web,
+        web = [] if web_by_role else ["--with-web" if settings.web_enabled else "--without-web"]
+        cmd = [sys.executable, "-m", "affectstream.cli", "worker", "--role", role, *web,
                "--no-create-topics", "--loglevel", loglevel, *(extra_args or [])]
+        env = settings_env(settings)
+        if web_by_role:
+            env.pop(ENV_PREFIX + "WEB_ENABLED")
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env=settings_env(settings), cwd=os.getcwd(),
+                                         env=env, cwd=os.getcwd(),
                                          preexec_fn=die_with_parent())
         self.pid = self.proc.pid
 

@@ -10,6 +10,8 @@ malformed message reaches our code — and the dead-letter topic — instead of 
 """
 from __future__ import annotations
 
+import ipaddress
+import socket
 from typing import Iterable
 
 import faust
@@ -28,6 +30,35 @@ from affectstream.streaming.worker.settings import Settings
 FETCH_MAX_WAIT_MS = 50
 
 ROLES = ("caption", "classify", "all", "monitor")  # monitor: no agents; the CLI adds web + alerts
+WILDCARD_BINDS = ("0.0.0.0", "::", "")
+
+
+class WebExposureError(ValueError):
+    """The web server would listen off loopback without ``web_auth_token``."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip()).is_loopback
+    except ValueError:
+        return False
+
+
+def check_web_exposure(settings: Settings) -> None:
+    """Refuse a web server bound off loopback without a token: the dashboard, API, SSE and /metrics would be
+    open to anyone who can reach the interface."""
+    if settings.web_enabled and not is_loopback(settings.web_bind) and not settings.web_auth_token:
+        raise WebExposureError(
+            f"the web server would listen on {settings.web_bind or '*'}:{settings.web_port} without "
+            "authentication: set AFFECTSTREAM_WEB_AUTH_TOKEN (clients send 'Authorization: Bearer <token>'), "
+            "or bind to loopback (AFFECTSTREAM_WEB_BIND=127.0.0.1)")
+
+
+def _advertised_host(bind: str) -> str:
+    return socket.gethostname() if bind in WILDCARD_BINDS else bind
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -66,6 +97,7 @@ def create_app(settings: Settings, role: str = "all", *, register: bool = True) 
     """A faust app for one worker process; ``register`` adds the agents for ``role``."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    check_web_exposure(settings)
     app = AffectApp(
         settings.app_id,
         broker=broker_urls(settings),
@@ -91,10 +123,13 @@ def create_app(settings: Settings, role: str = "all", *, register: bool = True) 
         store="memory://",
         web_enabled=settings.web_enabled,
         web_port=settings.web_port,
-        web_host="127.0.0.1" if settings.web_enabled else "localhost",
-        # no tables here: the built-in table and router endpoints would only expose internals
+        web_bind=settings.web_bind,           # faust's own default is 0.0.0.0; web_host is only the advertised URL
+        web_host=_advertised_host(settings.web_bind),
+        # no tables here: the built-in table, router, graph and stats endpoints would only expose internals
         web_tables_enabled=False,
         web_router_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
         autodiscover=False,
     )
     app.affect_settings = settings  # type: ignore[attr-defined]
