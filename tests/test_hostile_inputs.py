@@ -6,7 +6,10 @@ decompression bombs, animated GIF floods, SVG and other formats, URLs to loopbac
 private ranges, redirects to them, ``file://``, path traversal) go through a real worker on the real
 broker and Redis, interleaved with valid posts. Each hostile message ends in the dead-letter topic with
 a reason, or as a text-only result flagged ``image_error``; every valid post gets its result; the
-worker's memory stays bounded; and no request ever reaches a private address.
+worker's memory stays bounded; and no request ever reaches a private address: every URL to a private or
+loopback address must be refused with its reason (``url_not_allowed`` …, never a ``fetch_failed`` that a
+connection attempt would give), and tripwire listeners on every IPv4 and IPv6 address of this machine, on
+each port the corpus names, must see no connection at all.
 
 CI runs about 2,000 messages; ``AFFECTSTREAM_FULL_FAULTS=1`` runs 10,000.
 
@@ -22,6 +25,7 @@ import io
 import ipaddress
 import os
 import random
+import socket
 import struct
 import threading
 import time
@@ -70,6 +74,58 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+
+class Tripwire:
+    """TCP listeners on 0.0.0.0 and [::] (so 127.0.0.0/8, ::1 and this machine's own addresses) on a free
+    port and on the fixed ports the generated corpus names; records every connection they accept."""
+
+    FIXED_PORTS = (1, 80, 8080)
+
+    def __init__(self):
+        self.connections: list[tuple[str, int]] = []
+        self.sockets: list[socket.socket] = []
+        first = self._listen(socket.AF_INET, "0.0.0.0", 0)
+        self.port = first.getsockname()[1]
+        self._listen(socket.AF_INET6, "::", self.port)
+        for port in self.FIXED_PORTS:
+            for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+                try:
+                    self._listen(family, host, port)
+                except OSError:  # in use, or not root: that port stays unwatched (and is said so)
+                    print(f"tripwire: cannot listen on [{host}]:{port}")
+        self.ports = sorted({sock.getsockname()[1] for sock in self.sockets})
+
+    def _listen(self, family: int, host: str, port: int) -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(64)
+        self.sockets.append(sock)
+        threading.Thread(target=self._accept, args=(sock,), daemon=True).start()
+        return sock
+
+    def _accept(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                conn, peer = sock.accept()
+            except OSError:
+                return
+            self.connections.append((peer[0], sock.getsockname()[1]))
+            conn.close()
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+@pytest.fixture(scope="module")
+def tripwire():
+    wire = Tripwire()
+    yield wire
+    wire.close()
 
 
 @pytest.fixture(scope="module")
@@ -138,16 +194,20 @@ def b64(data: bytes) -> str:
 Expected = tuple[str, str | None]
 
 
-def private_urls(base: str) -> list[str]:
+def private_urls(base: str, trap: int) -> list[str]:
+    """Private, loopback and link-local targets; the loopback ones (and 0.0.0.0, which reaches this
+    machine) on the tripwire's port ``trap``, in every spelling getaddrinfo accepts."""
     return [
         f"{base}/img.png",                                   # our own server on loopback
         "http://169.254.169.254/latest/meta-data/iam/security-credentials/",  # cloud metadata
         "http://[fd00:ec2::254]/latest/meta-data/",
         "http://10.0.0.1/a.png", "http://10.255.255.53/a.png", "http://172.16.0.1/a.png",
-        "http://192.168.1.1/a.png", "http://100.64.0.1/a.png", "http://0.0.0.0/a.png", "http://127.0.0.2:80/",
-        "http://[::1]/a.png", "http://[::ffff:127.0.0.1]/a.png", "http://[::ffff:a9fe:a9fe]/",
+        "http://192.168.1.1/a.png", "http://100.64.0.1/a.png", f"http://0.0.0.0:{trap}/a.png",
+        f"http://127.0.0.2:{trap}/", f"http://127.0.0.53:{trap}/", f"http://127.255.255.254:{trap}/",
+        f"http://[::1]:{trap}/a.png", f"http://[::ffff:127.0.0.1]:{trap}/a.png", "http://[::ffff:a9fe:a9fe]/",
         "http://[64:ff9b::a9fe:a9fe]/", "http://[2002:7f00:1::]/", "http://[fe80::1]/", "http://224.0.0.1/",
-        "http://2130706433/a.png", "http://0x7f000001/a.png", "http://127.1/a.png", "http://0251.0376.0251.0376/",
+        f"http://2130706433:{trap}/a.png", f"http://0x7f000001:{trap}/a.png", f"http://127.1:{trap}/a.png",
+        f"http://0177.0.0.1:{trap}/", "http://0251.0376.0251.0376/", "http://127.0.0.2:80/",
         "https://10.0.0.1/a.png",
     ]
 
@@ -163,7 +223,7 @@ def refused_before_any_lookup() -> list[tuple[str, str]]:
     ]
 
 
-def hand_corpus(base: str, image_root: str) -> list[tuple[bytes, Expected]]:
+def hand_corpus(base: str, image_root: str, trap: int) -> list[tuple[bytes, Expected]]:
     """(message bytes, expected outcome). Ids are unique per message ("h<n>-...") where there is an id."""
     items: list[tuple[bytes, Expected]] = []
     n = [0]
@@ -245,7 +305,7 @@ def hand_corpus(base: str, image_root: str) -> list[tuple[bytes, Expected]]:
         ({"path": "missing.png"}, "image_not_found"),
         ({"path": "fifo"}, "image_not_found"),
         ({"path": "sub"}, "image_not_found"),
-        *(({"url": u}, "url_not_allowed") for u in private_urls(base)),
+        *(({"url": u}, "url_not_allowed") for u in private_urls(base, trap)),
         ({"url": f"{base}/to/http://169.254.169.254/"}, "url_not_allowed"),  # a redirector on loopback
         *(({"url": u}, reason) for u, reason in refused_before_any_lookup()),
     ]
@@ -368,25 +428,36 @@ def test_caption_stage_gives_every_message_exactly_one_outcome(messages):
         assert post.get("image_error") is None or post["image_error"] in REASONS
 
 
-def test_redirects_to_private_addresses_are_refused_at_every_hop(web):
+def test_redirects_to_private_addresses_are_refused_at_every_hop(web, tripwire):
     """A server on 127.0.0.1 (let through by a test-only policy: nothing else private is) redirects to
-    private and link-local addresses and other schemes; each hop is re-vetted before any connection."""
+    private and link-local addresses and other schemes; each hop is re-vetted before any connection: the
+    refusal reason is the policy's, and no tripwire listener sees a connection."""
     loopback = ipaddress.ip_address("127.0.0.1")
 
     def policy(ip) -> bool:  # the test seam: our server only; everything else as in production
         return ip == loopback or is_public_address(ip)
 
-    same_as_seam = ("127.1", "2130706433", "0x7f000001")  # other spellings of 127.0.0.1: the worker run refuses those
-    targets = [u for u in private_urls(web) if not u.startswith(web) and not any(f"/{h}/" in u for h in same_as_seam)]
-    # ("http:///x.png" as a Location is a same-host path by URL rules, not an escape)
-    targets += [u for u, _ in refused_before_any_lookup() if u != "http:///x.png"]
+    # other spellings of 127.0.0.1 pass the seam (the worker run refuses those)
+    same_as_seam = ("127.1", "2130706433", "0x7f000001", "0177.0.0.1")
+    expected = {u: "url_not_allowed" for u in private_urls(web, tripwire.port)
+                if not u.startswith(web) and not any(f"//{h}:" in u or f"//{h}/" in u for h in same_as_seam)}
+    # ("http:///x.png" as a Location is a same-host path by URL rules, not an escape; "//10.0.0.1/x" joins
+    # the redirecting URL's scheme, so it is refused for its address)
+    expected.update((u, "url_not_allowed" if u.startswith("//") else reason)
+                    for u, reason in refused_before_any_lookup() if u != "http:///x.png")
     _Handler.hits.clear()
-    refused = 0
-    for target in targets:
+    tripwire.connections.clear()
+    wrong = []
+    for target, reason in expected.items():
         with pytest.raises(InvalidPost) as info:
             fetch_url(f"{web}/to/{target}", 1_000_000, 2.0, policy)
-        assert info.value.reason in {"url_not_allowed", "url_scheme_not_allowed", "fetch_failed"}, (target, info.value)
-        refused += 1
+        if info.value.reason != reason:  # a fetch_failed here would mean a connection was attempted
+            wrong.append((target, reason, str(info.value)))
+    assert not wrong, wrong
+    refused = len(expected)
+    targets = list(expected)
+    time.sleep(0.2)
+    assert tripwire.connections == [], tripwire.connections
     # redirect chains back to the server itself: followed at most 3 times
     with pytest.raises(InvalidPost) as info:
         fetch_url(f"{web}/to/{web}/to/{web}/to/{web}/to/{web}/img.png", 1_000_000, 2.0, policy)
@@ -451,13 +522,14 @@ def valid_post(i: int) -> dict:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_thousands_of_hostile_messages_never_crash_the_worker_nor_lose_a_valid_post(broker, redis_server,
-                                                                                     tiny_model_dir, web, tmp_path):
+                                                                                     tiny_model_dir, web, tmp_path,
+                                                                                     tripwire):
     started = time.monotonic()
     image_root = make_image_root(tmp_path / "images")
     s = make_settings(broker, redis_server, tiny_model_dir, image_root=image_root, fetch_timeout_s=2.0,
                       caption_batch_max=32, batch_max=32)
     assert s.allow_private_urls is False
-    hand = hand_corpus(web, image_root)
+    hand = hand_corpus(web, image_root, tripwire.port)
     n_valid = N_MESSAGES // VALID_EVERY
     n_generated = max(N_MESSAGES - n_valid - len(hand), 0)
     generated = generate(n_generated)
@@ -473,6 +545,7 @@ def test_thousands_of_hostile_messages_never_crash_the_worker_nor_lose_a_valid_p
     total = len(lines)
     warmup = [valid_post(100_000 + i) for i in range(40)]
     _Handler.hits.clear()
+    tripwire.connections.clear()
 
     with workers(s, "all") as procs:
         worker = procs[0]
@@ -532,6 +605,12 @@ def test_thousands_of_hostile_messages_never_crash_the_worker_nor_lose_a_valid_p
     assert not mismatches, "\n".join(map(repr, mismatches[:20]))
     # nothing reached a private address: our loopback server saw no request at all
     assert _Handler.hits == [], _Handler.hits[:5]
+    assert tripwire.connections == [], (tripwire.ports, tripwire.connections[:5])
+    # every URL in this run is private, loopback or another scheme: refused by the policy before any
+    # connection, so no outcome may say a fetch was attempted
+    attempted = [r["id"] for r in results if r["image_error"] in ("fetch_failed", "fetch_timeout")]
+    attempted += [d["post_id"] for d in dead if d["reason"] in ("fetch_failed", "fetch_timeout")]
+    assert not attempted, attempted[:10]
     # counts: every distinct result counted once
     counts = brand_counts(s)
     counted = sum(counts["_all"].values())
@@ -544,7 +623,7 @@ def test_thousands_of_hostile_messages_never_crash_the_worker_nor_lose_a_valid_p
            dlq=len(dead), lost=len(lost) + (total + len(warmup) - len(results) - len(dead)),
            double_counted=max(counted - len(stored), 0), seconds=time.monotonic() - started,
            notes=f"every message one outcome with a reason; {flagged} text-only with image_error; 0 requests reached "
-                 f"127.0.0.1; worker RSS {rss_before:.0f} -> {rss_mid:.0f} -> {rss_after:.0f} MB")
+                 f"127.0.0.1, 0 connections on any local address at ports {tripwire.ports}; worker RSS {rss_before:.0f} -> {rss_mid:.0f} -> {rss_after:.0f} MB")
     print(f"RSS MB before {rss_before:.0f} mid {rss_mid:.0f} after {rss_after:.0f}")
     assert grew < 400, f"worker RSS grew {grew:.0f} MB over {total} hostile messages"
 
