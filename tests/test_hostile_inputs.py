@@ -623,7 +623,8 @@ def test_thousands_of_hostile_messages_never_crash_the_worker_nor_lose_a_valid_p
            dlq=len(dead), lost=len(lost) + (total + len(warmup) - len(results) - len(dead)),
            double_counted=max(counted - len(stored), 0), seconds=time.monotonic() - started,
            notes=f"every message one outcome with a reason; {flagged} text-only with image_error; 0 requests reached "
-                 f"127.0.0.1, 0 connections on any local address at ports {tripwire.ports}; worker RSS {rss_before:.0f} -> {rss_mid:.0f} -> {rss_after:.0f} MB")
+                 f"127.0.0.1, 0 connections on any local address at ports {tripwire.ports}; "
+                 f"worker RSS {rss_before:.0f} -> {rss_mid:.0f} -> {rss_after:.0f} MB")
     print(f"RSS MB before {rss_before:.0f} mid {rss_mid:.0f} after {rss_after:.0f}")
     assert grew < 400, f"worker RSS grew {grew:.0f} MB over {total} hostile messages"
 

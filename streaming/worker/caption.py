@@ -176,7 +176,8 @@ class Captioning(Stage):
         loop = asyncio.get_running_loop()
         shas = list(misses)
         decoded = await asyncio.gather(
-            *(loop.run_in_executor(self.decode_pool, decode_image, misses[s], self.limits, self.max_side) for s in shas),
+            *(loop.run_in_executor(self.decode_pool, decode_image, misses[s], self.limits, self.max_side)
+              for s in shas),
             return_exceptions=True)
         failed: dict[str, tuple[str, str]] = {}
         images, image_shas = [], []

@@ -264,7 +264,7 @@ def _parse_image_error(raw: Any) -> str | None:
     if raw is None:
         return None
     if not isinstance(raw, str) or raw not in IMAGE_ERROR_REASONS:
-        raise InvalidPost("bad_image_error", f"image_error must be one of the documented reasons, got {str(raw)[:64]!r}")
+        raise InvalidPost("bad_image_error", f"image_error is not a documented reason: {str(raw)[:64]!r}")
     return raw
 
 
