@@ -9,6 +9,9 @@ pointing at a fresh file, reads the rows back and prints the table (and writes i
     affectstream reliability                 # CI sizes (about 2,000 hostile messages)
     affectstream reliability --full          # 10,000 hostile messages (AFFECTSTREAM_FULL_FAULTS=1)
     affectstream reliability --from-json rows.json   # only render rows a test run already wrote
+    affectstream reliability --chaos         # the chaos run (bench/chaos.py), 3,000 messages, CI size
+    affectstream reliability --chaos --chaos-posts 100000 --out docs/reliability.md   # full size; the
+                                             # chaos row replaces the file's previous chaos row
 """
 from __future__ import annotations
 
@@ -19,15 +22,20 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import orjson
+
+if TYPE_CHECKING:
+    from affectstream.bench.chaos import ChaosReport
 
 JSON_ENV = "AFFECTSTREAM_RELIABILITY_JSON"
 FULL_ENV = "AFFECTSTREAM_FULL_FAULTS"
 ROOT = Path(__file__).resolve().parent.parent
 TEST_FILES = ("tests/test_faults.py", "tests/test_hostile_inputs.py")
 DEFAULT_OUT = ROOT / "docs" / "reliability.md"
+CHAOS_PREFIX = "chaos run"   # the fault cell of a chaos row starts with this
 
 
 @dataclass
@@ -78,6 +86,74 @@ def markdown_table(rows: list[Row], *, title: str | None = None, footer: str | N
     return "\n".join(out) + "\n"
 
 
+def merge_chaos_row(markdown: str, row: Row, footer: str) -> str:
+    """``markdown`` (a table ``markdown_table`` wrote) with ``row`` in place of its chaos row, or appended
+    to the table, and ``footer`` in place of the previous chaos footer (a paragraph starting "Chaos row")."""
+    line = markdown_table([row]).splitlines()[-1]
+    lines = [x for x in markdown.splitlines() if not x.startswith(f"| {CHAOS_PREFIX}")]
+    lines = [x for x in lines if not x.startswith("Chaos row")]
+    last = max((i for i, x in enumerate(lines) if x.startswith("|")), default=None)
+    if last is None:
+        return markdown_table([row], title="## Reliability under faults and hostile input", footer=footer)
+    lines.insert(last + 1, line)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return "\n".join(lines + ["", footer]) + "\n"
+
+
+def keep_chaos_row(previous: str, table: str) -> str:
+    """``table`` with the chaos row and its footer carried over from ``previous`` (the chaos run is a
+    separate command: regenerating the fault scenarios must not drop its row)."""
+    row = next((x for x in previous.splitlines() if x.startswith(f"| {CHAOS_PREFIX}")), None)
+    footer = next((x for x in previous.splitlines() if x.startswith("Chaos row")), None)
+    if row is None:
+        return table
+    lines = table.rstrip("\n").splitlines()
+    last = max(i for i, x in enumerate(lines) if x.startswith("|"))
+    lines.insert(last + 1, row)
+    return "\n".join(lines + (["", footer] if footer else [])) + "\n"
+
+
+def chaos_row(r: "ChaosReport") -> Row:
+    """The reliability-table row for a chaos run (the seed in its name, so it can be replayed)."""
+    a, w = r.audit, r.workload
+    applied = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(r.applied.items()))
+    notes = (f"{w['valid']:,} valid posts ({w['image_posts']:,} with images), {w['duplicates']:,} duplicate "
+             f"sends, {w['hostile']:,} hostile; 2 caption + 2 classify workers; faults: {applied}; "
+             f"{r.posts_per_s:.1f} posts/s under chaos (sent at {r.pace}); every hostile message in the DLQ with its reason: "
+             f"{'yes' if a.hostile_in_dlq == a.hostile and not a.hostile_wrong_reason else 'NO'}; brand counts "
+             f"= recount: {'yes' if not (a.counts_over or a.counts_under) else 'NO'}; "
+             f"{a.topic_redelivered:,} redelivered records on the sentiment topic; worker RSS peak "
+             f"{r.rss_peak_mb:.0f} MB (bound {r.config.rss_limit_mb:.0f})")
+    return Row(f"chaos run, seed {r.config.seed}", r.workload["messages"], a.stored, a.dlq_records, a.lost,
+               a.counts_over, notes, round(r.seconds, 1))
+
+
+def run_chaos_row(out: str | None, **options) -> int:
+    """The chaos run (bench/chaos.py): print its summary and row; with ``out``, merge the row into that
+    file. Exit status 1 when an invariant failed."""
+    from affectstream.bench.chaos import ChaosConfig, run_chaos
+
+    cfg = ChaosConfig(**{k: v for k, v in options.items() if v is not None})
+    report = run_chaos(cfg, echo=lambda line: click.echo(line, err=True))
+    row = chaos_row(report)
+    command = (f"affectstream reliability --chaos --chaos-posts {cfg.posts} --chaos-seed {cfg.seed}"
+               + (f" --chaos-model {cfg.model_dir}" if cfg.model_dir != ChaosConfig.model_dir else ""))
+    footer = (f"Chaos row: `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
+              f"({report.seconds:.0f} s; invariants {'hold' if report.ok else 'FAILED'}; model {cfg.model_dir}). "
+              "Faults from a seeded schedule (`bench/chaos_schedule.py`): SIGKILLed workers restarted, Redis "
+              "stopped and restarted on its AOF, the broker frozen (SIGSTOP), the captioner slow or failing. "
+              "*results* = valid posts with exactly one stored result; *double-counted* = bucket counts above a "
+              "recount from the produced posts and the stored labels.")
+    click.echo(markdown_table([row], footer=footer))
+    if out:
+        target = Path(out)
+        previous = target.read_text() if target.exists() else ""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(merge_chaos_row(previous, row, footer))
+    return 0 if report.ok else 1
+
+
 def run_scenarios(json_path: str, *, full: bool = False, pytest_args: tuple[str, ...] = ()) -> int:
     """Run the fault tests (real Tansu broker, real redis-server) writing rows to ``json_path``."""
     env = dict(os.environ)
@@ -97,9 +173,25 @@ def run_scenarios(json_path: str, *, full: bool = False, pytest_args: tuple[str,
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help=f"Also write the table to this file (e.g. {DEFAULT_OUT.relative_to(ROOT)}).")
 @click.option("-k", "keyword", default=None, help="Only the scenarios whose test names match (pytest -k).")
-def reliability(full: bool, from_json: str | None, out: str | None, keyword: str | None) -> None:
+@click.option("--chaos", is_flag=True, help="Run the chaos run instead of the fault scenarios (bench/chaos.py); "
+              "with --out its row replaces the file's previous chaos row.")
+@click.option("--chaos-posts", type=int, default=None, help="Chaos run: messages sent (default 3,000; full size 100,000).")
+@click.option("--chaos-seed", type=int, default=None, help="Chaos run: the seed of its schedule and posts (default 13).")
+@click.option("--chaos-model", default=None, help="Chaos run: the classify workers' model directory "
+              "(default models/default).")
+@click.option("--chaos-seconds", type=float, default=None,
+              help="Chaos run: faults start within this many seconds (default: messages/25, 60 to 600).")
+@click.option("--chaos-rate", type=float, default=None,
+              help="Chaos run: messages/s sent (default: spread over 3/4 of the schedule; 0: one burst).")
+@click.option("--chaos-dir", default=None, help="Chaos run: keep logs and the Redis data here.")
+def reliability(full: bool, from_json: str | None, out: str | None, keyword: str | None, chaos: bool,
+                chaos_posts: int | None, chaos_seed: int | None, chaos_model: str | None,
+                chaos_seconds: float | None, chaos_rate: float | None, chaos_dir: str | None) -> None:
     """Run the fault scenarios (worker crash, Redis and broker outages, failing captioner, hostile input)
-    on a real broker and Redis and print the reliability table in Markdown."""
+    on a real broker and Redis and print the reliability table in Markdown; --chaos: the chaos run."""
+    if chaos:
+        sys.exit(run_chaos_row(out, posts=chaos_posts, seed=chaos_seed, model_dir=chaos_model,
+                               horizon_s=chaos_seconds, rate=chaos_rate, workdir=chaos_dir))
     started = time.monotonic()
     rc = 0
     if from_json:
@@ -122,7 +214,7 @@ def reliability(full: bool, from_json: str | None, out: str | None, keyword: str
     click.echo(table)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(table)
+        Path(out).write_text(keep_chaos_row(Path(out).read_text() if Path(out).exists() else "", table))
     if rc != 0:
         sys.exit(rc)
 
