@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from affectstream.streaming.monitor.alerts import (SEND_LEASE_MS, AlertRule, claim_alert, detect_shift, make_alert,
-                                                   outbox_key, take_due, two_proportion_z, windows_for)
+                                                   take_due, two_proportion_z, windows_for)
 from affectstream.streaming.tools.workers import WorkerProcess
 from affectstream.streaming.tools.producer import produce_lines
 from affectstream.streaming.worker.redis_client import async_redis as redis_client
@@ -172,7 +172,7 @@ def test_a_claimed_alert_waits_in_the_outbox_until_sent_and_a_dead_senders_lease
         try:
             message = await claim_alert(client, s.keys, make_alert("acme", "202511291010", shift, RULE, 0), RULE,
                                         3600, now_ms=M0)
-            assert await client.zrange(outbox_key(s.keys), 0, -1) == [message]
+            assert await client.zrange(s.keys.alerts_outbox, 0, -1) == [message]
             assert await take_due(client, s.keys, M0 + SEND_LEASE_MS - 1) == []   # the claimer is sending it
             assert await take_due(client, s.keys, M0 + SEND_LEASE_MS) == [message]  # ... or died: resend
             assert await take_due(client, s.keys, M0 + SEND_LEASE_MS + 1) == []   # leased again, to one taker
@@ -212,9 +212,9 @@ def test_an_alert_whose_send_fails_is_delivered_at_the_next_tick_once_keyed_by_i
         try:
             hub.dirty = {("acme", minutes[30])}
             fired = await hub.evaluate_alerts(send)                      # tick 1: claimed, the send fails
-            queued = await client.zcard(outbox_key(s.keys))
+            queued = await client.zcard(s.keys.alerts_outbox)
             await hub.evaluate_alerts(send)                              # tick 2: resent from the outbox
-            left = await client.zcard(outbox_key(s.keys))
+            left = await client.zcard(s.keys.alerts_outbox)
             await hub.evaluate_alerts(send)                              # tick 3: nothing left to send
             return [len(fired), queued, left, len(attempts)], fired
         finally:

@@ -18,8 +18,9 @@ def post(**fields) -> bytes:
 
 
 def reason_of(data: bytes, settings: Settings = S) -> str:
+    """The rejection reason, parsed as the classify stage reads posts-enriched (caption fields checked)."""
     with pytest.raises(InvalidPost) as info:
-        parse_post(data, settings)
+        parse_post(data, settings, trusted_enrichment=True)
     assert info.value.reason in REASONS
     return info.value.reason
 
@@ -109,10 +110,10 @@ def test_reasons_cover_image_errors():
 def test_enriched_post_round_trips_with_caption():
     p = parse_post(post(image={"b64": "aGk="}), S)
     p.caption, p.image_error = "a cat", None
-    again = parse_post(p.to_json(), S)
+    again = parse_post(p.to_json(), S, trusted_enrichment=True)
     assert again.caption == "a cat" and again.image_error is None
     p.image_error = "image_corrupt"
-    assert parse_post(p.to_json(), S).image_error == "image_corrupt"
+    assert parse_post(p.to_json(), S, trusted_enrichment=True).image_error == "image_corrupt"
 
 
 def test_result_from_prediction_has_design_fields_in_order():

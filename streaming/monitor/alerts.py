@@ -141,12 +141,6 @@ ALERT_HISTORY_MAX = 500   # alerted minutes remembered per brand (within the mar
 SEND_LEASE_MS = 15_000    # an alert taken for sending is not taken again by any worker for this long
 
 
-def outbox_key(keys: RedisKeys) -> str:
-    """Sorted set: alert JSON -> epoch ms from which it may be (re)sent; an alert leaves it once the
-    broker acknowledged it. (Kept here until the key schema in ``worker.redis_keys`` names it.)"""
-    return keys.alerts + ":outbox"
-
-
 # KEYS: the brand's alerted minutes, alerts list, outbox   ARGV: epoch minute, cooldown minutes, marker ttl s,
 # alert json, keep, channel, outbox score (ms), history minutes, history max.
 # The marker holds the brand's alerted epoch minutes, comma-separated and ascending (an older deployment's
@@ -198,7 +192,7 @@ async def claim_alert(client, keys: RedisKeys, alert: dict, rule: AlertRule, ttl
     or None. The queued copy is leased to the caller for ``SEND_LEASE_MS`` from ``now_ms``."""
     marker, alerts, channel = keys.alert_last(alert["brand"]), keys.alerts, keys.live_alerts
     message = orjson.dumps(alert)
-    fired = await client.eval(CLAIM_LUA, 3, marker, alerts, outbox_key(keys), epoch_minute(alert["minute"]),
+    fired = await client.eval(CLAIM_LUA, 3, marker, alerts, keys.alerts_outbox, epoch_minute(alert["minute"]),
                               rule.cooldown_minutes, ttl_s, message, ALERTS_KEEP, channel,
                               now_ms + SEND_LEASE_MS, ttl_s // 60, ALERT_HISTORY_MAX)
     return message if fired else None
@@ -206,14 +200,14 @@ async def claim_alert(client, keys: RedisKeys, alert: dict, rule: AlertRule, ttl
 
 async def take_due(client, keys: RedisKeys, now_ms: int, limit: int = 100) -> list[bytes]:
     """Queued alerts whose first send failed or whose sender's lease ran out; leased to this caller."""
-    return await client.eval(TAKE_DUE_LUA, 1, outbox_key(keys), now_ms, now_ms + SEND_LEASE_MS, limit)
+    return await client.eval(TAKE_DUE_LUA, 1, keys.alerts_outbox, now_ms, now_ms + SEND_LEASE_MS, limit)
 
 
 async def sent(client, keys: RedisKeys, message: bytes) -> None:
     """The broker acknowledged ``message``: it leaves the outbox."""
-    await client.zrem(outbox_key(keys), message)
+    await client.zrem(keys.alerts_outbox, message)
 
 
 async def send_failed(client, keys: RedisKeys, message: bytes) -> None:
     """Make ``message`` due at once, so the next tick (of any worker) sends it again."""
-    await client.zadd(outbox_key(keys), {message: 0}, xx=True)
+    await client.zadd(keys.alerts_outbox, {message: 0}, xx=True)

@@ -32,11 +32,11 @@ import faust
 from affectstream.model.images import ImageError, ImageLimits, decode_image, decoded_pixels, image_sha256
 from affectstream.streaming.worker import metrics
 from affectstream.streaming.worker.caption_cache import CaptionCache
-from affectstream.streaming.worker.dlq import dlq_record, post_id_guess
+from affectstream.streaming.worker.dlq import dlq_record
 from affectstream.streaming.worker.image_refs import load_image_bytes
-from affectstream.streaming.worker.schemas import IMAGE_ERROR_REASONS, InvalidPost, Post, parse_post
+from affectstream.streaming.worker.schemas import IMAGE_ERROR_REASONS, InvalidPost, Post
 from affectstream.streaming.worker.settings import Settings
-from affectstream.streaming.worker.stage import Record, Stage, StageBatch, register_stage
+from affectstream.streaming.worker.stage import Record, Stage, StageBatch, parse_all, register_stage
 
 log = logging.getLogger("affectstream.caption")
 
@@ -101,7 +101,7 @@ class Captioning(Stage):
     async def process(self, raws: list[bytes]) -> CaptionBatch:
         out = CaptionBatch()
         pending: list[_Pending] = []
-        for post, raw in _parse_from_producers(raws, self.settings, out.dlq):
+        for post, raw in parse_all(raws, self.settings, "parse", out.dlq, trusted_enrichment=False):
             if post.image is None:
                 out.enriched.append(_forward(post))
             else:
@@ -266,20 +266,6 @@ def pixel_budgeted(keys: list[str], costs: list[int], budget: int) -> list[list[
             groups.append([key])
             total = cost
     return groups
-
-
-def _parse_from_producers(raws: list[bytes], settings: Settings, dlq: list[Record]) -> list[tuple[Post, bytes]]:
-    """Parse values from ``posts`` as untrusted (``trusted_enrichment=False``); a rejected value becomes a
-    DLQ record (stage ``parse``), as ``stage.parse_all`` does for the trusted ``posts-enriched``."""
-    parsed: list[tuple[Post, bytes]] = []
-    for raw in raws:
-        try:
-            parsed.append((parse_post(raw, settings, trusted_enrichment=False), raw))
-        except InvalidPost as e:
-            post_id = e.post_id or post_id_guess(raw)
-            log.warning("dlq stage=parse reason=%s id=%s", e.reason, post_id)
-            dlq.append(dlq_record(raw, e.reason, "parse", str(e), post_id))
-    return parsed
 
 
 def _forward(post: Post) -> Record:

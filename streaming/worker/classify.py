@@ -135,7 +135,7 @@ class Classifying(Stage):
 
     async def process(self, raws: list[bytes]) -> ClassifyBatch:
         out = ClassifyBatch()
-        parsed = parse_all(raws, self.settings, "classify", out.dlq)
+        parsed = parse_all(raws, self.settings, "classify", out.dlq, trusted_enrichment=True)
         if not parsed:
             return out
         posts = [post for post, _ in parsed]

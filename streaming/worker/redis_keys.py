@@ -50,7 +50,11 @@ class RedisKeys:
     def alerts(self) -> str:                           # list of recent alerts, newest first
         return self._key("alerts")
 
-    def alert_last(self, brand: str) -> str:           # string: epoch minute of the brand's last alert
+    @property
+    def alerts_outbox(self) -> str:                    # zset: claimed alerts not yet acknowledged by the broker
+        return self._key("alerts", "outbox")
+
+    def alert_last(self, brand: str) -> str:           # string: the brand's alerted epoch minutes, comma-separated
         return self._key("alert", "last", brand)
 
     def parse_brand_key(self, key: str) -> tuple[str, str] | None:

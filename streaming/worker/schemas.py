@@ -100,7 +100,7 @@ class Post:
         return orjson.dumps(self.to_dict())
 
 
-def parse_post(data: bytes, settings: Settings, *, trusted_enrichment: bool = True) -> Post:
+def parse_post(data: bytes, settings: Settings, *, trusted_enrichment: bool = False) -> Post:
     """Bytes -> Post, or InvalidPost(reason). Never raises anything else.
 
     ``trusted_enrichment``: False for `posts` (producers' `caption` / `image_error` are dropped), True for

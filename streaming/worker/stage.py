@@ -83,13 +83,15 @@ class Stage:
         self.close()
 
 
-def parse_all(raws: list[bytes], settings: Settings, dlq_stage: str,
-              dlq: list[Record]) -> list[tuple[Post, bytes]]:
-    """Parse every raw value; a rejected one becomes a DLQ record (``dlq_stage``) with its reason."""
+def parse_all(raws: list[bytes], settings: Settings, dlq_stage: str, dlq: list[Record], *,
+              trusted_enrichment: bool) -> list[tuple[Post, bytes]]:
+    """Parse every raw value; a rejected one becomes a DLQ record (``dlq_stage``) with its reason.
+    ``trusted_enrichment``: False for ``posts`` (a producer's caption/image_error are dropped), True for
+    ``posts-enriched``, which only the caption stage writes."""
     parsed: list[tuple[Post, bytes]] = []
     for raw in raws:
         try:
-            parsed.append((parse_post(raw, settings), raw))
+            parsed.append((parse_post(raw, settings, trusted_enrichment=trusted_enrichment), raw))
         except InvalidPost as e:
             post_id = e.post_id or post_id_guess(raw)
             log.warning("dlq stage=%s reason=%s id=%s", dlq_stage, e.reason, post_id)
