@@ -38,7 +38,9 @@ from affectstream.streaming.worker.settings import Settings
 # Documented bound: no worker process (caption or classify, steered captioner, tiny to MiniLM-sized
 # model) may reach this resident set size at any sample; measured peaks are in the report and the row.
 RSS_LIMIT_MB = 1200.0
-ROLES = ("caption", "caption", "classify", "classify")
+SLOTS = ("caption-0", "caption-1", "classify-0", "classify-1")   # worker slots: "<role>-<n>"
+READY = "[^Worker]: Ready"         # faust's log line once a worker has joined and is consuming
+MAX_SELF_EXITS = 5                # a slot whose worker keeps exiting by itself ends the run
 
 
 @dataclass
@@ -76,6 +78,7 @@ class ChaosReport:
     posts_per_s: float = 0.0                       # distinct valid posts / process_seconds
     rss_mb: dict = field(default_factory=dict)     # slot -> [last sample, peak over every incarnation]
     restarts: int = 0
+    skipped: int = 0                               # faults not applied: every post already had its result
     self_exits: list = field(default_factory=list)  # workers that exited without being killed
     workload: dict = field(default_factory=dict)
     logs: list[str] = field(default_factory=list)
@@ -124,7 +127,6 @@ class ChaosRun:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.control = str(self.workdir / "captioner.json")
         self.redis_dir = str(self.workdir / "redis")
-        self.slots = [f"{role}-{i % 2}" for i, role in enumerate(ROLES)]
         self.workers: dict[str, ChaosWorker | None] = {}
         self.incarnations: dict[str, int] = {}
         self.broker: RunningService | None = None
@@ -149,14 +151,14 @@ class ChaosRun:
                      heartbeat_interval_s=1.0)
         create_topics(s)
         self.settings = s
-        for slot in self.slots:
+        for slot in SLOTS:
             self.spawn(slot)
         return s
 
     def spawn(self, slot: str) -> None:
         n = self.incarnations[slot] = self.incarnations.get(slot, -1) + 1
         log_path = str(self.workdir / f"worker-{slot}-{n}.log")
-        self.workers[slot] = ChaosWorker(self.settings, slot.split("-")[0], self.control, log_path)
+        self.workers[slot] = ChaosWorker(self.settings, slot.rsplit("-", 1)[0], self.control, log_path)
 
     def stop(self) -> None:
         if self.frozen and self.broker is not None:
@@ -214,6 +216,17 @@ class ChaosRun:
             self.check_workers()
             time.sleep(min(left, 0.25))
 
+    def wait_ready(self, timeout_s: float = 180.0) -> None:
+        """Until every worker has joined its group (faust logs "[^Worker]: Ready"): the clock of posts/s
+        starts at the stream, not at model loading."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.check_workers()
+            if all(READY in Path(w.log_path).read_text(errors="replace") for w in self.workers.values() if w):
+                return
+            self.wait_until(time.monotonic() + 0.5)
+        raise RuntimeError(f"workers not ready within {timeout_s:.0f} s; logs in {self.workdir}")
+
     def check_workers(self) -> None:
         """A worker that exited without being killed is restarted (as an orchestrator would) and noted."""
         for slot, w in list(self.workers.items()):
@@ -221,19 +234,36 @@ class ChaosRun:
                 self.echo(f"chaos: worker {slot} exited by itself with {w.proc.returncode}; restarting "
                           f"(log {w.log_path}):\n{w.log_tail(15)}")
                 self.self_exits.append(f"{slot} exit {w.proc.returncode} ({w.log_path})")
+                if sum(x.startswith(f"{slot} ") for x in self.self_exits) > MAX_SELF_EXITS:
+                    raise RuntimeError(f"worker {slot} keeps exiting by itself: {self.self_exits}")
                 self.spawn(slot)
+
+
+class Finished:
+    """``check()`` at most every ``every_s`` seconds; once true, true for good."""
+
+    def __init__(self, check, every_s: float = 5.0):
+        self.check, self.every_s, self.value, self.last = check, every_s, False, 0.0
+
+    def __call__(self) -> bool:
+        if not self.value and time.monotonic() - self.last >= self.every_s:
+            self.last = time.monotonic()
+            try:
+                self.value = bool(self.check())
+            except Exception:  # noqa: BLE001 - Redis may be down right now (a fault): not finished
+                self.value = False
+        return self.value
 
 
 def run_chaos(cfg: ChaosConfig, echo=print) -> ChaosReport:
     """The whole run: servers, workers, the stream, the schedule, the drain, the audit."""
     wl: Workload = build(cfg.posts, cfg.seed)
-    faults = chaos_schedule(cfg.seed, cfg.horizon(), [f"{r}-{i % 2}" for i, r in enumerate(ROLES)],
-                            mean_gap_s=cfg.mean_gap_s, max_outage_s=cfg.max_outage_s)
+    faults = chaos_schedule(cfg.seed, cfg.horizon(), SLOTS, mean_gap_s=cfg.mean_gap_s, max_outage_s=cfg.max_outage_s)
     report = ChaosReport(cfg, faults, workload={"messages": wl.messages, "valid": len(wl.valid),
                                                 "duplicates": wl.duplicates, "hostile": len(wl.hostile),
                                                 "image_posts": wl.image_posts})
     echo(f"chaos: seed {cfg.seed}, {wl.messages:,} messages ({len(wl.valid):,} valid, {wl.duplicates:,} "
-         f"duplicates, {len(wl.hostile):,} hostile, {wl.image_posts:,} with images) sent at "
+         f"duplicates, {len(wl.hostile):,} hostile, {wl.image_posts:,} with images) sent "
          f"{pace(cfg)}; {len(faults)} faults "
          f"over {cfg.horizon():.0f} s:\n{describe(faults)}")
     chaos = ChaosRun(cfg, echo)
@@ -241,6 +271,7 @@ def run_chaos(cfg: ChaosConfig, echo=print) -> ChaosReport:
     try:
         s = chaos.start()
         echo(f"chaos: logs in {chaos.workdir}")
+        chaos.wait_ready()
         sent_error: list[BaseException] = []
 
         def send() -> None:
@@ -252,18 +283,28 @@ def run_chaos(cfg: ChaosConfig, echo=print) -> ChaosReport:
         t0_wall, t0 = time.time(), time.monotonic()
         producer = threading.Thread(target=send, daemon=True)
         producer.start()
+        ids = set(wl.valid)
+        kinds = {x.action for x in faults}
+        skipped: set[int] = set()
+        finished = Finished(lambda: ids <= stored_ids(s))
         for at, edge, f in timeline(faults):
             chaos.wait_until(t0 + at)
             chaos.check_workers()
+            if id(f) in skipped:
+                continue
+            if (edge == "begin" and not producer.is_alive() and set(report.applied) == kinds
+                    and finished()):  # every kind applied, every post has its result: stop breaking things
+                skipped.add(id(f))
+                continue
             echo(f"chaos: {time.monotonic() - t0:7.1f}s {edge:<5} {f.action} {f.target}")
             chaos.apply(edge, f)
             if edge == "begin":
                 report.applied[f.action] = report.applied.get(f.action, 0) + 1
         report.restarts = sum(chaos.incarnations.values())
+        report.skipped = len(skipped)
         producer.join(cfg.drain_timeout_s)
         if sent_error or producer.is_alive():
             raise RuntimeError(f"producer failed: {sent_error[:1] or 'still sending'}")
-        ids = set(wl.valid)
         deadline = time.monotonic() + cfg.drain_timeout_s
         have = 0
         while time.monotonic() < deadline:
@@ -294,24 +335,25 @@ def run_chaos(cfg: ChaosConfig, echo=print) -> ChaosReport:
 
 def pace(cfg: ChaosConfig) -> str:
     rate = cfg.send_rate()
-    return f"{rate:.0f} msg/s" if rate else "one burst"
+    return f"at {rate:.0f} msg/s" if rate else "in one burst"
 
 
 def summary(r: ChaosReport) -> str:
     a = r.audit
     lines = [
         f"chaos: {a.stored:,} of {a.valid:,} valid posts with exactly one stored result in "
-        f"{r.process_seconds:.1f} s under chaos: {r.posts_per_s:.1f} posts/s (sent at {pace(r.config)}; seed "
+        f"{r.process_seconds:.1f} s under chaos: {r.posts_per_s:.1f} posts/s (sent {pace(r.config)}; seed "
         f"{r.config.seed}; "
         f"whole run {r.seconds:.0f} s)",
-        f"  faults applied: {', '.join(f'{k} {v}' for k, v in sorted(r.applied.items()))}; worker restarts "
-        f"{r.restarts}",
+        f"  faults applied: {', '.join(f'{k} {v}' for k, v in sorted(r.applied.items()))} ({r.skipped} more "
+        f"skipped: every post had its result); worker restarts {r.restarts}",
         f"  results: lost {a.lost}, extra keys {a.extra_keys}; sentiment topic: {a.on_topic:,} ids, missing "
         f"{a.topic_missing}, unknown {a.topic_extra_ids}, {a.topic_redelivered:,} redelivered records",
         f"  brand counts vs recount: over {a.counts_over}, under {a.counts_under}",
         f"  DLQ: {a.hostile_in_dlq:,} of {a.hostile:,} hostile messages, reasons {a.dlq_reasons}; valid posts "
         f"there: {a.valid_in_dlq}",
-        f"  image_error on results: {a.image_errors}",
+        f"  image_error on results: {a.image_errors}; caption cache: {a.cached_captions} entries for "
+        f"{r.workload['image_posts']:,} image posts",
         f"  workers that exited by themselves (restarted): {r.self_exits or 'none'}",
         f"  worker RSS MB (at the end, peak): {r.rss_mb}; bound {r.config.rss_limit_mb:.0f} MB",
         "  " + ("all invariants hold" if r.ok else "FAILED: " + "; ".join(a.failures() or ["RSS or coverage"])),

@@ -38,6 +38,7 @@ class Audit:
     counts_under: int = 0           # bucket counts below the recount
     count_mismatches: list = field(default_factory=list)  # (brand, minute, label, redis, recount), a few
     image_errors: dict = field(default_factory=dict)      # image_error -> results
+    cached_captions: int = 0        # caption-cache entries at the end (distinct images described)
     hostile: int = 0
     hostile_in_dlq: int = 0
     hostile_wrong_reason: list = field(default_factory=list)  # (kind, reason), a few
@@ -124,6 +125,8 @@ def audit(settings: Settings, wl: Workload) -> Audit:
     a.image_errors = {str(k): v for k, v in image_errors.items()}
     if processed:
         a.first_processed_ms, a.last_processed_ms = min(processed), max(processed)
+
+    a.cached_captions = sum(1 for _ in r.scan_iter(match=keys.caption("*", "*"), count=5000))
 
     # brand counts: Redis buckets vs a recount
     recount: collections.Counter = collections.Counter()

@@ -10,7 +10,8 @@ start of the run). The same seed gives the same schedule, so a failing chaos run
     fail_captioner  the captioner raises on every call
 
 Every kind occurs at least once: the first faults are one of each (and one kill per role: worker slots
-are named "<role>-<n>"), in a seeded order, spread over the first part of the horizon; after that kinds are drawn at random (kills weighted up).
+are named "<role>-<n>"), in a seeded order, spread over the first part of the horizon; after that kinds
+are drawn at random (kills weighted up).
 Faults on the same target never overlap (a dead worker is not killed again, a stopped Redis not stopped
 again); faults on different targets may (Redis down while the broker is frozen is part of the test).
 """

@@ -82,8 +82,8 @@ def build(n: int, seed: int, *, hostile_fraction: float = 0.05, duplicate_fracti
         post = {"id": f"c{seed}-{i}", "text": f"{rng.choice(texts)} #{i}",
                 "brands": rng.sample(BRANDS, rng.choice((0, 1, 1, 1, 2))),
                 "created_at": BASE_MS + rng.randrange(SPREAD_MS)}
-        if rng.random() < image_fraction:
-            post["image"] = {"b64": rng.choice(pool)}
+        if rng.random() < image_fraction:  # half reposts (caption cache hits), half new images
+            post["image"] = {"b64": rng.choice(pool) if rng.random() < 0.5 else png_b64(seed * 7919 + len(pool) + i)}
             wl.image_posts += 1
         wl.valid[post["id"]] = post
         valid_lines.append(orjson.dumps(post))
@@ -115,7 +115,8 @@ def _hostile(rng: random.Random, i: int, seed: int) -> Hostile:
     elif kind == "oversize_text":
         raw = orjson.dumps({"id": hid, "text": "spam " * 4001 + hid, "brands": ["acme"]})
     elif kind == "not_an_image":
-        raw = orjson.dumps({"id": hid, "text": "", "image": {"b64": base64.b64encode(b"hello " + hid.encode()).decode()}})
+        not_png = base64.b64encode(b"hello " + hid.encode()).decode()
+        raw = orjson.dumps({"id": hid, "text": "", "image": {"b64": not_png}})
     elif kind == "not_an_object":
         raw = orjson.dumps([hid, 1, 2, 3])
     elif kind == "bad_brands":

@@ -118,14 +118,17 @@ def chaos_row(r: "ChaosReport") -> Row:
     """The reliability-table row for a chaos run (the seed in its name, so it can be replayed)."""
     a, w = r.audit, r.workload
     applied = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(r.applied.items()))
-    notes = (f"{w['valid']:,} valid posts ({w['image_posts']:,} with images), {w['duplicates']:,} duplicate "
-             f"sends, {w['hostile']:,} hostile; 2 caption + 2 classify workers; faults: {applied}; "
-             f"{r.posts_per_s:.1f} posts/s under chaos (sent at {r.pace}); every hostile message in the DLQ with its reason: "
-             f"{'yes' if a.hostile_in_dlq == a.hostile and not a.hostile_wrong_reason else 'NO'}; brand counts "
-             f"= recount: {'yes' if not (a.counts_over or a.counts_under) else 'NO'}; "
-             f"{a.topic_redelivered:,} redelivered records on the sentiment topic; worker RSS peak "
+    if r.skipped:
+        applied += f" ({r.skipped} more skipped: every post had its result)"
+    hostile_ok = a.hostile_in_dlq == a.hostile and not a.hostile_wrong_reason
+    notes = (f"{w['valid']:,} valid posts ({w['image_posts']:,} with images), {w['duplicates']:,} duplicate sends, "
+             f"{w['hostile']:,} hostile; 2 caption + 2 classify workers; faults: {applied}; "
+             f"{r.posts_per_s:.1f} posts/s under chaos (sent {r.pace}); every hostile message in the DLQ "
+             f"with its reason: {'yes' if hostile_ok else 'NO'}; brand counts = recount: "
+             f"{'yes' if not (a.counts_over or a.counts_under) else 'NO'}; {a.topic_redelivered:,} redelivered "
+             f"records on the sentiment topic, {a.dlq_records:,} on the DLQ; worker RSS peak "
              f"{r.rss_peak_mb:.0f} MB (bound {r.config.rss_limit_mb:.0f})")
-    return Row(f"chaos run, seed {r.config.seed}", r.workload["messages"], a.stored, a.dlq_records, a.lost,
+    return Row(f"chaos run, seed {r.config.seed}", r.workload["messages"], a.stored, a.hostile_in_dlq, a.lost,
                a.counts_over, notes, round(r.seconds, 1))
 
 
@@ -137,8 +140,10 @@ def run_chaos_row(out: str | None, **options) -> int:
     cfg = ChaosConfig(**{k: v for k, v in options.items() if v is not None})
     report = run_chaos(cfg, echo=lambda line: click.echo(line, err=True))
     row = chaos_row(report)
-    command = (f"affectstream reliability --chaos --chaos-posts {cfg.posts} --chaos-seed {cfg.seed}"
-               + (f" --chaos-model {cfg.model_dir}" if cfg.model_dir != ChaosConfig.model_dir else ""))
+    command = " ".join([f"affectstream reliability --chaos --chaos-posts {cfg.posts} --chaos-seed {cfg.seed}"]
+                       + [f"--chaos-{flag} {value:g}" if isinstance(value, float) else f"--chaos-{flag} {value}"
+                          for flag, value in (("model", options.get("model_dir")), ("seconds", cfg.horizon_s or None),
+                                              ("rate", cfg.rate)) if value is not None])
     footer = (f"Chaos row: `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
               f"({report.seconds:.0f} s; invariants {'hold' if report.ok else 'FAILED'}; model {cfg.model_dir}). "
               "Faults from a seeded schedule (`bench/chaos_schedule.py`): SIGKILLed workers restarted, Redis "
@@ -175,8 +180,10 @@ def run_scenarios(json_path: str, *, full: bool = False, pytest_args: tuple[str,
 @click.option("-k", "keyword", default=None, help="Only the scenarios whose test names match (pytest -k).")
 @click.option("--chaos", is_flag=True, help="Run the chaos run instead of the fault scenarios (bench/chaos.py); "
               "with --out its row replaces the file's previous chaos row.")
-@click.option("--chaos-posts", type=int, default=None, help="Chaos run: messages sent (default 3,000; full size 100,000).")
-@click.option("--chaos-seed", type=int, default=None, help="Chaos run: the seed of its schedule and posts (default 13).")
+@click.option("--chaos-posts", type=int, default=None,
+              help="Chaos run: messages sent (default 3,000; full size 100,000).")
+@click.option("--chaos-seed", type=int, default=None,
+              help="Chaos run: the seed of its schedule and posts (default 13).")
 @click.option("--chaos-model", default=None, help="Chaos run: the classify workers' model directory "
               "(default models/default).")
 @click.option("--chaos-seconds", type=float, default=None,
