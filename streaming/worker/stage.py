@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from abc import ABC, abstractmethod
 import logging
 import time
 from dataclasses import dataclass, field
@@ -61,14 +62,15 @@ class StageBatch:
         return {"dlq": self.dlq}
 
 
-class Stage:
+class Stage(ABC):
     """Base of a stage; ``process`` is the one method a stage must write."""
 
     async def start(self) -> None:
         """Load what the stage needs; called once, on the event loop, before the first batch."""
 
+    @abstractmethod
     async def process(self, raws: list[bytes]) -> StageBatch:
-        raise NotImplementedError
+        """One micro-batch of raw values -> what to deliver."""
 
     def observe(self, batch: StageBatch, n_events: int, seconds: float) -> None:
         """Metrics for a batch, once it is delivered and acked (``batch.fresh_ids`` is set by then)."""
