@@ -43,6 +43,8 @@ class Settings:
 
     # caption agent
     captioner: str = "offline"          # offline | none | vlm:<id or path>
+    captioner_trust_remote_code: bool = False  # vlm: run a hub repository's own code (e.g. Florence-2 remote code)
+    captioner_mismatch: str = "warn"    # a post described by another captioner than the model's: warn | reject (DLQ)
     caption_batch_max: int = 16
     caption_batch_window_s: float = 0.1
     caption_timeout_s: float = 30.0
@@ -72,6 +74,7 @@ class Settings:
     kafka_sasl_password: str = ""
     kafka_ssl_cafile: str = ""
     redis_password: str = ""
+    redis_cluster: bool = False         # redis_url names a node of a Redis Cluster (redis-py's cluster client)
     redis_tls: bool = False
 
     # group membership: short values make tests and the demo start fast
