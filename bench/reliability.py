@@ -121,9 +121,11 @@ def chaos_row(r: "ChaosReport") -> Row:
     if r.skipped:
         applied += f" ({r.skipped} more skipped: every post had its result)"
     hostile_ok = a.hostile_in_dlq == a.hostile and not a.hostile_wrong_reason
+    text_only = sum(n for error, n in a.image_errors.items() if error != "None")
     notes = (f"{w['valid']:,} valid posts ({w['image_posts']:,} with images), {w['duplicates']:,} duplicate sends, "
              f"{w['hostile']:,} hostile; 2 caption + 2 classify workers; faults: {applied}; "
-             f"{r.posts_per_s:.1f} posts/s under chaos (sent {r.pace}); every hostile message in the DLQ "
+             f"{r.posts_per_s:.1f} posts/s under chaos (sent {r.pace}); {text_only:,} image posts went on "
+             f"text-only (captioner failing or slow); every hostile message in the DLQ "
              f"with its reason: {'yes' if hostile_ok else 'NO'}; brand counts = recount: "
              f"{'yes' if not (a.counts_over or a.counts_under) else 'NO'}; {a.topic_redelivered:,} redelivered "
              f"records on the sentiment topic, {a.dlq_records:,} on the DLQ; worker RSS peak "
