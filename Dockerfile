@@ -4,7 +4,8 @@
 #   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 -t affectstream:cuda .
 #
 # The CUDA variant installs the same torch==2.13.0 from PyTorch's CUDA wheel index; run it with the
-# NVIDIA container toolkit (docker-compose.yml reserves a GPU for the caption workers).
+# NVIDIA container toolkit. docker-compose.yml builds it as affectstream:cuda for its gpu and train-gpu profiles
+# only (caption-gpu, trainer-gpu reserve one GPU each); the default services run this CPU image anywhere.
 FROM python:3.11-slim
 
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
