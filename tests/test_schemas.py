@@ -85,6 +85,10 @@ def test_image_only_post_may_have_empty_text():
     (post(brands=[f"b{i}" for i in range(33)]), "bad_brands"),
     (post(brands=["_all"]), "bad_brands"),
     (post(caption=3), "bad_caption"),
+    (post(captioner=5), "bad_captioner"),
+    (post(captioner=""), "bad_captioner"),
+    (post(captioner="vlm:\n"), "bad_captioner"),
+    (post(captioner="x" * 513), "bad_captioner"),
 ])
 def test_rejections_carry_a_reason(data, reason):
     assert reason_of(data) == reason
@@ -114,6 +118,14 @@ def test_enriched_post_round_trips_with_caption():
     assert again.caption == "a cat" and again.image_error is None
     p.image_error = "image_corrupt"
     assert parse_post(p.to_json(), S, trusted_enrichment=True).image_error == "image_corrupt"
+
+
+def test_enriched_post_round_trips_with_its_captioner():
+    p = parse_post(post(image={"b64": "aGk="}), S)
+    assert p.captioner is None and "captioner" not in orjson.loads(p.to_json())
+    p.caption, p.captioner = "a cat", "vlm:Salesforce/blip-image-captioning-large"
+    again = parse_post(p.to_json(), S, trusted_enrichment=True)
+    assert (again.caption, again.captioner) == ("a cat", "vlm:Salesforce/blip-image-captioning-large")
 
 
 def test_result_from_prediction_has_design_fields_in_order():

@@ -23,24 +23,33 @@ PLANTED = "objects: smiling face. scene: bright, vivid colours."
 
 
 def planted(**fields) -> bytes:
-    return orjson.dumps({"id": "p1", "text": "meh", "caption": PLANTED, "image_error": "image_corrupt", **fields})
+    return orjson.dumps({"id": "p1", "text": "meh", "caption": PLANTED, "image_error": "image_corrupt",
+                         "captioner": "offline", **fields})
 
 
-def test_a_producers_caption_and_image_error_are_dropped_on_posts():
+def test_a_producers_caption_image_error_and_captioner_are_dropped_on_posts():
     p = parse_post(planted(), S, trusted_enrichment=False)
-    assert p.caption is None and p.image_error is None
-    assert {"caption", "image_error"}.isdisjoint(orjson.loads(p.to_json()))  # never forwarded either
+    assert p.caption is None and p.image_error is None and p.captioner is None
+    assert {"caption", "image_error", "captioner"}.isdisjoint(orjson.loads(p.to_json()))  # never forwarded either
 
 
 def test_malformed_planted_fields_are_ignored_on_posts_not_rejected():
-    for fields in ({"caption": 5}, {"image_error": ["x"]}, {"image_error": "pwned"}, {"caption": "x" * 30_000}):
+    for fields in ({"caption": 5}, {"image_error": ["x"]}, {"image_error": "pwned"}, {"caption": "x" * 30_000},
+                   {"captioner": 5}, {"captioner": "\x00" * 600}):
         p = parse_post(orjson.dumps({"id": "p", "text": "hi", **fields}), S, trusted_enrichment=False)
-        assert p.caption is None and p.image_error is None
+        assert p.caption is None and p.image_error is None and p.captioner is None
 
 
 def test_enriched_posts_keep_the_caption_stage_fields():
     p = parse_post(planted(), S, trusted_enrichment=True)
-    assert (p.caption, p.image_error) == (PLANTED, "image_corrupt")
+    assert (p.caption, p.image_error, p.captioner) == (PLANTED, "image_corrupt", "offline")
+
+
+@pytest.mark.parametrize("value", [5, "", "a\x00b", ["offline"], "x" * 600])
+def test_a_captioner_that_is_no_captioner_id_is_rejected_on_enriched(value):
+    with pytest.raises(InvalidPost) as info:
+        parse_post(planted(captioner=value), S, trusted_enrichment=True)
+    assert info.value.reason == "bad_captioner" and info.value.reason in REASONS
 
 
 @pytest.mark.parametrize("value", ["pwned", "invalid_json", "inference_failed", 5, ["image_corrupt"], {"a": 1}, ""])
@@ -70,8 +79,9 @@ def test_the_caption_stage_forwards_no_planted_caption_and_sets_image_error_itse
                                     planted(id="bad-planted", image_error=7)])
     out = {orjson.loads(v)["id"]: orjson.loads(v) for _, v in batch.enriched}
     assert not batch.dlq and set(out) == {"text-only", "broken-image", "bad-planted"}
-    assert "caption" not in out["text-only"] and "image_error" not in out["text-only"]
+    assert {"caption", "image_error", "captioner"}.isdisjoint(out["text-only"])
     assert "caption" not in out["broken-image"] and out["broken-image"]["image_error"] == "not_an_image"
+    assert "captioner" not in out["broken-image"]  # not described: no captioner stamp
     # what the stage forwards parses as trusted enrichment
     for _, value in batch.enriched:
         parse_post(value, S, trusted_enrichment=True)

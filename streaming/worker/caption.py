@@ -2,8 +2,9 @@
 
 Per micro-batch:
 1. parse every message; a rejected one goes to the DLQ (stage ``parse``) with its reason. Producers are
-   untrusted: a ``caption`` or ``image_error`` they put on a post is dropped (schemas docstring); only
-   this stage writes those fields, and ``image_error`` is always one of ``IMAGE_ERROR_REASONS``;
+   untrusted: a ``caption``, ``image_error`` or ``captioner`` they put on a post is dropped (schemas
+   docstring); only this stage writes those fields, and ``image_error`` is always one of
+   ``IMAGE_ERROR_REASONS``;
 2. text-only posts pass straight through;
 3. image posts: load the bytes (base64 / URL with the SSRF guard / path) in an I/O thread pool, look the
    sha256 up in the Redis caption cache, decode and describe the misses in the captioner's own thread
@@ -11,7 +12,9 @@ Per micro-batch:
    Memory: images are decoded reduced towards the captioner's ``max_input_side``, and the misses are
    split into sub-batches of at most ``caption_batch_max_pixels`` pixels decoded at once (counted from
    the headers; an image over the budget alone is a sub-batch of its own), each decoded, described and
-   released before the next: a batch of 16 images at the 40 M pixel cap never holds 16 decoded images;
+   released before the next: a batch of 16 images at the 40 M pixel cap never holds 16 decoded images.
+   A described post is stamped ``captioner`` = the captioner's id (``name``; a cache hit too: the cache is
+   per captioner), which the classify stage checks against the model's trained captioner;
 4. an image that cannot be loaded, decoded or described never loses its post: a post with text goes on
    text-only with ``image_error`` set to the reason; a post with no text at all has nothing left to
    classify, so it goes to the DLQ (stage ``caption``) with that reason.
@@ -147,6 +150,7 @@ class Captioning(Stage):
         for p in ok:
             if p.sha in captions:
                 p.post.caption = captions[p.sha] or None
+                p.post.captioner = self.captioner.name  # the train/serve check (classify) reads it
                 out.enriched.append(_forward(p.post))
             else:
                 reason, error = failed.get(p.sha, ("caption_failed", "no caption"))

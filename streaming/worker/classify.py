@@ -1,7 +1,13 @@
 """Classify agent: ``posts-enriched`` -> Redis + ``sentiment``, in micro-batches.
 
 Per micro-batch (``batch_max`` posts or ``batch_window_s`` seconds, whichever first):
-1. parse (a rejected message -> DLQ, stage ``classify``);
+1. parse (a rejected message -> DLQ, stage ``classify``); then the train/serve check: a post whose image was
+   described by another captioner (its ``captioner``, stamped by the caption stage) than the one the model
+   was trained on (``config.captioner`` of the deployed directory) is a mismatch — the model reads
+   descriptions unlike those it learned from. Setting ``captioner_mismatch``: ``warn`` (default: classified
+   anyway, logged once per batch) or ``reject`` (DLQ ``captioner_mismatch``); either way counted in
+   ``affectstream_captioner_mismatch_total{served,trained}``. Text-only posts and posts without a stamp
+   are never a mismatch;
 2. predict all (post text, image description) pairs in one call, in the inference thread (one thread:
    torch runs its own intra-op threads); if the batch call raises, retry post by post, and a post that
    still fails -> DLQ ``inference_failed``;
@@ -35,6 +41,7 @@ import faust
 from affectstream.streaming.worker import metrics
 from affectstream.streaming.worker.dlq import dlq_record
 from affectstream.streaming.worker.result import Result
+from affectstream.streaming.worker.schemas import Post
 from affectstream.streaming.worker.settings import Settings
 from affectstream.streaming.worker.sinks import SinkItem, build_sinks, sink_classes
 from affectstream.streaming.worker.stage import Stage, StageBatch, parse_all, register_stage
@@ -42,12 +49,15 @@ from affectstream.streaming.worker.stage import Stage, StageBatch, parse_all, re
 log = logging.getLogger("affectstream.classify")
 
 RELOAD_CHECK_S = 5.0
+MISMATCH_ACTIONS = ("warn", "reject")
 
 
 @dataclass
 class ClassifyBatch(StageBatch):
     """Results (each serialised once) for the sinks, and dead letters."""
     sink_items: list[SinkItem] = field(default_factory=list)
+    # train/serve check: (post id, served captioner, trained captioner, rejected?) per mismatching post
+    mismatches: list[tuple[str, str, str, bool]] = field(default_factory=list)
 
     @property
     def items(self) -> list[SinkItem]:
@@ -56,6 +66,22 @@ class ClassifyBatch(StageBatch):
     @property
     def results(self) -> list[Result]:
         return [item.result for item in self.sink_items]
+
+
+def trained_captioner(predictor) -> str | None:
+    """The captioner the deployed model was trained on (``AlignedConfig.captioner``); None when unknown."""
+    captioner = getattr(getattr(predictor, "config", None), "captioner", None)
+    return captioner if isinstance(captioner, str) and captioner else None
+
+
+def captioner_mismatch(post: Post, trained: str | None) -> bool:
+    """True when ``post``'s image was described by another captioner than ``trained``. Text-only posts
+    (no image, no caption) and posts the caption stage did not stamp are never a mismatch."""
+    if trained is None or post.captioner is None:
+        return False
+    if post.image is None and post.caption is None:
+        return False
+    return post.captioner != trained
 
 
 def model_signature(model_dir: str) -> tuple | None:
@@ -72,11 +98,15 @@ class Classifying(Stage):
     """The classify stage without Kafka: ``await process(raw_values)`` -> ClassifyBatch.
 
     ``load_predictor`` is a zero-argument callable returning an object with ``.version`` and
-    ``.predict(pairs) -> list[Prediction]``; it runs in the inference thread.
+    ``.predict(pairs) -> list[Prediction]`` (and ``.config.captioner``, for the train/serve check; without
+    it nothing is checked); it runs in the inference thread.
     """
 
     def __init__(self, settings: Settings, load_predictor, *, watch: bool = True,
                  check_every_s: float = RELOAD_CHECK_S):
+        if settings.captioner_mismatch not in MISMATCH_ACTIONS:
+            raise ValueError(f"AFFECTSTREAM_CAPTIONER_MISMATCH must be one of {', '.join(MISMATCH_ACTIONS)}, "
+                             f"got {settings.captioner_mismatch!r}")
         self.settings = settings
         self.load_predictor = load_predictor
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
@@ -135,12 +165,13 @@ class Classifying(Stage):
 
     async def process(self, raws: list[bytes]) -> ClassifyBatch:
         out = ClassifyBatch()
-        parsed = parse_all(raws, self.settings, "classify", out.dlq, trusted_enrichment=True)
+        predictor = self.predictor
+        parsed = self._check_captioner(
+            parse_all(raws, self.settings, "classify", out.dlq, trusted_enrichment=True), predictor, out)
         if not parsed:
             return out
         posts = [post for post, _ in parsed]
         loop = asyncio.get_running_loop()
-        predictor = self.predictor
         pairs = [(p.text, p.caption or "") for p in posts]
         try:
             predictions = await loop.run_in_executor(self.pool, predictor.predict, pairs)
@@ -164,6 +195,29 @@ class Classifying(Stage):
             else:
                 out.sink_items.append(SinkItem.of(Result.from_prediction(post, prediction, predictor.version, now_ms)))
         return out
+
+    def _check_captioner(self, parsed: list[tuple[Post, bytes]], predictor, out: ClassifyBatch
+                         ) -> list[tuple[Post, bytes]]:
+        """The train/serve check (module docstring, step 1): returns the posts to classify."""
+        trained = trained_captioner(predictor)
+        reject = self.settings.captioner_mismatch == "reject"
+        keep = []
+        for post, raw in parsed:
+            if not captioner_mismatch(post, trained):
+                keep.append((post, raw))
+                continue
+            out.mismatches.append((post.id, post.captioner, trained, reject))
+            if reject:
+                out.dlq.append(dlq_record(raw, "captioner_mismatch", "classify",
+                                          f"described by {post.captioner!r}; model {predictor.version} was "
+                                          f"trained on {trained!r}", post.id))
+            else:
+                keep.append((post, raw))
+        for served in sorted({m[1] for m in out.mismatches}):
+            ids = [m[0] for m in out.mismatches if m[1] == served]
+            log.warning("captioner mismatch (%s): %d posts described by %r, model %s trained on %r; first id=%s",
+                        "rejected" if reject else "warn", len(ids), served, predictor.version, trained, ids[0])
+        return keep
 
 
 def build_stage(settings: Settings) -> Classifying:

@@ -24,6 +24,10 @@ CAPTION_CACHE = Counter("affectstream_caption_cache_total", "Caption cache looku
                         registry=REGISTRY)
 MODEL_INFO = Gauge("affectstream_model_info", "Deployed model version (value 1)", ["version"], registry=REGISTRY)
 LABELS = Counter("affectstream_results_total", "Results by sentiment label", ["label"], registry=REGISTRY)
+CAPTIONER_MISMATCH = Counter(
+    "affectstream_captioner_mismatch_total",
+    "Posts whose image was described by another captioner (served) than the model was trained on (trained)",
+    ["served", "trained"], registry=REGISTRY)
 
 
 def observe_dlq(stage: str, records: list[tuple[bytes | None, bytes]]) -> None:
@@ -60,6 +64,10 @@ def observe_classify_batch(batch, n_events: int, seconds: float, model_version: 
         LABELS.labels(result.label).inc()
         if result.latency_ms is not None and result.latency_ms >= 0:
             LATENCY.observe(result.latency_ms / 1000)
+    # a warned post counts once, like its result (not again when redelivered); a rejected one as its dead letter
+    for post_id, served, trained, rejected in getattr(batch, "mismatches", ()):
+        if rejected or fresh is None or post_id in fresh:
+            CAPTIONER_MISMATCH.labels(served, trained).inc()
     set_model_version(model_version)
 
 

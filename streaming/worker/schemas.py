@@ -3,13 +3,18 @@
 `parse_post` turns *any* bytes into a `Post` or raises `InvalidPost` with a `reason` from `REASONS`;
 nothing else escapes. All JSON goes through orjson (DESIGN.md).
 
-Trust: the image side of a post (`caption`, `image_error`) is written by the caption stage only. On
-`posts` (producers: untrusted) those two fields are *ignored*: parsed with ``trusted_enrichment=False``
+Trust: the image side of a post (`caption`, `image_error`, `captioner`) is written by the caption stage
+only. On `posts` (producers: untrusted) those fields are *ignored*: parsed with ``trusted_enrichment=False``
 they are dropped, whatever they hold, and never forwarded, so a producer cannot choose what the classifier
-reads as the image description nor plant an `image_error`. On `posts-enriched` (the internal topic: only
-the caption stage, or a tool that stands in for it such as the bench, may write there) they are read with
-``trusted_enrichment=True`` and checked: `caption` a string within the text limit (`bad_caption`),
-`image_error` one of `IMAGE_ERROR_REASONS` (`bad_image_error`).
+reads as the image description, plant an `image_error`, nor claim the captioner that described it. On
+`posts-enriched` (the internal topic: only the caption stage, or a tool that stands in for it such as the
+bench, may write there) they are read with ``trusted_enrichment=True`` and checked: `caption` a string within
+the text limit (`bad_caption`), `image_error` one of `IMAGE_ERROR_REASONS` (`bad_image_error`), `captioner`
+a captioner id (`bad_captioner`: a short printable string such as "offline" or "vlm:<id>").
+
+`captioner` is the id (``Captioner.name``) of the captioner that described the post's image; the caption
+stage sets it on every post whose image it described, and the classify stage compares it with the model's
+trained captioner (setting ``captioner_mismatch``: `captioner_mismatch` in the DLQ under ``reject``).
 """
 from __future__ import annotations
 
@@ -35,16 +40,19 @@ FETCH_REASONS = frozenset({
 PARSE_REASONS = frozenset({
     "invalid_json", "invalid_utf8", "not_an_object", "missing_id", "bad_id", "id_too_long", "bad_text",
     "text_too_long", "empty_post", "bad_image_ref", "bad_created_at", "bad_brands", "bad_caption",
-    "message_too_large", "too_deeply_nested", "bad_image_error",
+    "message_too_large", "too_deeply_nested", "bad_image_error", "bad_captioner",
 })
-STAGE_REASONS = frozenset({"caption_failed", "caption_timeout", "inference_failed"})
+STAGE_REASONS = frozenset({"caption_failed", "caption_timeout", "inference_failed", "captioner_mismatch"})
 REASONS: frozenset[str] = PARSE_REASONS | IMAGE_REASONS | FETCH_REASONS | STAGE_REASONS
 # what the caption stage may write as a post's image_error: why its image could not be described
 IMAGE_ERROR_REASONS: frozenset[str] = IMAGE_REASONS | FETCH_REASONS | {"caption_failed", "caption_timeout"}
 
 MAX_BRANDS = 32
 MAX_BRAND_CHARS = 64
+MAX_CAPTIONER_CHARS = 512  # "vlm:<hub id or local path>"
 IMAGE_KINDS = ("url", "b64", "path")
+# written by the caption stage only: dropped from producers' posts (module docstring)
+ENRICHMENT_FIELDS = ("caption", "image_error", "captioner")
 _MAX_EPOCH_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
 
 
@@ -79,6 +87,7 @@ class Post:
     meta: dict | None = None
     caption: str | None = None       # set by the caption stage only (see the module docstring)
     image_error: str | None = None   # set by the caption stage only: one of IMAGE_ERROR_REASONS
+    captioner: str | None = None     # set by the caption stage only: the captioner that described the image
     raw: dict = field(default_factory=dict, repr=False)  # original object: unknown fields pass through
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,7 +97,7 @@ class Post:
             "image": self.image.to_dict() if self.image else None,
             "created_at": self.created_at_ms, "brands": list(self.brands),
         })
-        for name in ("author", "lang", "meta", "caption", "image_error"):
+        for name in ("author", "lang", "meta", "caption", "image_error", "captioner"):
             value = getattr(self, name)
             if value is None:
                 out.pop(name, None)
@@ -103,9 +112,8 @@ class Post:
 def parse_post(data: bytes, settings: Settings, *, trusted_enrichment: bool = False) -> Post:
     """Bytes -> Post, or InvalidPost(reason). Never raises anything else.
 
-    ``trusted_enrichment``: False for `posts` (producers' `caption` / `image_error` are dropped), True for
-    `posts-enriched` (the caption stage's own fields, validated). The default is True only because the
-    classify stage's parse (stage.parse_all) does not pass it yet; the caption stage passes False."""
+    ``trusted_enrichment``: False (the default) for `posts` (producers' `caption` / `image_error` /
+    `captioner` are dropped), True for `posts-enriched` (the caption stage's own fields, validated)."""
     try:
         return _parse_post(data, settings, trusted_enrichment)
     except InvalidPost:
@@ -117,8 +125,8 @@ def parse_post(data: bytes, settings: Settings, *, trusted_enrichment: bool = Fa
 def _parse_post(data: bytes, settings: Settings, trusted_enrichment: bool) -> Post:
     obj = _load_object(data, settings)
     if not trusted_enrichment:
-        obj.pop("caption", None)
-        obj.pop("image_error", None)
+        for name in ENRICHMENT_FIELDS:
+            obj.pop(name, None)
     post_id = _parse_id(obj, settings)
     try:
         image = _parse_image(obj.get("image"))
@@ -131,6 +139,7 @@ def _parse_post(data: bytes, settings: Settings, trusted_enrichment: bool) -> Po
             meta=obj["meta"] if isinstance(obj.get("meta"), dict) else None,
             caption=_parse_caption(obj.get("caption"), settings),
             image_error=_parse_image_error(obj.get("image_error")),
+            captioner=_parse_captioner(obj.get("captioner")),
             raw=obj,
         )
     except InvalidPost as e:
@@ -265,6 +274,15 @@ def _parse_image_error(raw: Any) -> str | None:
         return None
     if not isinstance(raw, str) or raw not in IMAGE_ERROR_REASONS:
         raise InvalidPost("bad_image_error", f"image_error is not a documented reason: {str(raw)[:64]!r}")
+    return raw
+
+
+def _parse_captioner(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    if (not isinstance(raw, str) or not raw.strip() or len(raw) > MAX_CAPTIONER_CHARS
+            or any(unicodedata.category(c) in ("Cc", "Cs") for c in raw)):
+        raise InvalidPost("bad_captioner", f"captioner is not a captioner id: {str(raw)[:64]!r}")
     return raw
 
 
