@@ -110,3 +110,15 @@ def test_planted_captions_never_reach_results_and_bad_enrichment_goes_to_the_dlq
     assert results["enriched-ok"]["caption"] == "a cracked phone screen"
     assert "enriched-bad" not in results
     assert [(d["post_id"], d["reason"], d["stage"]) for d in dead] == [("enriched-bad", "bad_image_error", "classify")]
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_a_vlm_runs_a_checkpoints_own_code_only_when_the_setting_says_so(trusted):
+    from affectstream.streaming.worker.caption import build_stage
+
+    stage = build_stage(settings_for(captioner="vlm:some/checkpoint", captioner_trust_remote_code=trusted,
+                                     redis_url="redis://127.0.0.1:1/0"))  # the caption cache connects lazily
+    try:
+        assert stage.captioner.config.trust_remote_code is trusted  # models load on first use: nothing runs yet
+    finally:
+        stage.close()

@@ -285,7 +285,8 @@ def _reason(exc: BaseException, default: str) -> str:
 def build_stage(settings: Settings) -> Captioning:
     from affectstream.model.captioners import build_captioner
 
-    captioner = build_captioner(settings.captioner, settings.device)
+    captioner = build_captioner(settings.captioner, settings.device,
+                                trust_remote_code=settings.captioner_trust_remote_code)
     return Captioning(settings, captioner, cache=CaptionCache(settings))
 
 
