@@ -1,8 +1,14 @@
 """The chaos run (`affectstream reliability --chaos`): posts with images, duplicates and hostile messages
 through separate caption and classify workers (two of each) while a seeded schedule breaks things.
 
-    affectstream reliability --chaos                          # CI size: 3,000 messages
-    affectstream reliability --chaos --chaos-posts 100000 --chaos-seed 7
+    affectstream reliability --chaos                          # CI size: 3,000 messages, paced, ~2.5 min
+    affectstream reliability --chaos --chaos-posts 20000 --chaos-seed 7 --chaos-seconds 300 --chaos-rate 0 \
+        --out docs/reliability.md                             # the table's row: one burst, capacity under chaos
+    affectstream reliability --chaos --chaos-posts 100000     # full size (tens of minutes on 2 cores)
+
+By default the messages are paced over 3/4 of the schedule, so every fault (the captioner's too) hits
+posts in flight; with ``--chaos-rate 0`` they go in one burst and posts/s is the capacity under chaos,
+but the caption stage (fast) may be done before the captioner faults come.
 
 Its own Tansu broker (memory storage: frozen with SIGSTOP, never restarted, see FACTS) and its own
 redis-server with an append-only file (stopped and started again on the same port and directory, as a
