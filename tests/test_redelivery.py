@@ -114,3 +114,66 @@ def test_redelivered_post_through_the_classify_stage_counts_once_in_the_metrics(
     assert after["redelivered"] - before["redelivered"] == 1
     assert labels_after["positive"] - labels_before["positive"] == 1
     assert labels_after["negative"] - labels_before["negative"] == 1  # other-1 only
+
+
+def test_a_write_that_crashed_between_steps_is_finished_by_the_redelivery(redis_server):
+    """A worker that died after claiming a post (step 1), or after counting it in one bucket but not the
+    other, or after counting but before announcing: the redelivery — classified again with another label —
+    counts the first result exactly once in every bucket, publishes it once, and reports it as new."""
+    from affectstream.streaming.worker.sinks.redis import ANNOUNCE, COUNT, _Write
+
+    settings = settings_for(redis=redis_server)
+    posts = {"claimed": result(1, "positive", brands=("acme", "other")),
+             "half-counted": result(2, "positive", brands=("acme", "other")),
+             "counted": result(3, "positive", brands=("acme", "other"))}
+
+    async def crash(sink: RedisSink, item, until: str, buckets_left: int = 0) -> None:
+        """Run the steps of ``item`` until ``until``, then stop, as a killed worker would."""
+        w = [_Write(item)]
+        await sink._load_scripts()
+        await sink._claim_step(w, set())
+        if until in (COUNT, ANNOUNCE):
+            keep = sorted(w[0].buckets)[:buckets_left]
+            w[0].buckets -= set(keep)
+            await sink._count_step(w, set())
+            w[0].buckets |= set(keep)
+
+    async def run():
+        dead = RedisSink(settings)
+        await crash(dead, posts["claimed"], "claim")
+        await crash(dead, posts["half-counted"], COUNT, buckets_left=1)   # two of three buckets counted
+        await crash(dead, posts["counted"], ANNOUNCE)
+        await dead.close()
+        sink = RedisSink(settings)
+        again = [result(i, "negative", brands=("acme", "other")) for i in (1, 2, 3)]  # a newer model
+        returned = []
+
+        async def redeliver():
+            returned.append(await sink.write(again))
+            returned.append(await sink.write(again))
+
+        published = await live_messages(sink, settings.keys.live, redeliver)
+        counts = {b: await sink.brand_counts(b, MINUTE) for b in ("acme", "other", "_all")}
+        await sink.close()
+        return returned, published, counts
+
+    returned, published, counts = asyncio.run(run())
+    assert returned == [{"p1", "p2", "p3"}, set()], "the redelivery finished the three posts"
+    assert sorted((m["id"], m["label"]) for m in published) == [("p1", "positive"), ("p2", "positive"),
+                                                                  ("p3", "positive")]
+    assert counts == {"acme": {"positive": 3}, "other": {"positive": 3}, "_all": {"positive": 3}}
+
+
+def test_the_same_post_twice_in_one_batch_counts_once(redis_server):
+    settings = settings_for(redis=redis_server)
+
+    async def run():
+        sink = RedisSink(settings)
+        fresh = await sink.write([result(1, "positive"), result(1, "negative"), result(2, "neutral")])
+        counts = await sink.brand_counts("acme", MINUTE)
+        await sink.close()
+        return fresh, counts
+
+    fresh, counts = asyncio.run(run())
+    assert fresh == {"p1", "p2"}
+    assert counts == {"positive": 1, "neutral": 1}

@@ -8,6 +8,9 @@ import time
 import orjson
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -234,3 +237,42 @@ def test_passing_refusals_are_retried_and_bugs_are_not(redis_server):
     assert is_retryable(redis.exceptions.ResponseError("MASTERDOWN Link with MASTER is down"))
     assert not is_retryable(redis.exceptions.ResponseError("WRONGTYPE Operation against a key holding the wrong kind"))
     assert not is_retryable(redis.exceptions.ResponseError("ERR syntax error"))
+
+
+ODD_TEXTS = st.text(alphabet=st.sampled_from("ab{}:#"), min_size=1, max_size=8)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(post_id=ODD_TEXTS, other_id=ODD_TEXTS, brand=ODD_TEXTS, other_brand=ODD_TEXTS)
+def test_every_script_touches_keys_of_one_hash_slot(post_id, other_id, brand, other_brand):
+    """Redis Cluster refuses a script whose keys lie in two slots (CROSSSLOT). Ids and brands come from posts
+    and may hold braces, which pick a key's slot; the keys stay distinct for distinct ids and brands."""
+    from redis.crc import key_slot
+
+    from affectstream.streaming.monitor.alerts import claim_keys as alert_claim_keys
+    from affectstream.streaming.worker.redis_keys import RedisKeys
+    from affectstream.streaming.worker.sinks.redis import announce_keys, claim_keys, count_keys
+
+    keys = RedisKeys("as:")
+    for script_keys in (claim_keys(keys, post_id), count_keys(keys, brand, MINUTE), announce_keys(keys, post_id),
+                        alert_claim_keys(keys, brand), [*alert_claim_keys(keys, brand), keys.alert_last(other_brand)]):
+        assert len({key_slot(k.encode()) for k in script_keys}) == 1, script_keys
+    assert keys.post(post_id) == f"as:post:{post_id}"           # the names readers use are unchanged
+    assert keys.brand(brand, MINUTE) == f"as:brand:{brand}:{MINUTE}"
+    if post_id != other_id:
+        assert keys.seen(post_id) != keys.seen(other_id)
+    if brand != other_brand:
+        assert keys.counted(brand, MINUTE) != keys.counted(other_brand, MINUTE)
+        assert keys.alert_last(brand) != keys.alert_last(other_brand)
+
+
+def test_companion_keys_are_named_after_their_key():
+    from affectstream.streaming.worker.redis_keys import RedisKeys
+
+    keys = RedisKeys("as:")
+    assert keys.seen("p1") == "as:seen:{as:post:p1}"
+    assert keys.counted("acme", MINUTE) == f"as:counted:{{as:brand:acme:{MINUTE}}}"
+    assert keys.alerts_outbox == "as:alerts:outbox:{as:alerts}"
+    assert keys.alert_last("acme") == "as:alert:last:{as:alerts}:acme"
+    with pytest.raises(ValueError, match="braces"):
+        RedisKeys("as{x}:")

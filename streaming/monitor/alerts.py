@@ -19,7 +19,9 @@ The rule (``AlertRule`` defaults), evaluated per brand for a minute ``m`` of eve
 ``claim_alert`` applies the cooldown atomically in Redis (one Lua script: the brand's alerted minutes are
 compared with the new one in both directions, then the alert is recorded, published and queued), so any
 number of workers may evaluate the same brand and exactly one of them fires. State lives in Redis, not in a
-faust Table.
+faust Table. The claim's keys (the brand's alerted minutes, the alerts list, the outbox) share one hash slot
+(``redis_keys``: ``as:alert:last:{as:alerts}:<brand>``, ``as:alerts``, ``as:alerts:outbox:{as:alerts}``), so
+the script runs on Redis Cluster too.
 
 Delivery to the ``sentiment-alerts`` topic is at least once: the claim also puts the alert in an outbox (a
 Redis sorted set); it leaves the outbox only when the broker acknowledged the send, and a failed send (or a
@@ -185,15 +187,19 @@ return due
 """
 
 
+def claim_keys(keys: RedisKeys, brand: str) -> list[str]:
+    """CLAIM_LUA's KEYS, in one hash slot: the brand's alerted minutes, the alerts list, the outbox."""
+    return [keys.alert_last(brand), keys.alerts, keys.alerts_outbox]
+
+
 async def claim_alert(client, keys: RedisKeys, alert: dict, rule: AlertRule, ttl_s: int,
                       now_ms: int = 0) -> bytes | None:
     """Record, publish and queue ``alert`` for sending unless an alert of its brand lies within the cooldown
     (atomic across workers). Returns the queued message (this caller sends it first; ``sent`` removes it)
     or None. The queued copy is leased to the caller for ``SEND_LEASE_MS`` from ``now_ms``."""
-    marker, alerts, channel = keys.alert_last(alert["brand"]), keys.alerts, keys.live_alerts
     message = orjson.dumps(alert)
-    fired = await client.eval(CLAIM_LUA, 3, marker, alerts, keys.alerts_outbox, epoch_minute(alert["minute"]),
-                              rule.cooldown_minutes, ttl_s, message, ALERTS_KEEP, channel,
+    fired = await client.eval(CLAIM_LUA, 3, *claim_keys(keys, alert["brand"]), epoch_minute(alert["minute"]),
+                              rule.cooldown_minutes, ttl_s, message, ALERTS_KEEP, keys.live_alerts,
                               now_ms + SEND_LEASE_MS, ttl_s // 60, ALERT_HISTORY_MAX)
     return message if fired else None
 

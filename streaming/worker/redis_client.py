@@ -1,4 +1,10 @@
-"""Redis client construction from settings (URL, password, TLS), for the worker, the monitor and the tools."""
+"""Redis client construction from settings (URL, password, TLS, cluster), for the worker, the monitor and
+the tools.
+
+With ``redis_cluster`` (``AFFECTSTREAM_REDIS_CLUSTER=true``) ``redis_url`` names any node of a Redis Cluster
+and the clients are redis-py's cluster clients: they discover the other nodes, route each command (and each
+script, whose keys share one slot: ``redis_keys``) to the master of its slot, follow MOVED/ASK, split
+pipelines by node and run SCAN on every master."""
 from __future__ import annotations
 
 from typing import Any
@@ -17,6 +23,9 @@ def redis_client_kwargs(settings: Settings, flavor: str = "sync") -> dict[str, A
     if settings.redis_password:
         kwargs["password"] = settings.redis_password
     if settings.redis_tls and not settings.redis_url.startswith("rediss://"):
+        if settings.redis_cluster:  # the cluster client builds its connections itself
+            kwargs["ssl"] = True
+            return kwargs
         if flavor == "asyncio":
             from redis.asyncio.connection import SSLConnection
         else:
@@ -26,18 +35,23 @@ def redis_client_kwargs(settings: Settings, flavor: str = "sync") -> dict[str, A
 
 
 def async_redis(settings: Settings):
-    """redis.asyncio client; short connection-level retries (callers that must not lose writes retry)."""
+    """redis.asyncio client (a ``RedisCluster`` with ``redis_cluster``); short retries (callers that must not
+    lose writes retry themselves)."""
     import redis.asyncio as aioredis
+    from redis.asyncio.cluster import RedisCluster
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
 
-    return aioredis.from_url(
+    cls = RedisCluster if settings.redis_cluster else aioredis.Redis
+    return cls.from_url(
         settings.redis_url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1), **redis_client_kwargs(settings, "asyncio"))
 
 
 def sync_redis(settings: Settings, **kwargs: Any):
-    """redis.Redis client for tools and tests."""
+    """redis.Redis client (a ``RedisCluster`` with ``redis_cluster``) for tools and tests."""
     import redis
+    from redis.cluster import RedisCluster
 
-    return redis.Redis.from_url(settings.redis_url, **redis_client_kwargs(settings, "sync"), **kwargs)
+    cls = RedisCluster if settings.redis_cluster else redis.Redis
+    return cls.from_url(settings.redis_url, **redis_client_kwargs(settings, "sync"), **kwargs)

@@ -1,11 +1,21 @@
 """The Redis key schema (DESIGN.md: Redis keys), in one place: key names, minute buckets and the rule
 that picks a result's minute. The sink, the web views, alerts, the demo and the tests import it; nobody
-builds a key or parses a bucket by hand."""
+builds a key or parses a bucket by hand.
+
+Redis Cluster runs a script only on keys of one hash slot. The keys readers use keep their names
+(``as:post:<id>``, ``as:brand:<brand>:<minute>``, ``as:alerts``); each key a script touches *with* one of
+them is built by ``beside`` to land in that key's slot, with the key's own name as hash tag:
+``as:seen:{as:post:<id>}``, ``as:counted:{as:brand:<brand>:<minute>}``, ``as:alerts:outbox:{as:alerts}``,
+``as:alert:last:{as:alerts}:<brand>``. A single Redis ignores the braces.
+"""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Iterable
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 ALL_BRANDS = "_all"             # reserved aggregate bucket: every result counts here too
 MINUTE_FORMAT = "%Y%m%d%H%M"    # UTC minute of a bucket
@@ -16,17 +26,29 @@ class RedisKeys:
     """Every key under one prefix (``settings.redis_prefix``, default ``as:``)."""
     prefix: str = "as:"
 
+    def __post_init__(self) -> None:
+        if "{" in self.prefix or "}" in self.prefix:
+            raise ValueError(f"redis prefix {self.prefix!r}: braces would pick the hash slot of every key")
+
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
-    def post(self, post_id: str) -> str:               # string: latest Result JSON
+    def beside(self, name: str, key: str, suffix: str = "") -> str:
+        """``{prefix}{name}:{tag}{suffix}``, a key in ``key``'s hash slot, distinct for every ``key``."""
+        tag, names_key = slot_tag(key)
+        return self._key(name, "{" + tag + "}") + ("" if names_key else ":" + key) + suffix
+
+    def post(self, post_id: str) -> str:               # string: the first Result JSON
         return self._key("post", post_id)
 
-    def seen(self, post_id: str) -> str:               # string: counted-once marker
-        return self._key("seen", post_id)
+    def seen(self, post_id: str) -> str:               # string, in the post's slot: 'c' claimed, '1' counted
+        return self.beside("seen", self.post(post_id))
 
     def brand(self, brand: str, minute: str) -> str:   # hash label -> count
         return self._key("brand", brand, minute)
+
+    def counted(self, brand: str, minute: str) -> str:  # set of post ids, in the bucket's slot: counted there
+        return self.beside("counted", self.brand(brand, minute))
 
     def brand_pattern(self) -> str:                    # SCAN match for every bucket
         return self._key("brand", "*")
@@ -51,11 +73,11 @@ class RedisKeys:
         return self._key("alerts")
 
     @property
-    def alerts_outbox(self) -> str:                    # zset: claimed alerts not yet acknowledged by the broker
-        return self._key("alerts", "outbox")
+    def alerts_outbox(self) -> str:                    # zset, in the alerts' slot: claimed, not yet acknowledged
+        return self.beside("alerts:outbox", self.alerts)
 
-    def alert_last(self, brand: str) -> str:           # string: the brand's alerted epoch minutes, comma-separated
-        return self._key("alert", "last", brand)
+    def alert_last(self, brand: str) -> str:           # string, in the alerts' slot: alerted epoch minutes
+        return self.beside("alert:last", self.alerts, ":" + brand)
 
     def parse_brand_key(self, key: str) -> tuple[str, str] | None:
         """``as:brand:{brand}:{minute}`` -> (brand, minute); None for anything else."""
@@ -66,6 +88,37 @@ class RedisKeys:
         if not brand or not is_minute(minute):
             return None
         return brand, minute
+
+
+# --- hash slots (Redis Cluster) ---------------------------------------------------------------------
+
+def slot_tag(key: str) -> tuple[str, bool]:
+    """A hash tag (text for ``{…}``) whose slot is ``key``'s, and whether the tag is ``key`` itself.
+
+    Redis hashes the text between a key's first ``{`` and the next ``}`` when that is not empty, else the
+    whole key. Ids and brands come from posts and may hold braces: a key with a tag of its own gives that
+    tag; a key without braces is its own tag; a key with a ``}`` but no tag gets the shortest text of its
+    slot (``_slot_tags``)."""
+    raw = key.encode()
+    start = raw.find(b"{")
+    end = raw.find(b"}", start + 1) if start >= 0 else -1
+    if start >= 0 and end > start + 1:
+        return raw[start + 1:end].decode(), False
+    if b"}" not in raw:
+        return key, True
+    return _slot_tags()[key_slot(raw)], False
+
+
+@functools.cache
+def _slot_tags() -> tuple[str, ...]:
+    """For every slot the shortest hex number that hashes there (about 0.2 s, once)."""
+    tags: dict[int, str] = {}
+    n = 0
+    while len(tags) < REDIS_CLUSTER_HASH_SLOTS:
+        text = format(n, "x")
+        tags.setdefault(key_slot(text.encode()), text)
+        n += 1
+    return tuple(tags[slot] for slot in range(REDIS_CLUSTER_HASH_SLOTS))
 
 
 # --- minute buckets -------------------------------------------------------------------------------

@@ -1,35 +1,51 @@
 """The Redis sink: per-post results, idempotent per-brand minute counts and the live channel.
 
-One Lua script per result makes "claim the post, store its result, count it, publish it" atomic, and only
-the first delivery of a post does any of it: the `seen` marker is set with NX, and the result key, the
-counts and the live-channel message are written only when that marker was new. So a redelivered post —
-even one classified again by a newer model — never overwrites the stored result, never counts twice and
-is never published twice; `write` returns the ids that were new, and the stage's metrics count only those.
+Three Lua scripts per result, each on the keys of one hash slot, so the sink runs on Redis Cluster as on a
+single Redis (``redis_keys``: which key lives beside which):
+
+1. **claim** (the post's slot: ``post``, ``seen``): sets ``seen`` to ``c`` with NX and stores the result;
+   a post claimed before returns its marker and its *first* result, which is what gets counted, so a
+   redelivered post, even one classified again by a newer model, never changes what was stored or counted;
+2. **count** (a bucket's slot: ``counted``, ``brand``), one call per brand-minute bucket of the batch: a
+   post id new to the bucket's ``counted`` set increments its label, so each (post, bucket) counts once
+   however often this step runs;
+3. **announce** (the post's slot: ``seen``): turns ``c`` into ``1`` and publishes the result on the live
+   channel, once.
+
+A post whose marker is ``c`` was claimed by a write that did not finish (a crash between steps, or another
+worker still at it), so a redelivery runs steps 2 and 3 again, with the stored first result; a marker of
+``1`` means all is done and the redelivery does nothing. ``write`` returns the ids this call announced:
+every post is in exactly one call's set, and the stage's metrics count only those.
 
 `write` treats Redis being unreachable *and* Redis refusing writes for a passing reason (OOM under
-`noeviction`, READONLY replica, LOADING, BUSY script, MASTERDOWN, TRYAGAIN, CLUSTERDOWN) as an outage: it
-backs off (capped), logs one line per interval rather than per retry, and returns only once every result
-is accepted (or `close()` / `stop()` abandons it). Any other refusal (WRONGTYPE, a syntax error: a bug)
-raises at once, so the stage crashes loudly instead of retrying forever; NOSCRIPT is retried at once (the
-pipeline loads the script again).
+`noeviction`, READONLY replica, LOADING, BUSY script, MASTERDOWN, TRYAGAIN, CLUSTERDOWN, a cluster whose
+slots are moving or not all served) as an outage: it backs off (capped), logs one line per interval rather
+than per retry, retries only the steps not yet done, and returns once every result is accepted (or
+`close()` / `stop()` abandons it). Any other refusal (WRONGTYPE, CROSSSLOT, a syntax error: a bug) raises at
+once, so the stage crashes loudly instead of retrying forever. NOSCRIPT (a flushed or restarted server) is
+retried at once, after loading the scripts (on every master of a cluster).
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import re
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import BusyLoadingError, ClusterDownError, NoScriptError, ReadOnlyError, ResponseError
+from redis.exceptions import (AskError, BusyLoadingError, ClusterDownError, NoScriptError, ReadOnlyError,
+                              RedisClusterException, ResponseError, SlotNotCoveredError)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from affectstream.streaming.worker.redis_client import async_redis
-from affectstream.streaming.worker.redis_keys import minute_bucket
+from affectstream.streaming.worker.redis_keys import RedisKeys, minute_bucket
+from affectstream.streaming.worker.result import Result
 from affectstream.streaming.worker.settings import Settings
 from affectstream.streaming.worker.sinks import Sink, SinkItem
 
@@ -41,25 +57,78 @@ LOG_EVERY_S = 10.0  # while retrying: one warning line per interval, whatever th
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
 # refusals that pass by themselves: Redis is up but will not take writes right now
 PASSING_REFUSALS = ("OOM", "READONLY", "LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
-_PASSING_CLASSES = (OutOfMemoryError, ReadOnlyError, BusyLoadingError, TryAgainError, ClusterDownError)
+_PASSING_CLASSES = (OutOfMemoryError, ReadOnlyError, BusyLoadingError, TryAgainError, ClusterDownError,
+                    AskError, SlotNotCoveredError)  # AskError: MOVED/ASK left over while slots move
 # the code may be wrapped by a script error ("ERR Error running script ... -OOM command not allowed ...")
 _PASSING_RE = re.compile(r"(?:^|[\s\-:])(" + "|".join(PASSING_REFUSALS) + r")\b")
+# the cluster client's own "no node answers / the slot map is moving" (its other complaints are bugs)
+_CLUSTER_PASSING = ("cannot be connected", "not covered", "could not agree")
 
-# KEYS: post, seen, bucket...   ARGV: result json, result ttl, seen ttl, bucket ttl, label, channel
-# The first write is the NX claim: under OOM a script without flags is refused at its first write, so a
-# refused script has done nothing.
-WRITE_RESULT_LUA = """
-if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then
-  return 0
+# Under OOM a script without flags is refused at its first write, so a refused script has done nothing;
+# each script's first write is its idempotence check.
+# KEYS: post, seen   ARGV: result json, result ttl, seen ttl
+# -> 1 (claimed now) | {marker, first result json or false} (claimed before)
+CLAIM_LUA = """
+if redis.call('SET', KEYS[2], 'c', 'NX', 'EX', ARGV[3]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 1
 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-for i = 3, #KEYS do
-  redis.call('HINCRBY', KEYS[i], ARGV[5], 1)
-  redis.call('EXPIRE', KEYS[i], ARGV[4])
+return {redis.call('GET', KEYS[2]), redis.call('GET', KEYS[1])}
+"""
+# KEYS: counted set, bucket   ARGV: bucket ttl, then (post id, label) pairs  -> how many were new
+COUNT_LUA = """
+local added = 0
+for i = 2, #ARGV, 2 do
+  if redis.call('SADD', KEYS[1], ARGV[i]) == 1 then
+    redis.call('HINCRBY', KEYS[2], ARGV[i + 1], 1)
+    added = added + 1
+  end
 end
-redis.call('PUBLISH', ARGV[6], ARGV[1])
+if added > 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[1])
+end
+return added
+"""
+# KEYS: seen   ARGV: channel, result json  -> 1 if this call announced the post
+ANNOUNCE_LUA = """
+if redis.call('GET', KEYS[1]) ~= 'c' then return 0 end
+redis.call('SET', KEYS[1], '1', 'KEEPTTL')
+redis.call('PUBLISH', ARGV[1], ARGV[2])
 return 1
 """
+SCRIPTS = (CLAIM_LUA, COUNT_LUA, ANNOUNCE_LUA)
+
+
+def claim_keys(keys: RedisKeys, post_id: str) -> list[str]:
+    return [keys.post(post_id), keys.seen(post_id)]
+
+
+def count_keys(keys: RedisKeys, brand: str, minute: str) -> list[str]:
+    return [keys.counted(brand, minute), keys.brand(brand, minute)]
+
+
+def announce_keys(keys: RedisKeys, post_id: str) -> list[str]:
+    return [keys.seen(post_id)]
+
+
+CLAIM, COUNT, ANNOUNCE, DONE = "claim", "count", "announce", "done"
+
+
+@dataclass
+class _Write:
+    """One result's way through the three steps; ``counted`` is the result counted and announced (the
+    stored first one for a post claimed before), ``buckets`` those of its buckets not yet counted."""
+    item: SinkItem
+    step: str = CLAIM
+    counted: Result | None = None
+    json: bytes = b""
+    buckets: set[tuple[str, str]] = field(default_factory=set)
+
+    def to_count(self, counted: Result, json: bytes) -> None:
+        self.counted, self.json, self.step = counted, json, COUNT
+        minute = minute_bucket(counted.event_ms)
+        self.buckets = {(brand, minute) for brand in counted.counted_brands}
 
 
 class SinkStopped(RuntimeError):
@@ -72,6 +141,8 @@ def is_retryable(error: BaseException) -> bool:
         return True
     if isinstance(error, UNREACHABLE):
         return True
+    if isinstance(error, RedisClusterException):
+        return any(text in str(error) for text in _CLUSTER_PASSING)
     if isinstance(error, ResponseError):
         code = getattr(error, "status_code", None) or ""
         return bool(_PASSING_RE.search(f"{code} {error}"))
@@ -83,7 +154,8 @@ class RedisSink(Sink):
         super().__init__(settings, app)
         self._own_client = client is None
         self.client = client if client is not None else async_redis(settings)
-        self._script = self.client.register_script(WRITE_RESULT_LUA)
+        self._claim, self._count, self._announce = (self.client.register_script(s) for s in SCRIPTS)
+        self._scripts_loaded = False
         self._stop = asyncio.Event()
         self._stalled = 0  # writes that failed at least once and have not succeeded yet
 
@@ -96,28 +168,31 @@ class RedisSink(Sink):
         self._stop.set()
 
     async def write(self, batch: list[SinkItem]) -> set[str]:
-        """Claim, store, count and publish every result not seen before; retries outages and passing
-        refusals with capped backoff, retrying only the results not yet accepted. Returns the ids that
-        were new (a redelivered post is accepted but not in the set)."""
+        """Claim, store, count and announce every result not done before; retries outages and passing
+        refusals with capped backoff, retrying only the steps not yet done. Returns the ids this call
+        announced (a redelivered post is accepted but not in the set)."""
         fresh: set[str] = set()
-        pending = list(batch)
+        pending = [_Write(item) for item in batch]
         delay, attempt, started, next_log = RETRY_FIRST_S, 0, time.monotonic(), 0.0
+        if not self._scripts_loaded:
+            self._scripts_loaded = await self._load_scripts()
         try:
             while pending:
-                error, pending = await self._write_pending(pending, fresh)
+                error = await self._attempt(pending, fresh)
+                pending = [w for w in pending if w.step != DONE]
                 if not pending:
                     break
                 attempt += 1
                 self._stalled += attempt == 1
                 if self._stop.is_set():
                     raise SinkStopped(f"redis write abandoned after {attempt} attempts") from error
-                if isinstance(error, NoScriptError):  # scripts were flushed: the next pipeline loads it again
-                    continue
+                if isinstance(error, NoScriptError) and await self._load_scripts():
+                    continue  # scripts were flushed (or a master restarted): loaded again, retry at once
                 if time.monotonic() >= next_log:
                     next_log = time.monotonic() + LOG_EVERY_S
                     log.warning("redis write failed (%s: %s); retrying with backoff up to %.0fs (attempt %d, "
                                 "%d results pending, first id %s; next report in %.0fs)", type(error).__name__,
-                                str(error)[:120], RETRY_MAX_S, attempt, len(pending), pending[0].result.id,
+                                str(error)[:120], RETRY_MAX_S, attempt, len(pending), pending[0].item.result.id,
                                 LOG_EVERY_S)
                 await self._sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
@@ -128,44 +203,95 @@ class RedisSink(Sink):
                      time.monotonic() - started, len(batch))
         return fresh
 
-    async def _write_pending(self, pending: list[SinkItem],
-                             fresh: set[str]) -> tuple[BaseException | None, list[SinkItem]]:
-        """One attempt: adds the ids that were new to ``fresh``; returns the last retryable error and the
-        items still to write. A refusal that is a bug raises."""
+    async def _attempt(self, pending: list[_Write], fresh: set[str]) -> BaseException | None:
+        """One pipeline per step, each for the results at that step; returns the last retryable error (None
+        when every result got through). A refusal that is a bug raises."""
+        error = None
+        for step in (self._claim_step, self._count_step, self._announce_step):
+            try:
+                error = await step(pending, fresh) or error
+            except BaseException as e:  # noqa: BLE001 - classified here; not retryable -> re-raised
+                if not is_retryable(e):
+                    raise
+                return e
+        return error
+
+    async def _run(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
+        """One non-transactional pipeline of script calls (split by node on a cluster); per call its reply
+        or the exception Redis returned."""
+        if not calls:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for script, keys, args in calls:  # EVALSHA by hand: a cluster pipeline blocks script objects
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await pipe.execute(raise_on_error=False)
+
+    async def _claim_step(self, pending: list[_Write], fresh: set[str]) -> BaseException | None:
+        s, todo = self.settings, [w for w in pending if w.step == CLAIM]
+        replies = await self._run([(self._claim, claim_keys(s.keys, w.item.result.id),
+                                    [w.item.json, s.result_ttl_s, s.seen_ttl_s]) for w in todo])
+        error = None
+        for w, reply in zip(todo, replies):
+            if isinstance(reply, BaseException):
+                error = _retryable_or_raise(reply)
+            elif reply == 1:
+                w.to_count(w.item.result, w.item.json)
+            elif reply[0] == b"c":  # claimed by a write that has not finished: finish it with the first result
+                stored = reply[1] or w.item.json
+                w.to_count(Result.from_json(stored), stored)
+            else:
+                w.step = DONE
+        return error
+
+    async def _count_step(self, pending: list[_Write], fresh: set[str]) -> BaseException | None:
+        s, todo = self.settings, [w for w in pending if w.step == COUNT]
+        by_bucket: dict[tuple[str, str], list[_Write]] = collections.defaultdict(list)
+        for w in todo:
+            for bucket in w.buckets:
+                by_bucket[bucket].append(w)
+        calls = [(self._count, count_keys(s.keys, *bucket),
+                  [s.bucket_ttl_s, *(x for w in writes for x in (w.counted.id, w.counted.label))])
+                 for bucket, writes in by_bucket.items()]
+        error = None
+        for (bucket, writes), reply in zip(by_bucket.items(), await self._run(calls)):
+            if isinstance(reply, BaseException):
+                error = _retryable_or_raise(reply)
+                continue
+            for w in writes:
+                w.buckets.discard(bucket)
+        for w in todo:
+            if not w.buckets:
+                w.step = ANNOUNCE
+        return error
+
+    async def _announce_step(self, pending: list[_Write], fresh: set[str]) -> BaseException | None:
+        s, todo = self.settings, [w for w in pending if w.step == ANNOUNCE]
+        replies = await self._run([(self._announce, announce_keys(s.keys, w.item.result.id), [s.keys.live, w.json])
+                                   for w in todo])
+        error = None
+        for w, reply in zip(todo, replies):
+            if isinstance(reply, BaseException):
+                error = _retryable_or_raise(reply)
+                continue
+            w.step = DONE
+            if reply == 1:
+                fresh.add(w.item.result.id)
+        return error
+
+    async def _load_scripts(self) -> bool:
+        """SCRIPT LOAD every script (on a cluster: on every master); False if Redis is away."""
         try:
-            outcomes = await self._write_once(pending)
+            for script in (self._claim, self._count, self._announce):
+                await self.client.script_load(script.script)
         except BaseException as e:  # noqa: BLE001 - classified here; not retryable -> re-raised
             if not is_retryable(e):
                 raise
-            return e, pending
-        error, failed = None, []
-        for item, outcome in zip(pending, outcomes):
-            if isinstance(outcome, BaseException):
-                if not is_retryable(outcome):
-                    raise outcome
-                error = outcome
-                failed.append(item)
-            elif outcome:
-                fresh.add(item.result.id)
-        return error, failed
+            return False
+        return True
 
     async def _sleep(self, delay: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):  # the normal case: no stop during the backoff
             await asyncio.wait_for(self._stop.wait(), delay)
-
-    async def _write_once(self, batch: list[SinkItem]) -> list[Any]:
-        """One pipeline of scripts; per item 1 (new), 0 (seen before) or the exception Redis returned."""
-        s = self.settings
-        channel = s.keys.live
-        async with self.client.pipeline(transaction=False) as pipe:
-            for item in batch:
-                result = item.result
-                minute = minute_bucket(result.event_ms)
-                keys = [s.keys.post(result.id), s.keys.seen(result.id),
-                        *(s.keys.brand(brand, minute) for brand in result.counted_brands)]
-                args = [item.json, s.result_ttl_s, s.seen_ttl_s, s.bucket_ttl_s, result.label, channel]
-                await self._script(keys=keys, args=args, client=pipe)
-            return await pipe.execute(raise_on_error=False)
 
     async def brand_counts(self, brand: str, minute: str) -> dict[str, int]:
         """Label -> count for one brand-minute bucket (dashboards, tests)."""
@@ -176,3 +302,9 @@ class RedisSink(Sink):
         self.stop()
         if self._own_client:
             await self.client.aclose()
+
+
+def _retryable_or_raise(error: BaseException) -> BaseException:
+    if not is_retryable(error):
+        raise error
+    return error
