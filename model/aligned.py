@@ -10,6 +10,7 @@ loss reaches the scorer through the weights. `test_scorer_receives_gradient` pro
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,7 @@ import torch.nn as nn
 from transformers import AutoModel, PreTrainedModel
 
 from affectstream.model.config import AlignedConfig
+from affectstream.model.encoders import build_encoder
 
 
 @dataclass
@@ -58,8 +60,9 @@ class AlignedClassifier(PreTrainedModel):
         elif config.encoder_config is None:
             raise ValueError("AlignedConfig.encoder_config is not set and no encoder was given")
         super().__init__(config)
-        self.encoder = encoder if encoder is not None else AutoModel.from_config(config.encoder_config,
-                                                                                 add_pooling_layer=False)
+        self.encoder = encoder if encoder is not None else build_encoder(config.encoder_config)
+        # segment ids only for encoders that take them (DistilBERT and MPNet have no token_type_ids argument)
+        self.encoder_takes_token_types = "token_type_ids" in inspect.signature(self.encoder.forward).parameters
         hidden = config.encoder_config.hidden_size
         self.scorer = TokenScorer(hidden, config.scorer_hidden, config.dropout)
         self.dropout = nn.Dropout(config.dropout)
@@ -78,7 +81,7 @@ class AlignedClassifier(PreTrainedModel):
     ) -> AlignedOutput:
         # 1. one encoder over the text + description pair: both modalities in one space
         encoder_kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
+        if token_type_ids is not None and self.encoder_takes_token_types:
             encoder_kwargs["token_type_ids"] = token_type_ids
         hidden = self.encoder(**encoder_kwargs).last_hidden_state  # (B, T, H)
 

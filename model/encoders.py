@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator
 
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
+from transformers import (AutoConfig, AutoModel, AutoTokenizer, PreTrainedConfig, PreTrainedModel,
+                          PreTrainedTokenizerFast)
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import logging as hf_logging
 
 PRODUCTION_ENCODER = "roberta-base"
@@ -29,8 +32,22 @@ def load_encoder(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
     # the checkpoint's pooler is unused on purpose (we pool top-K tokens): don't print a load report for it
     with quiet_transformers():
-        encoder = AutoModel.from_pretrained(path, add_pooling_layer=False)
+        encoder = AutoModel.from_pretrained(path, **without_pooler(AutoConfig.from_pretrained(path)))
     return encoder, tokenizer
+
+
+def build_encoder(config: PreTrainedConfig) -> PreTrainedModel:
+    """A randomly initialised encoder of `config`'s architecture (its weights are loaded afterwards)."""
+    return AutoModel.from_config(config, **without_pooler(config))
+
+
+def without_pooler(config: PreTrainedConfig) -> dict:
+    """`add_pooling_layer=False` for the encoder classes that have a pooler switch (BERT, RoBERTa, XLM-R,
+    MPNet); the others (DistilBERT, ELECTRA, DeBERTa-v2 …) have no pooler and reject the argument."""
+    model_class = MODEL_MAPPING.get(type(config), None)
+    if model_class is not None and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
+        return {"add_pooling_layer": False}
+    return {}
 
 
 @contextlib.contextmanager

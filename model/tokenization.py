@@ -31,7 +31,7 @@ class EncodedPairs:
     token_type_ids: torch.Tensor | None
     selectable: torch.Tensor           # (batch, seq) bool: a real token of the text or the description
     source: torch.Tensor               # (batch, seq) int8: SOURCE_TEXT | SOURCE_IMAGE | SOURCE_SPECIAL
-    offsets: torch.Tensor              # (batch, seq, 2) char span of each token in its own side's string
+    offsets: torch.Tensor              # (batch, seq, 2) char span in its own side's string, from its first non-space
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "selectable": self.selectable}
@@ -64,7 +64,11 @@ def encode_pairs(
     encodings = pair_encoder(tokenizer, max_length).encode_batch(list(zip(texts, descriptions)))
     input_ids = torch.tensor([e.ids for e in encodings])
     attention_mask = torch.tensor([e.attention_mask for e in encodings])
-    offsets = torch.tensor([e.offsets for e in encodings]).reshape(len(encodings), -1, 2)
+    spans = [e.offsets for e in encodings]
+    if spans_may_start_on_space(tokenizer):
+        spans = [[skip_leading_space(span, (text, description), seq_id) for span, seq_id in zip(row, e.sequence_ids)]
+                 for row, e, text, description in zip(spans, encodings, texts, descriptions)]
+    offsets = torch.tensor(spans).reshape(len(encodings), -1, 2)
     source = torch.tensor([[SOURCE_SPECIAL if seq_id is None else seq_id for seq_id in e.sequence_ids]
                            for e in encodings], dtype=torch.int8)
     uses_token_types = "token_type_ids" in tokenizer.model_input_names
@@ -74,6 +78,28 @@ def encode_pairs(
     selectable = (source != SOURCE_SPECIAL) & attention_mask.bool() & non_empty & ~field_label_tokens(descriptions, source, offsets)
     return EncodedPairs(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                         selectable=selectable, source=source, offsets=offsets)
+
+
+@functools.lru_cache(maxsize=16)
+def spans_may_start_on_space(tokenizer: PreTrainedTokenizerFast) -> bool:
+    """Whether a token's char span can include the space before its word. SentencePiece tokenizers whose
+    `▁` marks the space (DeBERTa-v2's) report `▁scene` over " scene"; WordPiece, byte-level BPE (trimmed
+    offsets) and XLM-R's report "scene". Probed once per tokenizer, so the others pay nothing."""
+    sides = ("a b", "c d")
+    encoding = pair_encoder(tokenizer, 16).encode(*sides)
+    return any(sides[seq_id][start:end][:1].isspace()
+               for (start, end), seq_id in zip(encoding.offsets, encoding.sequence_ids) if seq_id is not None)
+
+
+def skip_leading_space(span: tuple[int, int], sides: tuple[str, str], seq_id: int | None) -> tuple[int, int]:
+    """The span from its first non-space character; a piece that is only the space becomes empty."""
+    if seq_id is None:
+        return span
+    start, end = span
+    side = sides[seq_id]
+    while start < end and side[start].isspace():
+        start += 1
+    return start, end
 
 
 def field_label_tokens(descriptions: list[str], source: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:

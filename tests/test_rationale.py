@@ -1,17 +1,17 @@
-"""Rationale words from real tokenizer output (WordPiece and byte-level BPE), plus properties."""
+"""Rationale words from real tokenizer output (WordPiece, byte-level BPE, SentencePiece Unigram: every encoder
+family of tests/tiny_models.FAMILIES), plus properties."""
 import pytest
 from hypothesis import given, strategies as st
 
 from affectstream.model.rationale import RationaleWord, TokenSpan, merge_to_words, word_at
 from affectstream.model.tokenization import SOURCE_NAMES, encode_pairs
-from tests.tiny_models import bert_tokenizer, roberta_tokenizer
+from tests.tiny_models import FAMILIES, bert_tokenizer
 
 
-@pytest.fixture(scope="module", params=["bert", "roberta"])
+@pytest.fixture(scope="module", params=list(FAMILIES))
 def tokenizer(request, tmp_path_factory):
-    if request.param == "bert":
-        return bert_tokenizer()
-    return roberta_tokenizer(tmp_path_factory.mktemp("tok"))
+    make_tokenizer, _ = FAMILIES[request.param]
+    return make_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 def spans_for_all_tokens(tokenizer, text, description):

@@ -6,7 +6,8 @@ import shutil
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, RobertaConfig, RobertaModel
+import transformers
+from transformers import AutoConfig, AutoModel, AutoTokenizer, RobertaConfig, RobertaModel
 
 from affectstream.model.aligned import AlignedClassifier
 from affectstream.model.config import EMOTION_LABELS, AlignedConfig
@@ -29,6 +30,53 @@ def roberta_tokenizer(directory: Path):
     shutil.copy(data / "vocab.bpe", directory / "merges.txt")
     (directory / "config.json").write_text(json.dumps({"model_type": "roberta"}))
     return AutoTokenizer.from_pretrained(str(directory), use_fast=True)
+
+
+def sentencepiece_style_vocab(specials: list[str], mask: str) -> list[tuple[str, float]]:
+    """The MiniLM WordPiece vocabulary rewritten as SentencePiece Unigram pieces (`love` -> `▁love`,
+    `##ing` -> `ing`), family specials first and the mask token last, as XLM-R's and DeBERTa-v2's
+    vocabularies order them. Equal scores, so segmentation takes the fewest pieces."""
+    pieces = dict.fromkeys(piece[2:] if piece.startswith("##") else "▁" + piece
+                           for piece, _ in sorted(bert_tokenizer().get_vocab().items(), key=lambda kv: kv[1])
+                           if not (piece.startswith("[") and piece.endswith("]")))
+    return [(s, 0.0) for s in specials] + [(piece, -1.0) for piece in pieces] + [(mask, 0.0)]
+
+
+# family -> (its tokenizer, built from a vocabulary that ships offline; extra config fields of its tiny encoder)
+FAMILIES: dict[str, tuple] = {
+    "bert": (lambda scratch: bert_tokenizer(), {}),
+    "roberta": (lambda scratch: roberta_tokenizer(scratch / "roberta-tok"), {}),
+    "distilbert": (lambda scratch: wordpiece_as("DistilBertTokenizer", scratch), {"hidden_dim": 64}),  # its FFN width
+    "electra": (lambda scratch: bert_tokenizer(), {"embedding_size": 16}),  # ELECTRA's projected embeddings
+    "mpnet": (lambda scratch: wordpiece_as("MPNetTokenizer", scratch), {}),
+    "xlm-roberta": (lambda scratch: transformers.XLMRobertaTokenizer(
+        vocab=sentencepiece_style_vocab(["<s>", "<pad>", "</s>", "<unk>"], "<mask>")), {}),
+    # deberta-v3's layout: relative attention only, no absolute positions, no segment embeddings
+    "deberta-v2": (lambda scratch: transformers.DebertaV2Tokenizer(
+        vocab=sentencepiece_style_vocab(["[PAD]", "[CLS]", "[SEP]", "[UNK]"], "[MASK]")),
+        {"relative_attention": True, "position_biased_input": False, "pos_att_type": ["p2c", "c2p"],
+         "position_buckets": 16, "norm_rel_ebd": "layer_norm", "share_att_key": True}),
+}
+
+
+def wordpiece_as(tokenizer_class: str, scratch: Path):
+    """The MiniLM WordPiece vocabulary in another family's tokenizer class (its own specials and pair format)."""
+    directory = scratch / "wordpiece"
+    if not (directory / "tokenizer.json").exists():
+        bert_tokenizer().save_pretrained(str(directory))
+    return getattr(transformers, tokenizer_class).from_pretrained(str(directory))
+
+
+def tiny_family_encoder(family: str, scratch: Path, max_length: int = 64):
+    """A 2-layer, hidden-32 random encoder of `family` with its tokenizer. Position tables leave room for
+    RoBERTa-style offsets (positions start after the padding id)."""
+    make_tokenizer, extra = FAMILIES[family]
+    tokenizer = make_tokenizer(scratch)
+    config = AutoConfig.for_model(family, vocab_size=len(tokenizer), hidden_size=32,
+                                  num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                  max_position_embeddings=max_length + tokenizer.pad_token_id + 1,
+                                  pad_token_id=tokenizer.pad_token_id, **extra)
+    return AutoModel.from_config(config), tokenizer
 
 
 def tiny_roberta(vocab_size: int, max_length: int = 64) -> RobertaModel:
