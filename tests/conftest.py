@@ -1,6 +1,11 @@
 import os
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# The machines running this suite are shared: a per-example time limit measures the neighbours, not the code
+hypothesis_settings.register_profile("shared-machine", deadline=None)
+hypothesis_settings.load_profile("shared-machine")
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
