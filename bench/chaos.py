@@ -154,7 +154,8 @@ class ChaosRun:
                      redis_prefix="chaos:", model_dir=str(self.cfg.model_dir), captioner="chaos",
                      caption_timeout_s=self.cfg.caption_timeout_s, batch_max=self.cfg.batch_max,
                      partitions=4, threads=1, web_enabled=False, session_timeout_s=6.0,
-                     heartbeat_interval_s=1.0)
+                     heartbeat_interval_s=1.0,
+                     captioner_mismatch="warn")  # the steered captioner is not the model's: classify anyway
         create_topics(s)
         self.settings = s
         for slot in SLOTS:

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     from affectstream.streaming.worker.settings import Settings
 
     control = os.environ.get(CONTROL_ENV)
-    captioners.build_captioner = lambda spec, device="auto": SteeredCaptioner(control)
+    captioners.build_captioner = lambda *spec, **options: SteeredCaptioner(control)  # whatever the spec
     settings = Settings.load({"web_enabled": False})  # no worker of the chaos run serves the dashboard
     app = create_app(settings, args.role)
     print(f"chaos worker role={args.role} app={settings.app_id} captioner control={control}", file=sys.stderr)
