@@ -3,7 +3,7 @@ with their image description already attached, as the caption agent would forwar
 the internal, trusted one, written by the caption stage and tools standing in for it, never by
 producers; a caption a producer puts on ``posts`` is dropped), one classify
 worker (`affectstream worker --role classify`, a separate process), results read back from Redis's live
-channel (`as:live`, published by the same Lua script that stores the result).
+channel (`as:live`, published by the Redis sink once the result is stored and counted).
 
 - maximum sustained rate: a burst of posts produced as fast as the broker takes them; rate = posts /
   (last result − first result), which excludes the worker's start-up;

@@ -13,8 +13,8 @@ returned: a sink that raises means no ack, and the batch is delivered again (at 
   again;
 * releases what it holds in ``await close()`` (called once at shutdown).
 
-Built in: ``redis`` (``sinks/redis.py``: result, idempotent brand-minute counts and the live channel, in one
-Lua script) and ``topic`` (``sinks/topic.py``: the ``sentiment`` output topic, awaiting broker acks).
+Built in: ``redis`` (``sinks/redis.py``: result, idempotent brand-minute counts and the live channel, in three
+idempotent single-slot steps) and ``topic`` (``sinks/topic.py``: the ``sentiment`` output topic, awaiting broker acks).
 
 Choosing sinks is one setting, ``sinks`` (``AFFECTSTREAM_SINKS``), a comma-separated list of built-in names
 and ``package.module:ClassName`` entries, e.g. ``redis,topic,mycompany.sinks:WebhookSink``. Each is
