@@ -173,6 +173,9 @@ def table(r: dict) -> str:
              f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
              f"bf16 units: {m['bf16_units']}, GPU: {m['gpu'] or 'none'}, OMP_WAIT_POLICY={m['omp_wait_policy']}, "
              f"load average {m['load_average_start']:.1f} -> {m.get('load_average_end', float('nan')):.1f}", ""]
+    if r.get("device") != "cuda":
+        lines += ["GPU section: skipped (no CUDA device visible to torch; on a CUDA machine `--device auto` runs the "
+                  "models, matmul peaks and the VLM there, in bf16)", ""]
     p = r.get("peaks_gflops", {})
     if p:
         lines.append("matmul peak (GFLOP/s, best of the run): " + ", ".join(f"{k} {v:.0f}" for k, v in p.items()))

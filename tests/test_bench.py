@@ -34,3 +34,4 @@ def test_quick_bench_runs_and_reports_every_figure(tmp_path):
     assert {t["target"] for t in r["targets"]} >= {"offline describer images/s"}
     for heading in ("classify, model only", "end to end", "captioning", "memory", "targets"):
         assert heading in result.output
+    assert ("GPU section: skipped" in result.output) == (r["device"] != "cuda")
