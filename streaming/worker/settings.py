@@ -41,6 +41,12 @@ class Settings:
     threads: int = 0                    # 0: torch default
     sinks: str = "redis,topic"          # where results go: built-in names and/or package.module:ClassName (sinks/)
 
+    # brand-level sentiment
+    brands_file: str = ""               # tracked brands (JSON or YAML, see README); "" = no mention detection
+    max_mentions_per_post: int = 100    # mentions kept per post; the overflow is counted on the post
+    max_targets_per_post: int = 16      # (post, brand) targets classified per post; the overflow is on the result
+    untargeted_brand: str = ""          # bucket for posts with no tracked brand ("" = only the all-brands count)
+
     # caption agent
     captioner: str = "offline"          # offline | none | vlm:<id or path>
     captioner_trust_remote_code: bool = False  # vlm: run a hub repository's own code (e.g. Florence-2 remote code)
