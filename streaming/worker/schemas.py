@@ -3,14 +3,21 @@
 `parse_post` turns *any* bytes into a `Post` or raises `InvalidPost` with a `reason` from `REASONS`;
 nothing else escapes. All JSON goes through orjson (DESIGN.md).
 
-Trust: the image side of a post (`caption`, `image_error`, `captioner`) is written by the caption stage
-only. On `posts` (producers: untrusted) those fields are *ignored*: parsed with ``trusted_enrichment=False``
-they are dropped, whatever they hold, and never forwarded, so a producer cannot choose what the classifier
-reads as the image description, plant an `image_error`, nor claim the captioner that described it. On
+Trust: the image side of a post (`caption`, `image_error`, `captioner`) and its brand mentions (`mentions`,
+`mentions_overflow`) are written by the caption stage only. On `posts` (producers: untrusted) those fields
+are *ignored*: parsed with ``trusted_enrichment=False`` they are dropped, whatever they hold, and never
+forwarded, so a producer cannot choose what the classifier reads as the image description, plant an
+`image_error` or a mention, nor claim the captioner that described it. On
 `posts-enriched` (the internal topic: only the caption stage, or a tool that stands in for it such as the
 bench, may write there) they are read with ``trusted_enrichment=True`` and checked: `caption` a string within
 the text limit (`bad_caption`), `image_error` one of `IMAGE_ERROR_REASONS` (`bad_image_error`), `captioner`
-a captioner id (`bad_captioner`: a short printable string such as "offline" or "vlm:<id>").
+a captioner id (`bad_captioner`: a short printable string such as "offline" or "vlm:<id>"), `mentions` a list
+of at most ``max_mentions_per_post`` mention objects whose spans lie inside the text (source "text") or the
+caption (source "image") and `mentions_overflow` a count >= 0 (`bad_mentions`).
+
+`mentions` are the tracked brands the caption stage found in the post text and in its image's description
+(``mentions.Mention``; JSON ``{"brand", "name", "alias", "source", "span": [start, end]}``), in order (text
+first); `mentions_overflow` counts those past the cap. Both are left out of the JSON when empty / 0.
 
 `captioner` is the id (``Captioner.name``) of the captioner that described the post's image; the caption
 stage sets it on every post whose image it described, and the classify stage compares it with the model's
@@ -26,6 +33,8 @@ from typing import Any, Literal
 
 import orjson
 
+from affectstream.streaming.worker.brands import ID_RE as BRAND_ID_RE
+from affectstream.streaming.worker.mentions import Mention, mention_from_dict
 from affectstream.streaming.worker.redis_keys import ALL_BRANDS  # reserved aggregate bucket: not a valid brand
 from affectstream.streaming.worker.settings import Settings
 
@@ -40,7 +49,7 @@ FETCH_REASONS = frozenset({
 PARSE_REASONS = frozenset({
     "invalid_json", "invalid_utf8", "not_an_object", "missing_id", "bad_id", "id_too_long", "bad_text",
     "text_too_long", "empty_post", "bad_image_ref", "bad_created_at", "bad_brands", "bad_caption",
-    "message_too_large", "too_deeply_nested", "bad_image_error", "bad_captioner",
+    "message_too_large", "too_deeply_nested", "bad_image_error", "bad_captioner", "bad_mentions",
 })
 STAGE_REASONS = frozenset({"caption_failed", "caption_timeout", "inference_failed", "captioner_mismatch"})
 REASONS: frozenset[str] = PARSE_REASONS | IMAGE_REASONS | FETCH_REASONS | STAGE_REASONS
@@ -52,7 +61,7 @@ MAX_BRAND_CHARS = 64
 MAX_CAPTIONER_CHARS = 512  # "vlm:<hub id or local path>"
 IMAGE_KINDS = ("url", "b64", "path")
 # written by the caption stage only: dropped from producers' posts (module docstring)
-ENRICHMENT_FIELDS = ("caption", "image_error", "captioner")
+ENRICHMENT_FIELDS = ("caption", "image_error", "captioner", "mentions", "mentions_overflow")
 _MAX_EPOCH_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
 
 
@@ -88,6 +97,8 @@ class Post:
     caption: str | None = None       # set by the caption stage only (see the module docstring)
     image_error: str | None = None   # set by the caption stage only: one of IMAGE_ERROR_REASONS
     captioner: str | None = None     # set by the caption stage only: the captioner that described the image
+    mentions: list[Mention] = field(default_factory=list)  # set by the caption stage only: tracked brands named
+    mentions_overflow: int = 0       # set by the caption stage only: mentions past max_mentions_per_post
     raw: dict = field(default_factory=dict, repr=False)  # original object: unknown fields pass through
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,6 +114,14 @@ class Post:
                 out.pop(name, None)
             else:
                 out[name] = value
+        if self.mentions:
+            out["mentions"] = [m.to_dict() for m in self.mentions]
+        else:
+            out.pop("mentions", None)
+        if self.mentions_overflow:
+            out["mentions_overflow"] = self.mentions_overflow
+        else:
+            out.pop("mentions_overflow", None)
         return out
 
     def to_json(self) -> bytes:
@@ -113,7 +132,8 @@ def parse_post(data: bytes, settings: Settings, *, trusted_enrichment: bool = Fa
     """Bytes -> Post, or InvalidPost(reason). Never raises anything else.
 
     ``trusted_enrichment``: False (the default) for `posts` (producers' `caption` / `image_error` /
-    `captioner` are dropped), True for `posts-enriched` (the caption stage's own fields, validated)."""
+    `captioner` / `mentions` / `mentions_overflow` are dropped), True for `posts-enriched` (the caption
+    stage's own fields, validated)."""
     try:
         return _parse_post(data, settings, trusted_enrichment)
     except InvalidPost:
@@ -131,15 +151,18 @@ def _parse_post(data: bytes, settings: Settings, trusted_enrichment: bool) -> Po
     try:
         image = _parse_image(obj.get("image"))
         text = _parse_text(obj.get("text"), image, settings)
+        caption = _parse_caption(obj.get("caption"), settings)
         return Post(
             id=post_id, text=text, image=image,
             created_at_ms=parse_created_at(obj.get("created_at")),
             brands=_parse_brands(obj.get("brands")),
             author=_opt_str(obj.get("author")), lang=_opt_str(obj.get("lang")),
             meta=obj["meta"] if isinstance(obj.get("meta"), dict) else None,
-            caption=_parse_caption(obj.get("caption"), settings),
+            caption=caption,
             image_error=_parse_image_error(obj.get("image_error")),
             captioner=_parse_captioner(obj.get("captioner")),
+            mentions=_parse_mentions(obj.get("mentions"), text, caption, settings),
+            mentions_overflow=_parse_mentions_overflow(obj.get("mentions_overflow")),
             raw=obj,
         )
     except InvalidPost as e:
@@ -283,6 +306,35 @@ def _parse_captioner(raw: Any) -> str | None:
     if (not isinstance(raw, str) or not raw.strip() or len(raw) > MAX_CAPTIONER_CHARS
             or any(unicodedata.category(c) in ("Cc", "Cs") for c in raw)):
         raise InvalidPost("bad_captioner", f"captioner is not a captioner id: {str(raw)[:64]!r}")
+    return raw
+
+
+def _parse_mentions(raw: Any, text: str, caption: str | None, settings: Settings) -> list[Mention]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or len(raw) > settings.max_mentions_per_post:
+        raise InvalidPost("bad_mentions", f"mentions must be a list of at most {settings.max_mentions_per_post}")
+    mentions: list[Mention] = []
+    for item in raw:
+        try:
+            mention = mention_from_dict(item)
+        except ValueError as e:
+            raise InvalidPost("bad_mentions", str(e)) from None
+        within = text if mention.source == "text" else caption
+        start, end = mention.span
+        if within is None or not 0 <= start < end <= len(within):
+            raise InvalidPost("bad_mentions", f"span {list(mention.span)} outside the post's {mention.source}")
+        if not BRAND_ID_RE.fullmatch(mention.brand) or mention.brand == ALL_BRANDS:
+            raise InvalidPost("bad_mentions", f"invalid brand id {mention.brand[:64]!r}")
+        mentions.append(mention)
+    return mentions
+
+
+def _parse_mentions_overflow(raw: Any) -> int:
+    if raw is None:
+        return 0
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+        raise InvalidPost("bad_mentions", f"mentions_overflow must be a count >= 0, got {str(raw)[:64]!r}")
     return raw
 
 
