@@ -36,6 +36,7 @@ class AlignedConfig(PreTrainedConfig):
     uniformity_weight: float = 0.1           # λ in  L = CE + λ·L_uni
     captioner: str = "offline"               # image -> language model used to build descriptions
     description_format: str = DESCRIPTION_FORMAT
+    target_format: str = ""                  # "" = post-level only; "marked-v1" = trained on model.targets.mark_target texts
     version: str = "untrained"
     trained: bool = False
     training_data: str = ""

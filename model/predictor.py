@@ -13,6 +13,7 @@ Fast on CPUs by construction:
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from affectstream.model.config import AlignedConfig
 from affectstream.model.deploy import load_deployed
 from affectstream.model.device import pick_device, pick_dtype
 from affectstream.model.rationale import RationaleWord, TokenSpan, merge_to_words
+from affectstream.model.targets import TargetInput, mark_target
 from affectstream.model.tokenization import SOURCE_NAMES, encode_pairs
 
 
@@ -152,22 +154,45 @@ class BatchPredictor:
         return cls(model, tokenizer, config, device=device, dtype=dtype, top_k=top_k,
                    batch_size=batch_size, version=version)
 
+    @property
+    def target_aware(self) -> bool:
+        """Whether the deployed model was trained with targets marked in the text (`model.targets`)."""
+        return bool(getattr(self.config, "target_format", ""))
+
     def predict(self, pairs: list[tuple[str, str]]) -> list[Prediction]:
         """Predictions in input order; internally grouped into length-sorted micro-batches."""
-        pairs = [(text or "", description or "") for text, description in pairs]
+        return self._predict_sorted([(text or "", description or "") for text, description in pairs], marked=False)
+
+    def predict_targets(self, items: list[TargetInput]) -> list[Prediction]:
+        """One prediction per (post, target), in input order: the sentiment toward `item.target`.
+
+        A target-aware model reads the text with the target marked (`mark_target`, as in training); its
+        rationale words are the post's own words and the description's, never the markers. A model that
+        is not target-aware gives every target its post's post-level prediction (computed once per
+        distinct post), so per-target counts equal today's post-level counts.
+        """
+        if not self.target_aware:
+            pairs = [(item.text or "", item.description or "") for item in items]
+            distinct = list(dict.fromkeys(pairs))
+            by_pair = dict(zip(distinct, self.predict(distinct)))
+            return [dataclasses.replace(by_pair[pair]) for pair in pairs]  # a copy each: callers may annotate them
+        pairs = [(mark_target(item.text or "", item.target, item.spans), item.description or "") for item in items]
+        return self._predict_sorted(pairs, marked=True)
+
+    def _predict_sorted(self, pairs: list[tuple[str, str]], marked: bool) -> list[Prediction]:
         order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
         results: list[Prediction | None] = [None] * len(pairs)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
-            for i, prediction in zip(chunk, self._predict_batch([pairs[i] for i in chunk])):
+            for i, prediction in zip(chunk, self._predict_batch([pairs[i] for i in chunk], marked)):
                 results[i] = prediction
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def _predict_batch(self, pairs: list[tuple[str, str]]) -> list[Prediction]:
+    def _predict_batch(self, pairs: list[tuple[str, str]], marked: bool = False) -> list[Prediction]:
         texts = [text for text, _ in pairs]
         descriptions = [description for _, description in pairs]
-        batch = encode_pairs(self.tokenizer, texts, descriptions, self.config.max_length)
+        batch = encode_pairs(self.tokenizer, texts, descriptions, self.config.max_length, marked=marked)
         inputs = {name: tensor.to(self.device) for name, tensor in batch.model_inputs().items()}
         out: AlignedOutput = self.model(**inputs, top_k=self.top_k)
         probs = torch.softmax(out.sentiment_logits.float(), dim=-1).cpu().tolist()          # (B, n_sentiment)

@@ -15,6 +15,8 @@ import torch
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
+from affectstream.model.targets import MARKERS
+
 SOURCE_SPECIAL, SOURCE_TEXT, SOURCE_IMAGE = -1, 0, 1
 SOURCE_NAMES = {SOURCE_TEXT: "text", SOURCE_IMAGE: "image"}
 
@@ -56,9 +58,13 @@ def pair_encoder(tokenizer: PreTrainedTokenizerFast, max_length: int) -> Tokeniz
 
 
 def encode_pairs(
-    tokenizer: PreTrainedTokenizerFast, texts: list[str], descriptions: list[str], max_length: int
+    tokenizer: PreTrainedTokenizerFast, texts: list[str], descriptions: list[str], max_length: int,
+    marked: bool = False,
 ) -> EncodedPairs:
-    """Tokenise a batch with dynamic padding (to the longest pair in the batch, not to max_length)."""
+    """Tokenise a batch with dynamic padding (to the longest pair in the batch, not to max_length).
+
+    ``marked``: the texts were written by ``model.targets.mark_target``; the tokens of its target markers
+    are never selected, like the describer's field labels."""
     if not tokenizer.is_fast:
         raise TypeError("affectstream needs a fast tokenizer (offsets and sequence ids)")
     encodings = pair_encoder(tokenizer, max_length).encode_batch(list(zip(texts, descriptions)))
@@ -76,6 +82,8 @@ def encode_pairs(
     # a token with an empty char span (e.g. a lone space piece) carries no word for the rationale
     non_empty = offsets[..., 1] > offsets[..., 0]
     selectable = (source != SOURCE_SPECIAL) & attention_mask.bool() & non_empty & ~field_label_tokens(descriptions, source, offsets)
+    if marked:
+        selectable &= ~tokens_inside(texts, MARKERS, source, offsets, SOURCE_TEXT)
     return EncodedPairs(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                         selectable=selectable, source=source, offsets=offsets)
 
@@ -104,12 +112,18 @@ def skip_leading_space(span: tuple[int, int], sides: tuple[str, str], seq_id: in
 
 def field_label_tokens(descriptions: list[str], source: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """(batch, seq) bool: description tokens inside a DESCRIPTION_FIELD_LABELS match."""
+    return tokens_inside(descriptions, DESCRIPTION_FIELD_LABELS, source, offsets, SOURCE_IMAGE)
+
+
+def tokens_inside(sides: list[str], pattern: re.Pattern, source: torch.Tensor, offsets: torch.Tensor,
+                  side: int) -> torch.Tensor:
+    """(batch, seq) bool: tokens of `side` (SOURCE_TEXT | SOURCE_IMAGE) inside a match of `pattern` in that side's string."""
     mask = torch.zeros(source.shape, dtype=torch.bool)
-    for row, description in enumerate(descriptions):
-        spans = [m.span() for m in DESCRIPTION_FIELD_LABELS.finditer(description)]
+    for row, string in enumerate(sides):
+        spans = [m.span() for m in pattern.finditer(string)]
         if not spans:
             continue
-        for col in (source[row] == SOURCE_IMAGE).nonzero().flatten().tolist():
+        for col in (source[row] == side).nonzero().flatten().tolist():
             start, end = offsets[row, col].tolist()
             mask[row, col] = any(lo <= start and end <= hi for lo, hi in spans)
     return mask

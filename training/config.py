@@ -63,6 +63,12 @@ PRESETS: dict[str, TrainConfig] = {
     "msed-roberta": TrainConfig(dataset="msed", encoder="roberta-base", captioner="vlm:Salesforce/blip-image-captioning-large",
                                 top_k=24, max_length=160, epochs=10, lr=2e-5, batch_size=32, metric="macro_f1",
                                 out_dir="models/msed-roberta", run_dir="runs/msed-roberta"),
+    # target-level brand sentiment: packaged MiniLM, Twitter-2015 + Twitter-2017 (TomBERT's release, text only;
+    # the paths are where this project's machines keep them: override with --data-path / --extra twitter2017=PATH)
+    "brands": TrainConfig(dataset="twitter2015", data_path="../shared/data/twitter2015",
+                          extra_datasets=("twitter2017=../shared/data/twitter2017",), captioner="none",
+                          max_length=64, epochs=3, lr=8e-5, batch_size=32, patience=2,
+                          out_dir="models/brands", run_dir="runs/brands"),
     # seconds-long smoke run: random tiny encoder
     "tiny": TrainConfig(encoder="tiny-random", captioner="none", top_k=4, max_length=48, epochs=3, batch_size=16,
                         lr=3e-3, head_lr=3e-3, warmup_ratio=0.0, patience=5, out_dir="models/tiny", run_dir="runs/tiny"),

@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from affectstream.model.config import EMOTION_LABELS, SENTIMENT_LABELS
+from affectstream.model.targets import mark_target
 
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
 
@@ -20,6 +21,8 @@ class Sample:
     image_path: str | None = None  # a file path, or None for text-only
     image_bytes: bytes | None = None  # generated images (proxy set); never together with image_path
     emotion: str | None = None  # one of EMOTION_LABELS when the dataset has it
+    target: str | None = None  # target-level data: the label is the sentiment toward this target
+    target_spans: tuple[tuple[int, int], ...] = ()  # where `target` is mentioned in `text` (() = not in it)
 
     def __post_init__(self) -> None:
         # Loaders build samples from untrusted files; catching a bad value here names the sample.
@@ -31,6 +34,11 @@ class Sample:
             raise ValueError(f"sample {self.id!r}: emotion {self.emotion!r} not in {EMOTION_LABELS}")
         if self.image_path is not None and self.image_bytes is not None:
             raise ValueError(f"sample {self.id!r}: give image_path or image_bytes, not both")
+
+    def model_text(self) -> str:
+        """The text side the model reads: the post text, with the target marked when the sample has one
+        (the same `mark_target` serving uses)."""
+        return self.text if self.target is None else mark_target(self.text, self.target, self.target_spans)
 
     @property
     def has_image(self) -> bool:

@@ -26,6 +26,7 @@ from affectstream.model.deploy import save_deployed
 from affectstream.model.device import autocast, pick_device
 from affectstream.model.encoders import load_encoder
 from affectstream.model.losses import aligned_objective
+from affectstream.model.targets import TARGET_FORMAT
 from affectstream.model.tokenization import encode_pairs
 from affectstream.training.config import TrainConfig
 from affectstream.training.datasets import KINDS, load_dataset
@@ -50,7 +51,9 @@ def load_datasets(cfg: TrainConfig) -> list[Dataset]:
         return {option: getattr(cfg, name) for option, name in KINDS[kind.strip().lower()].train_options.items()}
 
     datasets = [load_dataset(cfg.dataset, cfg.data_path, seed=cfg.seed, split_file=cfg.split_file, **options(cfg.dataset))]
-    datasets += [load_dataset(kind, None, seed=cfg.seed, **options(kind)) for kind in cfg.extra_datasets]
+    for extra in cfg.extra_datasets:  # "kind" (fetched or generated) or "kind=path"
+        kind, _, path = extra.partition("=")
+        datasets.append(load_dataset(kind, path or None, seed=cfg.seed, **options(kind)))
     return datasets
 
 
@@ -69,7 +72,9 @@ def length_bucketed_batches(samples: list[Sample], descriptions: dict[str, str],
 
 
 def encode_batch(tokenizer, batch: list[Sample], descriptions: dict[str, str], max_length: int):
-    encoded = encode_pairs(tokenizer, [s.text for s in batch], [descriptions.get(s.id, "") for s in batch], max_length)
+    """Samples with a target are read with it marked (`Sample.model_text`); marker tokens are never selected."""
+    encoded = encode_pairs(tokenizer, [s.model_text() for s in batch], [descriptions.get(s.id, "") for s in batch],
+                           max_length, marked=any(s.target is not None for s in batch))
     labels = torch.tensor([SENTIMENT_LABELS.index(s.label) for s in batch])
     emotions = torch.tensor([EMOTION_LABELS.index(s.emotion) if s.emotion else -100 for s in batch])
     return encoded, labels, emotions
@@ -182,6 +187,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
         encoder=cfg.encoder, emotion_labels=EMOTION_LABELS if has_emotion else (), top_k=cfg.top_k,
         max_length=cfg.max_length, pooling=cfg.pooling, uniformity_weight=cfg.uniformity_weight,
         captioner=captioner.name, version=cfg.version or default_version(cfg), trained=True,
+        target_format=TARGET_FORMAT if any(s.target is not None for s in train_samples) else "",
         training_data="+".join(d.name for d in datasets))
     model = AlignedClassifier(model_cfg, encoder).to(device)
 

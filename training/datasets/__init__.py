@@ -6,7 +6,9 @@
 - ``msed``: MSED csv + images (``msed.py``), with emotions;
 - ``vader``: VADER's 4,200 human-rated tweets, fetched from PyPI when ``path`` is None (``vader.py``);
 - ``jsonl``: your own posts, one JSON object a line (``jsonl.py``);
-- ``proxy``: "proxy-memes (synthetic)", sentiment carried by the image only (``proxy.py``).
+- ``proxy``: "proxy-memes (synthetic)", sentiment carried by the image only (``proxy.py``);
+- ``twitter2015`` / ``twitter2017``: target-level tweets in TomBERT's release format (``twitter.py``): each
+  sample has a ``target`` the label is about.
 
 Extra keyword options go to the loader: ``size``/``image_size`` for proxy, ``strict`` for jsonl.
 Everything that differs by kind (loader, whether it needs a path, which TrainConfig fields feed it,
@@ -23,6 +25,7 @@ from affectstream.training.datasets.jsonl import load_jsonl
 from affectstream.training.datasets.msed import load_msed
 from affectstream.training.datasets.mvsa import load_mvsa
 from affectstream.training.datasets.proxy import load_proxy, render_meme
+from affectstream.training.datasets.twitter import load_twitter
 from affectstream.training.datasets.vader import load_vader
 from affectstream.training.samples import Dataset
 
@@ -56,6 +59,10 @@ KINDS: dict[str, DatasetKind] = {
         "below is not an out-of-sample figure for VADER.",)),
     "jsonl": DatasetKind(load_jsonl),
     "proxy": DatasetKind(_pathless(load_proxy), needs_path=False, train_options={"size": "proxy_size"}, synthetic=True),
+    **{name: DatasetKind(functools.partial(load_twitter, name=name), card_notes=(
+        "Target-level: one sample per (tweet, target); the label is the sentiment toward the target, which the "
+        "model reads marked in the text (model.targets.mark_target). The release has no images, so this is text only.",))
+       for name in ("twitter2015", "twitter2017")},
 }
 
 
