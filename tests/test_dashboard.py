@@ -132,6 +132,7 @@ def test_dashboard_shows_the_streamed_brands_and_posts_and_updates_live(broker, 
     # while the page is open: a negative burst for acme in the next minute -> new posts and one alert
     burst = [{"id": f"burst-{i:02d}", "text": negative[i % len(negative)], "brands": ["acme"],
               "created_at": M0 + 5 * 60_000 + i * 1_000} for i in range(22)]
+    burst[-1]["brands"] = ["acme", "nimbus"]  # a post about two brands: one row per brand, its words under it
     worker = WorkerProcess(s, "all")
     profile = tempfile.mkdtemp(prefix="affectstream-chromium-")
     chromium = None
@@ -171,6 +172,10 @@ def test_dashboard_shows_the_streamed_brands_and_posts_and_updates_live(broker, 
                     alerts: [...document.querySelectorAll('#alerts .alert')].map(a => a.dataset.brand),
                     alerting: [...document.querySelectorAll('#brands .brand.alerting')].map(b => b.dataset.brand),
                     window: document.querySelector('#window').textContent,
+                    targets: [...document.querySelectorAll('#feed .post[data-id="burst-21"] .target')].map(t =>
+                        [t.dataset.brand, t.querySelector('.tname').textContent, t.dataset.label,
+                         t.querySelector('.pill').textContent, t.querySelectorAll('.word').length]),
+                    loose: document.querySelectorAll('#feed .post[data-id="burst-21"] > .words').length,
                 })"""
                 before = await page.js(state)
                 await asyncio.get_running_loop().run_in_executor(
@@ -201,7 +206,10 @@ def test_dashboard_shows_the_streamed_brands_and_posts_and_updates_live(broker, 
     assert before["bars"] >= 3 and before["textWords"] > 0 and before["imageWords"] > 0
     assert before["model"] == "tiny-bert" and before["window"] == "09:05–10:04 UTC"
     assert before["alerts"] == [] and before["alerting"] == []
-    assert after["brands"] == {**expected, "acme": expected["acme"] + len(burst)}
+    assert after["brands"] == {**expected, "acme": expected["acme"] + len(burst), "nimbus": expected["nimbus"] + 1}
+    assert [t[:2] for t in after["targets"]] == [["acme", "acme"], ["nimbus", "nimbus"]]
+    assert all(label == pill and words > 0 for _, _, label, pill, words in after["targets"])
+    assert after["loose"] == 0  # every rationale word of a post with targets sits under its brand
     assert set(after["ids"][:22]) == {p["id"] for p in burst}  # on top, without a reload
     assert after["alerts"] == ["acme"] and after["alerting"] == ["acme"]
     assert after["window"] == "09:06–10:05 UTC"  # the window follows the newest minute with data

@@ -14,7 +14,7 @@ from affectstream.streaming.worker.redis_keys import minute_bucket
 from affectstream.streaming.worker.sinks.redis import RedisSink
 from affectstream.streaming.worker.stage import run_stage
 from tests.servers import settings_for
-from tests.test_redis_sink import MINUTE, T0, result
+from tests.test_redis_sink import MINUTE, T0, result, targeted
 from tests.test_sinks import _Stream
 
 
@@ -162,6 +162,35 @@ def test_a_write_that_crashed_between_steps_is_finished_by_the_redelivery(redis_
     assert sorted((m["id"], m["label"]) for m in published) == [("p1", "positive"), ("p2", "positive"),
                                                                   ("p3", "positive")]
     assert counts == {"acme": {"positive": 3}, "other": {"positive": 3}, "_all": {"positive": 3}}
+
+
+def test_a_crashed_multi_brand_write_is_finished_with_the_first_results_target_labels(redis_server):
+    """A post about acme (negative) and nimbus (positive), counted in acme's bucket only before the worker
+    died; redelivered and classified again with other labels: each brand counts once, with the FIRST
+    result's label toward it."""
+    from affectstream.streaming.worker.sinks.redis import _Write
+
+    settings = settings_for(redis=redis_server)
+    first = targeted(1, "neutral", {"acme": "negative", "nimbus": "positive"})
+    again = targeted(1, "positive", {"acme": "positive", "nimbus": "negative"})
+
+    async def run():
+        dead = RedisSink(settings)
+        w = [_Write(first)]
+        await dead._load_scripts()
+        await dead._claim_step(w, set())
+        w[0].buckets = {b for b in w[0].buckets if b[0] == "acme"}   # the crash: nimbus and _all never counted
+        await dead._count_step(w, set())
+        await dead.close()
+        sink = RedisSink(settings)
+        fresh = [await sink.write([again]), await sink.write([again])]
+        counts = {b: await sink.brand_counts(b, MINUTE) for b in ("acme", "nimbus", "_all")}
+        await sink.close()
+        return fresh, counts
+
+    fresh, counts = asyncio.run(run())
+    assert fresh == [{"p1"}, set()]
+    assert counts == {"acme": {"negative": 1}, "nimbus": {"positive": 1}, "_all": {"neutral": 1}}
 
 
 def test_the_same_post_twice_in_one_batch_counts_once(redis_server):

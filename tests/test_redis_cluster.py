@@ -60,12 +60,12 @@ def bucket_counts(s) -> dict[tuple[str, str], collections.Counter]:
 
 
 def expected_counts(results) -> dict[tuple[str, str], collections.Counter]:
-    """Each stored first result once in each of its buckets, with its label."""
+    """Each stored first result once in each of its buckets, with the label it counts there."""
     out: dict[tuple[str, str], collections.Counter] = collections.defaultdict(collections.Counter)
     for raw in results:
         result = Result.from_dict(raw)
-        for brand in result.counted_brands:
-            out[(brand, minute_bucket(result.event_ms))][result.label] += 1
+        for brand, label in result.bucket_labels().items():
+            out[(brand, minute_bucket(result.event_ms))][label] += 1
     return dict(out)
 
 

@@ -32,6 +32,15 @@ def result(i: int, label: str = "positive", brands=("acme",), created_at: int | 
                               created_at=created_at, processed_at=T0 + 60_000, latency_ms=60_000))
 
 
+def targeted(i: int, label: str, targets: dict[str, str], created_at: int | None = T0) -> SinkItem:
+    """A result about several brands: post-level ``label``, and per brand its own target label."""
+    entries = [{"brand": b, "label": t, "scores": {t: 1.0}, "rationale": [{"text": b, "score": 1.0, "source": "text"}],
+                "mentions": [{"brand": b, "name": b.title(), "alias": b, "source": "text", "span": [0, len(b)]}]}
+               for b, t in targets.items()]
+    return SinkItem.of(Result(id=f"p{i}", label=label, scores={label: 1.0}, brands=list(targets), targets=entries,
+                              model="v1", created_at=created_at, processed_at=T0 + 60_000, latency_ms=60_000))
+
+
 def batch() -> list[SinkItem]:
     return ([result(i, "positive") for i in range(5)] + [result(i, "negative") for i in range(5, 8)]
             + [result(8, "neutral", brands=("acme", "other")), result(9, "neutral", brands=())])
@@ -80,6 +89,57 @@ def test_redelivered_post_does_not_count_twice(redis_server):
         return counts
 
     assert asyncio.run(run()) == EXPECTED
+
+
+def test_each_brand_counts_its_own_target_label_and_all_the_post_level_label(redis_server):
+    """"Switched from acme to nimbus, nimbus is so much better": negative toward acme, positive toward nimbus,
+    the post as a whole neutral. Each (post, bucket) counts once, however often the batch is written."""
+    settings = settings_for(redis=redis_server)
+    items = [targeted(1, "neutral", {"acme": "negative", "nimbus": "positive"}),
+             targeted(2, "positive", {"nimbus": "positive"}),
+             targeted(3, "negative", {"acme": "negative", "nimbus": "negative"})]
+
+    async def run():
+        sink = RedisSink(settings)
+        for _ in range(2):
+            await sink.write(items)
+        counts = {b: await sink.brand_counts(b, MINUTE) for b in ("acme", "nimbus", "_all")}
+        await sink.close()
+        return counts
+
+    assert asyncio.run(run()) == {"acme": {"negative": 2}, "nimbus": {"positive": 2, "negative": 1},
+                                  "_all": {"neutral": 1, "positive": 1, "negative": 1}}
+
+
+def test_a_post_without_brands_counts_under_the_untargeted_bucket_only_when_set(redis_server):
+    async def run(untargeted: str):
+        settings = settings_for(redis=redis_server, untargeted_brand=untargeted)
+        sink = RedisSink(settings)
+        await sink.write([result(1, "negative", brands=()), result(2, "positive", brands=("acme",))])
+        counts = {b: await sink.brand_counts(b, MINUTE) for b in ("acme", "_none", "_all")}
+        await sink.close()
+        return counts
+
+    assert asyncio.run(run("")) == {"acme": {"positive": 1}, "_none": {}, "_all": {"negative": 1, "positive": 1}}
+    assert asyncio.run(run("_none")) == {"acme": {"positive": 1}, "_none": {"negative": 1},
+                                         "_all": {"negative": 1, "positive": 1}}
+
+
+def test_bucket_labels_of_results_with_and_without_targets():
+    multi = targeted(1, "neutral", {"acme": "negative", "nimbus": "positive"}).result
+    assert multi.bucket_labels() == {"acme": "negative", "nimbus": "positive", "_all": "neutral"}
+    assert multi.bucket_labels("_none") == multi.bucket_labels()   # a post with brands is not untargeted
+    old = result(2, "positive", brands=("acme", "other")).result    # written before targets: brands only
+    assert old.bucket_labels() == {"acme": "positive", "other": "positive", "_all": "positive"}
+    assert result(3, "negative", brands=()).result.bucket_labels("_none") == {"_none": "negative", "_all": "negative"}
+    # a stored result's JSON reads back the same; a malformed or missing targets field reads as none
+    assert Result.from_json(targeted(4, "neutral", {"acme": "negative"}).json).bucket_labels()["acme"] == "negative"
+    raw = orjson.loads(old.to_json())
+    for bad in ({"targets": None}, {"targets": "x", "targets_overflow": "2"}, {"targets": [{"label": 1}, 5]}):
+        r = Result.from_dict({**raw, **bad})
+        assert r.bucket_labels() == old.bucket_labels() and type(r.targets_overflow) is int
+    del raw["targets"], raw["targets_overflow"]
+    assert Result.from_dict(raw) == old
 
 
 def test_unknown_created_at_uses_processed_minute(redis_server):

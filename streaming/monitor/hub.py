@@ -134,7 +134,7 @@ class LiveHub:
             self._arrivals.append((second, 1))
         ms = event_ms(result.created_at, result.processed_at or _now_ms())
         minute = minute_bucket(ms)
-        for brand in result.counted_brands:
+        for brand in result.bucket_labels(self.settings.untargeted_brand):  # the buckets the sink counted it in
             if brand != ALL_BRANDS:
                 self.dirty.add((brand, minute))
             if ms <= _now_ms() + FUTURE_SLACK_MS and ms > self._index.get(brand, -1):

@@ -136,6 +136,8 @@ class Summary:
             f"throughput   {self.posts_per_s:.1f} posts/s (first to last result)",
             f"model        {self.model}" + ("" if self.trained else "  (UNTRAINED: labels are meaningless)"),
         ]
+        if self.brand_counts:
+            out.append("sentiment toward each brand (per-brand target labels, from the Redis buckets):")
         for brand in sorted(self.brand_counts):
             c = self.brand_counts[brand]
             out.append(f"  {brand:<10} " + "  ".join(f"{label} {c.get(label, 0):>3}" for label in LABELS))

@@ -114,7 +114,7 @@ def render(progress: Progress, workers: list[WorkerProcess], trained: bool):
     if not trained:
         head.append("\nUNTRAINED MODEL: labels are meaningless until `affectstream train --preset default`",
                     style="bold red")
-    brands = Table(title="per-brand sentiment (Redis minute buckets)", expand=True)
+    brands = Table(title="sentiment toward each brand (its target labels, Redis minute buckets)", expand=True)
     brands.add_column("brand")
     for label, style in zip(LABELS, ("green", "yellow", "red")):
         brands.add_column(label, justify="right", style=style)

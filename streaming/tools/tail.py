@@ -21,14 +21,21 @@ SOURCE_STYLE = {"text": "cyan", "image": "magenta"}
 
 
 def result_text(result: Result) -> Text:
-    """One line: label, confidence, id, brands, rationale words coloured by source (text / image)."""
+    """One line: label, confidence, id, brands (each with the label toward it), rationale words coloured by
+    source (text / image)."""
     score = result.scores.get(result.label)
     line = Text()
     line.append(f"{result.label:<8}", style=LABEL_STYLE.get(result.label, "bold"))
     line.append(f" {score:.2f} " if isinstance(score, (int, float)) else "  ?   ")
     line.append(f"{result.id[:24]:<24} ", style="dim")
+    toward = result.bucket_labels()
     if result.brands:
-        line.append(f"[{','.join(result.brands)}] ", style="blue")
+        line.append("[", style="blue")
+        for i, brand in enumerate(result.brands):
+            line.append(("," if i else "") + brand, style="blue")
+            if brand in toward and result.targets:
+                line.append(f":{toward[brand]}", style=LABEL_STYLE.get(toward[brand], "bold"))
+        line.append(f"{f' +{result.targets_overflow}' if result.targets_overflow else ''}] ", style="blue")
     for word in result.rationale:
         line.append(str(word.get("text", "")), style=SOURCE_STYLE.get(word.get("source"), ""))
         line.append(" ")

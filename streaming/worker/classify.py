@@ -11,10 +11,16 @@ Per micro-batch (``batch_max`` posts or ``batch_window_s`` seconds, whichever fi
 2. predict all (post text, image description) pairs in one call, in the inference thread (one thread:
    torch runs its own intra-op threads); if the batch call raises, retry post by post, and a post that
    still fails -> DLQ ``inference_failed``;
-3. build each ``Result`` once, serialise it once, and hand the batch to every configured sink (setting
+3. the brands each post is about (``post_targets``: its mentions' brands in order of first mention, then
+   the producer's asserted ``brands`` without a mention, at most ``max_targets_per_post``, the rest
+   counted in ``targets_overflow``), and one more call for every (post, target) of the batch
+   (``predict_targets``; the same post-by-post fallback and DLQ reason). A model that is not target-aware
+   would answer each target with the post-level prediction, so for it that call is skipped and each
+   target gets the post-level prediction (counts then equal the post-level ones, as before targets);
+4. build each ``Result`` once, serialise it once, and hand the batch to every configured sink (setting
    ``sinks``, default ``redis,topic``: Redis — retried until it accepts, idempotent per post id — and the
    ``sentiment`` topic, awaiting the broker's acknowledgements; see ``sinks/``), dead letters to the DLQ;
-4. only after all of them accepted, ack the batch's events so their offsets can be committed
+5. only after all of them accepted, ack the batch's events so their offsets can be committed
    (``stage.register_stage``): at least once.
 
 The model is loaded once per worker. A timer (every ``RELOAD_CHECK_S`` seconds, whether or not posts
@@ -35,16 +41,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faust
 
 from affectstream.streaming.worker import metrics
 from affectstream.streaming.worker.dlq import dlq_record
-from affectstream.streaming.worker.result import Result
+from affectstream.model.targets import TargetInput
+from affectstream.streaming.worker.result import Result, target_entry
 from affectstream.streaming.worker.schemas import Post
 from affectstream.streaming.worker.settings import Settings
 from affectstream.streaming.worker.sinks import SinkItem, build_sinks, sink_classes
 from affectstream.streaming.worker.stage import Stage, StageBatch, parse_all, register_stage
+
+if TYPE_CHECKING:
+    from affectstream.streaming.worker.mentions import Mention
 
 log = logging.getLogger("affectstream.classify")
 
@@ -84,6 +95,33 @@ def captioner_mismatch(post: Post, trained: str | None) -> bool:
     return post.captioner != trained
 
 
+@dataclass(frozen=True)
+class Target:
+    """A brand a post is about: its id, the name the model is told, the mentions that made it one (none for
+    a brand only the producer asserted)."""
+    brand: str
+    name: str
+    mentions: tuple[Mention, ...] = ()
+
+    def model_input(self, post: Post) -> TargetInput:
+        spans = tuple(tuple(m.span) for m in self.mentions if m.source == "text")
+        return TargetInput(text=post.text, description=post.caption or "", target=self.name, spans=spans)
+
+
+def post_targets(post: Post, cap: int) -> tuple[list[Target], int]:
+    """The post's targets and how many were left out: the brands of its mentions in order of first mention,
+    then its asserted ``brands`` that no mention named (in their order), at most ``cap``."""
+    by_brand: dict[str, list[Mention]] = {}
+    for mention in post.mentions:
+        by_brand.setdefault(mention.brand, []).append(mention)
+    for brand in post.brands:
+        by_brand.setdefault(brand, [])
+    brands = list(by_brand)
+    kept = brands[:max(cap, 0)]
+    return ([Target(b, by_brand[b][0].name if by_brand[b] else b, tuple(by_brand[b])) for b in kept],
+            len(brands) - len(kept))
+
+
 def model_signature(model_dir: str) -> tuple | None:
     """What identifies the deployed weights on disk: resolved path + weights file mtime and size."""
     try:
@@ -99,7 +137,8 @@ class Classifying(Stage):
 
     ``load_predictor`` is a zero-argument callable returning an object with ``.version`` and
     ``.predict(pairs) -> list[Prediction]`` (and ``.config.captioner``, for the train/serve check; without
-    it nothing is checked); it runs in the inference thread.
+    it nothing is checked; ``.target_aware`` and ``.predict_targets(items)`` for per-brand predictions;
+    without them each target gets the post-level prediction); it runs in the inference thread.
     """
 
     def __init__(self, settings: Settings, load_predictor, *, watch: bool = True,
@@ -171,30 +210,64 @@ class Classifying(Stage):
         if not parsed:
             return out
         posts = [post for post, _ in parsed]
-        loop = asyncio.get_running_loop()
         pairs = [(p.text, p.caption or "") for p in posts]
-        try:
-            predictions = await loop.run_in_executor(self.pool, predictor.predict, pairs)
-            if len(predictions) != len(pairs):
-                raise RuntimeError(f"{len(predictions)} predictions for {len(pairs)} posts")
-        except Exception as e:  # noqa: BLE001 - find the post that breaks the batch, keep the rest
-            log.warning("batch inference failed (%s: %s); retrying %d posts one by one",
-                        type(e).__name__, e, len(pairs))
-            predictions = []
-            for pair in pairs:
-                try:
-                    predictions.append((await loop.run_in_executor(self.pool, predictor.predict, [pair]))[0])
-                except Exception as e1:  # noqa: BLE001
-                    predictions.append(e1)
+        post_level = [p[0] if isinstance(p, list) else p
+                      for p in await self._infer(predictor.predict, [[pair] for pair in pairs])]
+        targets = [post_targets(p, self.settings.max_targets_per_post) for p in posts]
+        if getattr(predictor, "target_aware", False):
+            groups = [[t.model_input(post) for t in ts] if not isinstance(pred, BaseException) else []
+                      for post, (ts, _), pred in zip(posts, targets, post_level)]
+            per_target = await self._infer(predictor.predict_targets, groups)
+        else:  # the post-level prediction is what predict_targets would answer for every target
+            per_target = [pred if isinstance(pred, BaseException) else [pred] * len(ts)
+                          for (ts, _), pred in zip(targets, post_level)]
         now_ms = int(time.time() * 1000)
-        for (post, raw), prediction in zip(parsed, predictions):
-            if isinstance(prediction, BaseException):
+        for (post, raw), pred, (ts, overflow), target_preds in zip(parsed, post_level, targets, per_target):
+            failure = next((e for e in (pred, target_preds) if isinstance(e, BaseException)), None)
+            if failure is not None:
                 log.warning("dlq stage=classify reason=inference_failed id=%s", post.id)
                 out.dlq.append(dlq_record(raw, "inference_failed", "classify",
-                                          f"{type(prediction).__name__}: {prediction}", post.id))
-            else:
-                out.sink_items.append(SinkItem.of(Result.from_prediction(post, prediction, predictor.version, now_ms)))
+                                          f"{type(failure).__name__}: {failure}", post.id))
+                continue
+            entries = [target_entry(t.brand, tp, [m.to_dict() for m in t.mentions])
+                       for t, tp in zip(ts, target_preds)]
+            out.sink_items.append(SinkItem.of(Result.from_prediction(post, pred, predictor.version, now_ms,
+                                                                     entries, overflow)))
+            if overflow:
+                log.info("targets capped id=%s kept=%d overflow=%d", post.id, len(ts), overflow)
         return out
+
+    async def _infer(self, fn, groups: list[list]) -> list[list | BaseException]:
+        """``fn`` over every item of every group in one call, in the inference thread; if that raises (or
+        answers the wrong number of items), group by group, and a group that still fails gets its error."""
+        loop = asyncio.get_running_loop()
+
+        async def call(items: list) -> list:
+            answers = await loop.run_in_executor(self.pool, fn, items)
+            if len(answers) != len(items):
+                raise RuntimeError(f"{len(answers)} predictions for {len(items)} inputs")
+            return list(answers)
+
+        flat = [item for group in groups for item in group]
+        if not flat:
+            return [[] for _ in groups]
+        try:
+            answers = await call(flat)
+        except Exception as e:  # noqa: BLE001 - find the post that breaks the batch, keep the rest
+            log.warning("batch inference failed (%s: %s); retrying %d posts one by one",
+                        type(e).__name__, e, sum(1 for g in groups if g))
+            out: list[list | BaseException] = []
+            for group in groups:
+                try:
+                    out.append(await call(group) if group else [])
+                except Exception as e1:  # noqa: BLE001
+                    out.append(e1)
+            return out
+        split, start = [], 0
+        for group in groups:
+            split.append(answers[start:start + len(group)])
+            start += len(group)
+        return split
 
     def _check_captioner(self, parsed: list[tuple[Post, bytes]], predictor, out: ClassifyBatch
                          ) -> list[tuple[Post, bytes]]:

@@ -163,6 +163,10 @@ def event_ms(created_at: int | None, processed_at: int) -> int:
     return created_at if created_at is not None else processed_at
 
 
-def counted_brands(brands: Iterable[str]) -> list[str]:
-    """The buckets a result counts in: each of its brands, then the all-brands aggregate."""
-    return list(dict.fromkeys([*brands, ALL_BRANDS]))
+def counted_brands(brands: Iterable[str], untargeted_brand: str = "") -> list[str]:
+    """The buckets a result counts in: each of its brands (a result with none: ``untargeted_brand``, when
+    set), then the all-brands aggregate. Which label each bucket counts: ``Result.bucket_labels``."""
+    named = list(dict.fromkeys(brands))
+    if not named and untargeted_brand:
+        named = [untargeted_brand]
+    return list(dict.fromkeys([*named, ALL_BRANDS]))

@@ -114,25 +114,55 @@ function highlighted(caption, words) {
   return out;
 }
 
-function postItem(r, fresh) {
-  const label = r.label || "?";
-  const conf = r.scores && r.scores[label] != null ? r.scores[label] : null;
-  const meta = el("div", { class: "meta" },
-    el("span", { class: "pill " + labelClass(label) }, label),
-    el("span", { class: "conf" }, conf == null ? "" : `${Math.round(conf * 100)}%`),
-    el("span", { class: "brands" }, (r.brands || []).join(", ")),
-    el("span", { class: "id" }, r.id));
-  if (r.image_error) meta.append(el("span", { class: "flag" }, "image: " + r.image_error));
-  const words = el("div", { class: "words" });
-  for (const w of r.rationale || []) {
+function percent(scores, label) {
+  return scores && scores[label] != null ? `${Math.round(scores[label] * 100)}%` : "";
+}
+
+function wordChips(words) {
+  const box = el("div", { class: "words" });
+  for (const w of words) {
     const chip = el("span", { class: "word " + (w.source === "image" ? "image" : "text"),
                               title: `${w.source} · score ${(+w.score).toFixed(2)}` }, w.text);
     chip.style.opacity = (0.55 + 0.45 * Math.min(1, Math.max(0, +w.score))).toFixed(2);
-    words.append(chip);
+    box.append(chip);
   }
-  const item = el("li", { class: "post" + (fresh ? " fresh" : ""), "data-id": r.id, "data-label": label },
-                  meta, words);
-  if (r.caption) item.append(highlighted(r.caption, r.rationale || []));
+  return box;
+}
+
+// one row per brand the post is about: the brand, the label toward it, and the rationale words behind that label
+function targetRow(t) {
+  const label = t.label || "?";
+  const mentions = Array.isArray(t.mentions) ? t.mentions : [];
+  const named = mentions.find(m => m && m.name);
+  const where = [...new Set(mentions.map(m => m && m.source).filter(Boolean))];
+  const how = where.length ? "mentioned in the " + where.map(w => w === "image" ? "image" : "text").join(" and ")
+                           : "listed by the producer";
+  return el("div", { class: "target", "data-brand": t.brand, "data-label": label },
+    el("div", { class: "thead" },
+      el("span", { class: "tname", title: `${t.brand} · ${how}` }, named ? named.name : t.brand),
+      el("span", { class: "pill " + labelClass(label) }, label),
+      el("span", { class: "conf" }, percent(t.scores, label))),
+    wordChips(Array.isArray(t.rationale) ? t.rationale : []));
+}
+
+function postItem(r, fresh) {
+  const label = r.label || "?";
+  const targets = Array.isArray(r.targets) ? r.targets.filter(t => t && t.brand) : [];
+  const meta = el("div", { class: "meta" },
+    el("span", { class: "pill " + labelClass(label), title: "the post as a whole" }, label),
+    el("span", { class: "conf" }, percent(r.scores, label)),
+    el("span", { class: "brands" }, (r.brands || []).join(", ")),
+    el("span", { class: "id" }, r.id));
+  if (r.targets_overflow > 0) meta.append(el("span", { class: "flag" }, `+${r.targets_overflow} brands not classified`));
+  if (r.image_error) meta.append(el("span", { class: "flag" }, "image: " + r.image_error));
+  const item = el("li", { class: "post" + (fresh ? " fresh" : ""), "data-id": r.id, "data-label": label }, meta);
+  // each rationale word sits under the brand whose label it explains (one row per brand); a post about one
+  // brand that agrees with the post as a whole shows the post's words, as a post without brands does
+  const rows = targets.length > 1 || (targets.length === 1 && targets[0].label !== label);
+  if (rows) item.append(el("div", { class: "targets" }, ...targets.map(targetRow)));
+  else item.append(wordChips(r.rationale || []));
+  const shown = rows ? targets.flatMap(t => Array.isArray(t.rationale) ? t.rationale : []) : r.rationale || [];
+  if (r.caption) item.append(highlighted(r.caption, shown));
   return item;
 }
 

@@ -7,8 +7,10 @@ single Redis (``redis_keys``: which key lives beside which):
    a post claimed before returns its marker and its *first* result, which is what gets counted, so a
    redelivered post, even one classified again by a newer model, never changes what was stored or counted;
 2. **count** (a bucket's slot: ``counted``, ``brand``), one call per brand-minute bucket of the batch: a
-   post id new to the bucket's ``counted`` set increments its label, so each (post, bucket) counts once
-   however often this step runs;
+   post id new to the bucket's ``counted`` set increments the label the result counts there
+   (``Result.bucket_labels``: a brand's bucket its target label, ``_all`` the post-level label, a post with
+   no brand ``settings.untargeted_brand`` when set), so each (post, bucket) counts once however often this
+   step runs, and a post about two brands counts once in each, each with its own label;
 3. **announce** (the post's slot: ``seen``): turns ``c`` into ``1`` and publishes the result on the live
    channel, once.
 
@@ -118,17 +120,20 @@ CLAIM, COUNT, ANNOUNCE, DONE = "claim", "count", "announce", "done"
 @dataclass
 class _Write:
     """One result's way through the three steps; ``counted`` is the result counted and announced (the
-    stored first one for a post claimed before), ``buckets`` those of its buckets not yet counted."""
+    stored first one for a post claimed before), ``buckets`` those of its buckets not yet counted and
+    ``labels`` the label it counts in each brand's bucket (the first result's)."""
     item: SinkItem
     step: str = CLAIM
     counted: Result | None = None
     json: bytes = b""
     buckets: set[tuple[str, str]] = field(default_factory=set)
+    labels: dict[str, str] = field(default_factory=dict)
 
-    def to_count(self, counted: Result, json: bytes) -> None:
+    def to_count(self, counted: Result, json: bytes, untargeted_brand: str) -> None:
         self.counted, self.json, self.step = counted, json, COUNT
         minute = minute_bucket(counted.event_ms)
-        self.buckets = {(brand, minute) for brand in counted.counted_brands}
+        self.labels = counted.bucket_labels(untargeted_brand)
+        self.buckets = {(brand, minute) for brand in self.labels}
 
 
 class SinkStopped(RuntimeError):
@@ -235,10 +240,10 @@ class RedisSink(Sink):
             if isinstance(reply, BaseException):
                 error = _retryable_or_raise(reply)
             elif reply == 1:
-                w.to_count(w.item.result, w.item.json)
+                w.to_count(w.item.result, w.item.json, s.untargeted_brand)
             elif reply[0] == b"c":  # claimed by a write that has not finished: finish it with the first result
                 stored = reply[1] or w.item.json
-                w.to_count(Result.from_json(stored), stored)
+                w.to_count(Result.from_json(stored), stored, s.untargeted_brand)
             else:
                 w.step = DONE
         return error
@@ -250,7 +255,7 @@ class RedisSink(Sink):
             for bucket in w.buckets:
                 by_bucket[bucket].append(w)
         calls = [(self._count, count_keys(s.keys, *bucket),
-                  [s.bucket_ttl_s, *(x for w in writes for x in (w.counted.id, w.counted.label))])
+                  [s.bucket_ttl_s, *(x for w in writes for x in (w.counted.id, w.labels[bucket[0]]))])
                  for bucket, writes in by_bucket.items()]
         error = None
         for (bucket, writes), reply in zip(by_bucket.items(), await self._run(calls)):
