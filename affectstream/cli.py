@@ -43,6 +43,7 @@ SETTING_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--caption-batch-max": ("caption_batch_max", int, "Caption micro-batch size."),
     "--caption-batch-window": ("caption_batch_window_s", float, "Caption micro-batch wait, seconds."),
     "--redis-prefix": ("redis_prefix", str, "Prefix of every Redis key."),
+    "--brands-file": ("brands_file", str, "Tracked brands (JSON or YAML; see `affectstream brands check`)."),
     "--web-port": ("web_port", int, "Worker web server port."),
     "--web-bind": ("web_bind", str, "Interface the web server listens on (default 127.0.0.1; any other needs "
                                     "AFFECTSTREAM_WEB_AUTH_TOKEN)."),
@@ -219,6 +220,27 @@ def topics(settings: Settings) -> None:
 
     create_topics(settings, timeout_s=120)  # a broker in a fresh cluster can take a while
     click.echo(f"topics ready on {settings.redacted()['broker_url']}")
+
+
+@main.group()
+def brands() -> None:
+    """Tracked brands: the brands file that mention detection reads."""
+
+
+@brands.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+def brands_check(file: str) -> None:
+    """Validate a brands file: exit 0 with a summary, or exit 2 with every error listed."""
+    from affectstream.streaming.worker.brands import BrandsFileError, load_catalog
+
+    try:
+        catalog = load_catalog(file)
+    except BrandsFileError as e:
+        click.echo(f"{file}: {len(e.errors)} error(s)", err=True)
+        for error in e.errors:
+            click.echo(f"  {error}", err=True)
+        sys.exit(2)
+    click.echo(f"{file}: ok, {catalog.summary()}")
 
 
 def _add_commands() -> None:

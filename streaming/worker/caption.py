@@ -17,7 +17,13 @@ Per micro-batch:
    per captioner), which the classify stage checks against the model's trained captioner;
 4. an image that cannot be loaded, decoded or described never loses its post: a post with text goes on
    text-only with ``image_error`` set to the reason; a post with no text at all has nothing left to
-   classify, so it goes to the DLQ (stage ``caption``) with that reason.
+   classify, so it goes to the DLQ (stage ``caption``) with that reason;
+5. mentions (when ``brands_file`` is set): every forwarded post, text-only ones too, gets the tracked brands
+   named in its text (source ``text``) and in its caption (source ``image``), at most
+   ``max_mentions_per_post``, the rest counted in ``mentions_overflow`` (``mentions.MentionDetector``). The
+   brands file is loaded at start (a bad file stops the worker with every error listed) and checked every
+   ``RELOAD_CHECK_S`` seconds, like the model in the classify stage: a changed file is reloaded; a bad new
+   file keeps the previous brands and is logged once.
 
 Offsets (``stage.register_stage``): events are taken with ``noack_take`` and acked only after every
 forward and DLQ send of the batch has been acknowledged by the broker (at least once; the classify stage
@@ -37,11 +43,14 @@ from affectstream.streaming.worker import metrics
 from affectstream.streaming.worker.caption_cache import CaptionCache
 from affectstream.streaming.worker.dlq import dlq_record
 from affectstream.streaming.worker.image_refs import load_image_bytes
+from affectstream.streaming.worker.mentions import MentionDetector
 from affectstream.streaming.worker.schemas import IMAGE_ERROR_REASONS, InvalidPost, Post
 from affectstream.streaming.worker.settings import Settings
 from affectstream.streaming.worker.stage import Record, Stage, StageBatch, parse_all, register_stage
 
 log = logging.getLogger("affectstream.caption")
+
+RELOAD_CHECK_S = 5.0  # how often the brands file is checked for changes
 
 
 @dataclass
@@ -71,7 +80,8 @@ class Captioning(Stage):
     ``caption_cache.CaptionCache``) or None.
     """
 
-    def __init__(self, settings: Settings, captioner, cache=None, io_threads: int = 4):
+    def __init__(self, settings: Settings, captioner, cache=None, io_threads: int = 4, *,
+                 check_every_s: float = RELOAD_CHECK_S):
         self.settings = settings
         self.captioner = captioner
         self.cache = cache
@@ -84,14 +94,38 @@ class Captioning(Stage):
         self.model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner")
         self._stuck = None  # concurrent Future of a describe call that timed out and still runs
         self.max_side = getattr(captioner, "max_input_side", None)  # decode reduced towards it
+        self.mentions = (MentionDetector(settings.brands_file, settings.max_mentions_per_post)
+                         if settings.brands_file else None)
+        self.check_every_s = check_every_s
+        self._watcher: asyncio.Task | None = None
 
     async def start(self) -> None:
         log.info("captioner %s ready", self.captioner.name)
+        if self.mentions is not None:
+            matcher = await asyncio.get_running_loop().run_in_executor(None, self.mentions.load)
+            log.info("brands file %s: %s", self.settings.brands_file, matcher.catalog.summary())
+            self._watcher = asyncio.create_task(self._watch_brands(), name="brands-reload-check")
+
+    async def _watch_brands(self) -> None:
+        """The brands file reload timer: runs while the worker is idle too."""
+        while True:
+            await asyncio.sleep(self.check_every_s)
+            try:
+                await self.maybe_reload_brands()
+            except Exception:  # noqa: BLE001 - never let the timer die; the next check tries again
+                log.exception("brands file reload check failed")
+
+    async def maybe_reload_brands(self) -> bool:
+        if self.mentions is None:
+            return False
+        return await asyncio.get_running_loop().run_in_executor(None, self.mentions.maybe_reload)
 
     def observe(self, batch: CaptionBatch, n_events: int, seconds: float) -> None:
         metrics.observe_caption_batch(batch, n_events, seconds)
 
     def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         self.io_pool.shutdown(wait=False, cancel_futures=True)
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
         self.model_pool.shutdown(wait=False, cancel_futures=True)
@@ -106,7 +140,7 @@ class Captioning(Stage):
         pending: list[_Pending] = []
         for post, raw in parse_all(raws, self.settings, "parse", out.dlq, trusted_enrichment=False):
             if post.image is None:
-                out.enriched.append(_forward(post))
+                out.enriched.append(self._forward(post))
             else:
                 pending.append(_Pending(post, raw))
         if pending:
@@ -151,7 +185,7 @@ class Captioning(Stage):
             if p.sha in captions:
                 p.post.caption = captions[p.sha] or None
                 p.post.captioner = self.captioner.name  # the train/serve check (classify) reads it
-                out.enriched.append(_forward(p.post))
+                out.enriched.append(self._forward(p.post))
             else:
                 reason, error = failed.get(p.sha, ("caption_failed", "no caption"))
                 self._image_failed(p, reason, error, out)
@@ -237,13 +271,22 @@ class Captioning(Stage):
                 self._stuck = future
             raise
 
+    def _forward(self, post: Post) -> Record:
+        """The record for posts-enriched, with the post's mentions when brands are tracked (step 5)."""
+        if self.mentions is not None:
+            post.mentions, post.mentions_overflow = self.mentions.detect(post.text, post.caption)
+            if post.mentions_overflow:
+                log.info("mentions capped id=%s kept=%d overflow=%d", post.id, len(post.mentions),
+                         post.mentions_overflow)
+        return _forward(post)
+
     def _image_failed(self, p: _Pending, reason: str, error: str, out: CaptionBatch) -> None:
         if reason not in IMAGE_ERROR_REASONS:  # the classify stage rejects any other image_error
             reason, error = "caption_failed", f"{reason}: {error}"
         if p.post.text.strip():
             log.info("image_error reason=%s id=%s: forwarding text-only", reason, p.post.id)
             p.post.image_error = reason
-            out.enriched.append(_forward(p.post))
+            out.enriched.append(self._forward(p.post))
         else:
             log.warning("dlq stage=caption reason=%s id=%s (image-only post)", reason, p.post.id)
             out.dlq.append(dlq_record(p.raw, reason, "caption", error, p.post.id))

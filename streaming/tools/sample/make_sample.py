@@ -5,6 +5,12 @@ neutral wording; about 30% carry a small JPEG as ``{"b64": ...}`` (meme-style te
 drawn scenes, some reposted so the caption cache has hits); and a handful of malformed lines that must
 end up in the dead-letter topic (or as text-only results flagged ``image_error``) without stopping the
 stream.
+
+Then the brand-mention posts (``brand_posts``, inserted among the others without moving them): comparative
+and multi-brand posts, @handles, #hashtags and $cashtags, brands named only in an image's text (a meme
+whose words are the brand's name, read by the offline describer's OCR), and phrases the sample's
+``brands.yaml`` excludes ("nimbus cloud", "city skyline"). Most of them list no ``brands``: the mentions
+are found by the caption stage.
 """
 from __future__ import annotations
 
@@ -143,7 +149,51 @@ def build(seed: int = SEED, n_posts: int = N_POSTS) -> list[bytes]:
         lines.append(orjson.dumps(post))
     lines += malformed()
     rng.shuffle(lines)
+    return insert_brand_posts(lines, base_ms + n_posts * 1500, random.Random(seed + 1))
+
+
+# (text, producer-asserted brands, words rendered as the image's text or None)
+BRAND_POSTS = [
+    ("switched from acme to nimbus, nimbus is so much better", [], None),
+    ("skyline lost my bag again, but the voltcar e5 rental at the airport was brilliant", ["skyline"], None),
+    ("acme phone or voltcar? acme battery died twice, voltcar app never fails", [], None),
+    ("nimbus coffee beats every other cafe, even the one in the skyline air lounge", ["nimbus"], None),
+    ("@acmesupport my acme x2 screen cracked after a week #acmefail", [], None),
+    ("thanks @skylineair, upgraded to business for free #skylineair", [], None),
+    ("$VOLT up 5% after the voltcar e5 launch, great quarter", [], None),
+    ("$ACME down again, nobody wants a phone that overheats", [], None),
+    ("#nimbuscoffee cold brew is perfect on a hot day", [], None),
+    ("@voltcar charger broken at the station for the third time", [], None),
+    ("a huge nimbus cloud over the city, rain incoming", [], None),
+    ("the city skyline at dusk from my balcony", [], None),
+    ("Acme, Nimbus, Voltcar and Skyline all at the expo this week", [], None),
+    ("this made my whole morning", [], "NIMBUS"),
+    ("never again, honestly", [], "ACME FAIL"),
+    ("look what arrived", [], "VOLTCAR E5"),
+    ("", [], "SKYLINE AIR"),
+    ("my acme x2 photo of the charger", ["acme"], "VOLTCAR"),
+]
+
+
+def brand_posts(start_ms: int, rng: random.Random) -> list[bytes]:
+    lines: list[bytes] = []
+    for i, (text, asserted, words) in enumerate(BRAND_POSTS):
+        post: dict = {"id": f"sample-brand-{i:02d}", "text": text, "brands": asserted,
+                      "created_at": start_ms + i * 1500, "author": f"user{rng.randint(1, 80)}", "lang": "en"}
+        if words is not None:
+            post["image"] = {"b64": base64.b64encode(meme(words, rng)).decode()}
+        lines.append(orjson.dumps(post))
     return lines
+
+
+def insert_brand_posts(lines: list[bytes], start_ms: int, rng: random.Random) -> list[bytes]:
+    """``lines`` with the brand posts inserted at spread-out positions; the original order is kept."""
+    extra = brand_posts(start_ms, rng)
+    out = list(lines)
+    step = len(lines) // len(extra)
+    for k, line in enumerate(extra):
+        out.insert(k * (step + 1) + rng.randint(0, step - 1), line)
+    return out
 
 
 def malformed() -> list[bytes]:
