@@ -1,5 +1,7 @@
-"""The topic sink: every result on the ``sentiment`` topic (key: post id, value: the Result JSON), and
-``send_all``, which the stages also use for their forwards and dead letters."""
+"""The topic sink: every result on the ``sentiment`` topic, ONE message per post (key: the post id, value:
+the Result JSON with the per-brand ``targets`` inside; not one message per (post, brand), so a post's
+brands stay together and a post's messages stay on one partition, in order), and ``send_all``, which the
+stages also use for their forwards and dead letters."""
 from __future__ import annotations
 
 import asyncio
