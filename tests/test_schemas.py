@@ -135,7 +135,8 @@ def test_result_from_prediction_has_design_fields_in_order():
             "emotion": None, "rationale": [{"text": "love", "score": 0.9, "source": "text"}]}
     r = Result.from_prediction(p, pred, "v1", 1500)
     assert list(orjson.loads(r.to_json())) == ["id", "label", "scores", "emotion", "rationale", "caption",
-                                               "image_error", "brands", "model", "created_at", "processed_at",
+                                               "image_error", "brands", "targets", "targets_overflow", "model",
+                                               "created_at", "processed_at",
                                                "latency_ms"]
     assert (r.latency_ms, r.brands, r.caption, r.model) == (500, ["acme"], "desc", "v1")
     assert Result.from_json(r.to_json()) == r

@@ -11,8 +11,8 @@ core with 5,000 terms, ``bench/mentions.py``), wrapped in ``(?<!\\w)…(?!\\w)``
 term is ``re.escape``d, so ``c++`` or ``(x)`` are literal. Texts are normalised (invisible characters
 removed, NFKC, casefold) before matching; ASCII texts, and texts that normalisation leaves the same length,
 keep their offsets, others are normalised per grapheme-like cluster (a character and its combining marks)
-with a map from every normalised character back to the original cluster, so a span always points at what
-the user wrote (``Ａｃｍｅ`` → its 4 full-width characters, ``ac\\u200bme`` → 5 characters).
+with a map from every normalised character back to the original cluster (an invisible character is a cluster
+of its own that yields nothing), so a span always points at what the user wrote (``Ａｃｍｅ`` → its 4 full-width characters, ``ac\\u200bme`` → 5 characters).
 
 ``MentionDetector`` is what the caption stage holds: the matcher of the current brands file, reloaded when
 the file changes (a bad new file keeps the old catalog and is logged once), and ``detect(text, caption)``
@@ -101,7 +101,7 @@ def _normalise(text: str, casefold: bool) -> tuple[str, list[int] | None, list[i
     i, n = 0, len(text)
     while i < n:
         j = i + 1
-        while j < n and (unicodedata.combining(text[j]) or text[j] in ZERO_WIDTH):
+        while j < n and unicodedata.combining(text[j]) and text[i] not in ZERO_WIDTH:
             j += 1
         piece = unicodedata.normalize("NFKC", "".join(c for c in text[i:j] if c not in ZERO_WIDTH))
         if casefold:
