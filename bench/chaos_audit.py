@@ -4,7 +4,8 @@
   the ``sentiment`` topic holds every valid id and no other (a redelivered result is the same id: counted
   once; how many extra records there were is reported);
 - brand counts: every per-brand minute bucket equals a recount from the produced posts' brands and
-  minutes and the stored results' labels (``redis_keys.counted_brands``, ``minute_bucket``);
+  minutes and the stored results' labels (``redis_keys.counted_brands``, ``minute_bucket``; the label
+  each bucket counts is ``Result.bucket_labels``: a brand's target label, ``_all`` the post label);
 - every hostile message is in the DLQ (matched by its bytes) with a reason it may end with, and no valid
   post is there.
 """
@@ -21,6 +22,7 @@ from affectstream.streaming.tools.tail import topic_consumer
 from affectstream.streaming.worker.dlq import MAX_RAW_BYTES
 from affectstream.streaming.worker.redis_client import sync_redis
 from affectstream.streaming.worker.redis_keys import counted_brands, minute_bucket
+from affectstream.streaming.worker.result import Result
 from affectstream.streaming.worker.settings import Settings
 
 
@@ -109,7 +111,7 @@ def audit(settings: Settings, wl: Workload) -> Audit:
     a.stored, a.lost, a.extra_keys = len(stored & ids), len(ids - stored), len(stored - ids)
 
     # the stored results: labels for the recount
-    labels: dict[str, str] = {}
+    labels: dict[str, dict[str, str]] = {}   # post id -> brand bucket -> label counted there
     image_errors: collections.Counter = collections.Counter()
     processed = []
     ordered = sorted(stored & ids)
@@ -119,7 +121,7 @@ def audit(settings: Settings, wl: Workload) -> Audit:
             if raw is None:
                 continue
             res = orjson.loads(raw)
-            labels[post_id] = res["label"]
+            labels[post_id] = Result.from_dict(res).bucket_labels(settings.untargeted_brand)
             image_errors[res.get("image_error")] += 1
             processed.append(res.get("processed_at") or 0)
     a.image_errors = {str(k): v for k, v in image_errors.items()}
@@ -130,10 +132,10 @@ def audit(settings: Settings, wl: Workload) -> Audit:
 
     # brand counts: Redis buckets vs a recount
     recount: collections.Counter = collections.Counter()
-    for post_id, label in labels.items():
+    for post_id, by_bucket in labels.items():  # buckets from the produced post; labels: Result.bucket_labels
         post = wl.valid[post_id]
-        for brand in counted_brands(post.get("brands", [])):
-            recount[(brand, minute_bucket(post["created_at"]), label)] += 1
+        for brand in counted_brands(post.get("brands", []), settings.untargeted_brand):
+            recount[(brand, minute_bucket(post["created_at"]), by_bucket.get(brand, "<not counted>"))] += 1
     in_redis: collections.Counter = collections.Counter()
     for key in r.scan_iter(match=keys.brand_pattern(), count=5000):
         parsed = keys.parse_brand_key(key.decode())
