@@ -29,6 +29,7 @@ from pathlib import Path
 import orjson
 
 from affectstream.streaming.tools.demo_view import LABELS, Progress, Watcher, watch
+from affectstream.streaming.tools.sample import BRANDS_FILE
 from affectstream.streaming.tools.workers import WorkerProcess
 from affectstream.streaming.worker.settings import Settings
 
@@ -172,7 +173,7 @@ def run_demo(settings: Settings, *, sample: Path, live: bool = True, rate: float
                 create_topics(s)
             say(f"broker {s.redacted()['broker_url']}   redis {s.redacted()['redis_url']}")
             model_dir, trained = ensure_model(s, say)
-            s = s.replace(model_dir=str(model_dir), web_enabled=False)
+            s = s.replace(model_dir=str(model_dir), web_enabled=False, brands_file=s.brands_file or str(BRANDS_FILE))
             web_port = dashboard_port(settings) if settings.web_enabled else None
             for i in range(workers):
                 # the first worker serves the dashboard (and /metrics); the others run without web

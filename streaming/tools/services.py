@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import importlib.util
 import logging
 import os
@@ -73,6 +74,7 @@ def tansu_binary() -> Path:
     return path
 
 
+@functools.cache  # one binary per process: a restart on the same AOF directory must not switch server versions
 def redis_binary() -> str:
     found = shutil.which("redis-server") or next(
         (p for p in ("/usr/sbin/redis-server", "/usr/bin/redis-server") if os.access(p, os.X_OK)), None)

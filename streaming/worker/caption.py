@@ -46,7 +46,7 @@ from affectstream.streaming.worker.image_refs import load_image_bytes
 from affectstream.streaming.worker.mentions import MentionDetector
 from affectstream.streaming.worker.schemas import IMAGE_ERROR_REASONS, InvalidPost, Post
 from affectstream.streaming.worker.settings import Settings
-from affectstream.streaming.worker.stage import Record, Stage, StageBatch, parse_all, register_stage
+from affectstream.streaming.worker.stage import Record, Stage, StageBatch, parse_all, register_stage, run_every
 
 log = logging.getLogger("affectstream.caption")
 
@@ -104,16 +104,7 @@ class Captioning(Stage):
         if self.mentions is not None:
             matcher = await asyncio.get_running_loop().run_in_executor(None, self.mentions.load)
             log.info("brands file %s: %s", self.settings.brands_file, matcher.catalog.summary())
-            self._watcher = asyncio.create_task(self._watch_brands(), name="brands-reload-check")
-
-    async def _watch_brands(self) -> None:
-        """The brands file reload timer: runs while the worker is idle too."""
-        while True:
-            await asyncio.sleep(self.check_every_s)
-            try:
-                await self.maybe_reload_brands()
-            except Exception:  # noqa: BLE001 - never let the timer die; the next check tries again
-                log.exception("brands file reload check failed")
+            self._watcher = run_every(self.check_every_s, self.maybe_reload_brands, "brands file reload check")
 
     async def maybe_reload_brands(self) -> bool:
         if self.mentions is None:

@@ -52,7 +52,7 @@ from affectstream.streaming.worker.result import Result, target_entry
 from affectstream.streaming.worker.schemas import Post
 from affectstream.streaming.worker.settings import Settings
 from affectstream.streaming.worker.sinks import SinkItem, build_sinks, sink_classes
-from affectstream.streaming.worker.stage import Stage, StageBatch, parse_all, register_stage
+from affectstream.streaming.worker.stage import Stage, StageBatch, parse_all, register_stage, run_every
 
 if TYPE_CHECKING:
     from affectstream.streaming.worker.mentions import Mention
@@ -162,16 +162,7 @@ class Classifying(Stage):
         metrics.set_model_version(self.predictor.version)
         log.info("model %s loaded from %s", self.predictor.version, self.settings.model_dir)
         if self.watch:
-            self._watcher = asyncio.create_task(self._watch(), name="model-reload-check")
-
-    async def _watch(self) -> None:
-        """The reload timer: runs while the worker is idle too."""
-        while True:
-            await asyncio.sleep(self.check_every_s)
-            try:
-                await self.maybe_reload()
-            except Exception:  # noqa: BLE001 - never let the timer die; the next check tries again
-                log.exception("model reload check failed")
+            self._watcher = run_every(self.check_every_s, self.maybe_reload, "model reload check")
 
     async def maybe_reload(self) -> bool:
         """Swap in a new model version when the directory changed; a failed load keeps the old one."""

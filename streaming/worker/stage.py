@@ -85,6 +85,20 @@ class Stage(ABC):
         self.close()
 
 
+def run_every(interval_s: float, check: Callable[[], Awaitable[Any]], name: str) -> asyncio.Task:
+    """A background task awaiting ``check()`` every ``interval_s`` seconds, whether or not posts arrive
+    (model and brands-file reloads); a failing check is logged and tried again at the next tick."""
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await check()
+            except Exception:  # noqa: BLE001 - never let the timer die; the next check tries again
+                log.exception("%s failed", name)
+
+    return asyncio.create_task(loop(), name=name)
+
+
 def parse_all(raws: list[bytes], settings: Settings, dlq_stage: str, dlq: list[Record], *,
               trusted_enrichment: bool) -> list[tuple[Post, bytes]]:
     """Parse every raw value; a rejected one becomes a DLQ record (``dlq_stage``) with its reason.
