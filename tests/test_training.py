@@ -71,3 +71,52 @@ def test_ablation_command_prints_one_table(tmp_path, keyword_jsonl):
     assert result.exit_code == 0, result.output
     for variant in ("full method", "text only", "no token selection", "no uniformity"):
         assert variant in result.output
+
+
+def test_target_level_training_marks_targets_and_exports_a_target_aware_model(tmp_path):
+    """Two targets in one post with opposite labels: the model must read the target to tell them apart."""
+    from affectstream.model.targets import TARGET_FORMAT, TargetInput
+
+    rng = random.Random(1)
+    root = tmp_path / "tw"
+    root.mkdir()
+    brands = ["acme", "nimbus", "zenith", "orbit"]
+    for split, n in (("train", 240), ("dev", 60), ("test", 60)):
+        lines = ["index\tlabel\timage\ttweet\ttarget"]
+        for i in range(n):
+            good, bad = rng.sample(brands, 2)
+            tweet = f"switched from {bad} to {good}"
+            lines.append(f"{2 * i}\t2\t{i}.jpg\t{tweet.replace(good, '$T$')}\t{good}")
+            lines.append(f"{2 * i + 1}\t0\t{i}.jpg\t{tweet.replace(bad, '$T$')}\t{bad}")
+        (root / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    cfg = tiny_cfg(tmp_path, root, dataset="twitter2015", epochs=6, patience=6)
+    result = train(cfg, progress=False)
+    assert result.metrics["test"]["twitter2015"]["accuracy"] > 0.7   # one label per post would score 0.5
+    predictor = BatchPredictor.from_directory(result.out_dir, dtype="fp32")
+    assert predictor.target_aware and predictor.config.target_format == TARGET_FORMAT
+    text = "switched from acme to nimbus"
+    got = predictor.predict_targets([TargetInput(text, "", "nimbus", ((22, 28),)), TargetInput(text, "", "acme", ((14, 18),))])
+    assert [p.label for p in got] == ["positive", "negative"]
+    assert all(w.source == "text" and w.text in text.split() for p in got for w in p.rationale)
+
+
+def test_seed_summary_gives_mean_sd_and_the_published_rows(tmp_path):
+    from affectstream.training.seeds import SECTION, attach_seeds
+
+    dirs = []
+    for seed, (acc, f1) in zip((1, 2, 3), ((0.70, 0.60), (0.72, 0.64), (0.74, 0.68))):
+        d = tmp_path / f"s{seed}"
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps({
+            "test": {"twitter2015": {"accuracy": acc, "macro_f1": f1}}, "train_seconds": 100.0 + seed,
+            "dev_best": {"epoch": 2}, "reproducibility": {"seed": seed}}))
+        (d / "card.md").write_text("# card\n")
+        dirs.append(d)
+    summary = attach_seeds(dirs[0], dirs)
+    assert summary["twitter2015"]["mean"]["macro_f1"] == pytest.approx(0.64)
+    assert summary["twitter2015"]["sd"]["macro_f1"] == pytest.approx(0.04)
+    card = (dirs[0] / "card.md").read_text()
+    assert "72.00 ± 2.00 / 64.00 ± 4.00" in card and "74.15 / 68.86" in card
+    attach_seeds(dirs[0], dirs)  # again: the section is replaced, not repeated
+    assert (dirs[0] / "card.md").read_text().count(SECTION) == 1
+    assert json.loads((dirs[0] / "metrics.json").read_text())["seeds"]["twitter2015"]["per_seed"][2]["seed"] == 3

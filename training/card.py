@@ -106,6 +106,10 @@ def render_card(*, config: dict[str, Any], metrics: dict[str, Any], dataset: dic
     add(f"1. An image is turned into language by the captioner (`{captioner}`); a text-only post has no description.")
     add("2. The encoder reads one pair: `text </s></s> description` (`[SEP]` for BERT-style encoders), "
         f"at most {max_length} tokens.")
+    if config.get("target_format"):
+        add(f"   Target-level (`{config['target_format']}`): the label is the sentiment toward one target, which "
+            "the text side carries marked (`… <t> acme </t> …`, or `<t=acme>` first when the text does not name "
+            "it; `model.targets.mark_target`); marker tokens are never selected.")
     add("3. A small MLP token scorer gives every token a score; the top-K tokens are kept "
         f"(K = {top_k}, pooling `{pooling}`).")
     add("4. The kept tokens' hidden states are averaged with softmax-normalised score weights; linear heads "
@@ -116,7 +120,8 @@ def render_card(*, config: dict[str, Any], metrics: dict[str, Any], dataset: dic
     add("| setting | value |\n|---|---|")
     for key, label in (("encoder", "encoder"), ("captioner", "captioner"), ("top_k", "K"),
                        ("uniformity_weight", "λ"), ("max_length", "max length"), ("pooling", "pooling"),
-                       ("sentiment_labels", "sentiment labels"), ("emotion_labels", "emotion labels")):
+                       ("sentiment_labels", "sentiment labels"), ("emotion_labels", "emotion labels"),
+                       ("target_format", "target format")):
         if key in config and config[key] not in ("", (), []):
             value = config[key]
             shown = ", ".join(value) if isinstance(value, (list, tuple)) else value

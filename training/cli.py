@@ -42,12 +42,20 @@ def config_from(preset: str, extra_datasets: tuple[str, ...], no_resume: bool, *
 @click.command()
 @train_options
 @click.option("--ablations", is_flag=True, help="Also train the ablations and add their table to the card.")
-def train(ablations: bool, **flags) -> None:
+@click.option("--seeds", default=None, help="Comma-separated seeds: train each, ship the first, put mean ± sd in the card.")
+def train(ablations: bool, seeds: str | None, **flags) -> None:
     """Train and export a deployed model directory (default: the offline default model)."""
     from affectstream.training.train import train as run_train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = config_from(**flags)
+    if seeds:
+        from affectstream.training.seeds import render, train_seeds
+
+        summary = train_seeds(cfg, [int(seed) for seed in seeds.split(",") if seed.strip()])
+        click.echo(render(summary))
+        click.echo(f"exported {cfg.out_dir}  (card: {Path(cfg.out_dir) / 'card.md'})")
+        return
     result = run_train(cfg)
     print_summary(result.metrics)
     if ablations:

@@ -47,6 +47,7 @@ class TrainConfig:
     cache_dir: str = field(default_factory=default_cache_dir)
     resume: bool = True
     version: str = ""                         # "" → derived from dataset, encoder and date
+    export_dtype: str = "fp32"                # fp32 | bf16 (half the size on disk; serving casts to its own dtype anyway)
     ablations: bool = False                   # also train the ablations and put their table in the card
 
     def replace(self, **changes) -> "TrainConfig":
@@ -68,7 +69,7 @@ PRESETS: dict[str, TrainConfig] = {
     "brands": TrainConfig(dataset="twitter2015", data_path="../shared/data/twitter2015",
                           extra_datasets=("twitter2017=../shared/data/twitter2017",), captioner="none",
                           max_length=64, epochs=3, lr=8e-5, batch_size=32, patience=2,
-                          out_dir="models/brands", run_dir="runs/brands"),
+                          export_dtype="bf16", out_dir="models/brands", run_dir="runs/brands"),
     # seconds-long smoke run: random tiny encoder
     "tiny": TrainConfig(encoder="tiny-random", captioner="none", top_k=4, max_length=48, epochs=3, batch_size=16,
                         lr=3e-3, head_lr=3e-3, warmup_ratio=0.0, patience=5, out_dir="models/tiny", run_dir="runs/tiny"),

@@ -266,7 +266,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
                             "torch": torch.__version__, "device": str(device)},
         "train_seconds": round(time.time() - started, 1),
     }
-    export(model, tokenizer, out_dir, metrics, datasets)
+    export(model, tokenizer, out_dir, metrics, datasets, dtype=cfg.export_dtype)
     return TrainResult(out_dir=out_dir, metrics=metrics, history=history)
 
 
@@ -285,8 +285,10 @@ def baselines_for(datasets: list[Dataset]) -> dict:
     return out
 
 
-def export(model, tokenizer, out_dir: Path, metrics: dict, datasets: list[Dataset], ablations: list[dict] | None = None) -> None:
-    """Deployed directory: weights + tokenizer + config, metrics.json, card.md and its plots."""
+def export(model, tokenizer, out_dir: Path, metrics: dict, datasets: list[Dataset], ablations: list[dict] | None = None,
+           dtype: str = "fp32") -> None:
+    """Deployed directory: weights + tokenizer + config, metrics.json, card.md and its plots; bf16 weights
+    when `dtype` says so (the model is cast in place: export is the last thing a run does)."""
     from affectstream.training.card import dataset_info, render_card
     from affectstream.training.evaluate import format_report
     from affectstream.training.plots import plot_confusion, plot_curves
@@ -304,7 +306,9 @@ def export(model, tokenizer, out_dir: Path, metrics: dict, datasets: list[Datase
         if extra.name in metrics["test"]:
             card += (f"\n## Also trained on: {extra.name}\n\n{extra.summary()}\n\n```text\n"
                      f"{format_report(metrics['test'][extra.name], title=f'{extra.name} test')}\n```\n")
-    save_deployed(model, tokenizer, out_dir, metrics=metrics, card=card)
+    if dtype not in ("fp32", "bf16"):
+        raise ValueError(f"export dtype must be fp32 or bf16, got {dtype!r}")
+    save_deployed(model.to(torch.bfloat16) if dtype == "bf16" else model, tokenizer, out_dir, metrics=metrics, card=card)
 
 
 def slug(name: str) -> str:
