@@ -49,13 +49,15 @@ class Sizes:
     vlm_tokens: int = 24
     vlm_image_size: int | None = None      # None: BLIP-base's 384 px
     cache_lookups: int = 20_000
+    mention_posts: int = 20_000            # brands: posts through the mention matcher per round
+    brands_model: str = "models/brands"    # brands: a target-aware model directory for the (post, target) cost
 
 
 FULL = Sizes()
 QUICK = Sizes(posts=64, naive_posts=8, batch_sizes=(1, 8, 32, 64), rounds=1, roberta_layers=2, roberta_posts=64,
               roberta_naive_posts=4, peak_seconds=0.3, burst=200, load_seconds=2.0, caption_images=4,
               offline_images=32, offline_rounds=1, vlm_images=1, vlm_batch=1, vlm_tokens=4, vlm_image_size=96,
-              cache_lookups=2_000)
+              cache_lookups=2_000, mention_posts=2_000)
 
 
 def machine() -> dict:
@@ -110,6 +112,7 @@ def run_bench(sizes: Sizes, *, shapes: tuple[str, ...], e2e: bool, caption: bool
             shape, root, pairs=workload.posts(n), batch_sizes=sizes.batch_sizes, naive_posts=naive_n,
             rounds=sizes.rounds, device=device, say=say)
         torch.cuda.empty_cache() if dev.type == "cuda" else None
+    results["brands"] = brand_rows(sizes, device, say)
     if e2e and built:
         from affectstream.bench import e2e as e2e_bench
 
@@ -132,6 +135,23 @@ def run_bench(sizes: Sizes, *, shapes: tuple[str, ...], e2e: bool, caption: bool
     results["machine"]["load_average_end"] = os.getloadavg()[0]
     results["targets"] = targets(results)
     return results
+
+
+def brand_rows(sizes: Sizes, device: str, say=print) -> dict:
+    """Brand-level sentiment: mention matching speed, and the cost of (post, target) classification against
+    post-level classification with the same target-aware model (skipped when none is deployed)."""
+    from affectstream.bench.mentions import mention_matching_rate
+
+    say("brands: mention matching ...")
+    out: dict = {"mentions": mention_matching_rate(n_brands=1000, n_posts=sizes.mention_posts, rounds=sizes.rounds)}
+    if (Path(sizes.brands_model) / "model.safetensors").exists():
+        from affectstream.bench.targets import bench_targets
+        from affectstream.model.predictor import BatchPredictor
+
+        say(f"brands: (post, target) cost with {sizes.brands_model} ...")
+        predictor = BatchPredictor.from_directory(sizes.brands_model, device=device)
+        out["targets"] = bench_targets(predictor, rounds=sizes.rounds)
+    return out
 
 
 def targets(r: dict) -> list[dict]:
@@ -164,6 +184,13 @@ def targets(r: dict) -> list[dict]:
     cap = r.get("caption")
     if cap:
         add("offline describer images/s", cap["offline_images_per_s"], 5, "images/s")
+    brands = r.get("brands", {})
+    if "mentions" in brands:
+        add("mention matching posts/s, 1 core, 1,000 brands x 5 terms", brands["mentions"]["posts_per_s"], 50_000,
+            "posts/s")
+    if "targets" in brands:  # a cost: lower is better, so the goal is on its inverse
+        add("post-level / (post, target) throughput", 1 / brands["targets"]["cost_ratio"], round(1 / 1.3, 3),
+            "share; cost <= 1.3x")
     return out
 
 
@@ -210,6 +237,19 @@ def table(r: dict) -> str:
         for level, v in e.get("latency", {}).items():
             lines.append(f"| {level} | {v['rate']:.1f} | {v['n']} | {v['p50_ms']:.0f} | {v['p95_ms']:.0f} | "
                          f"{v['p99_ms']:.0f} |")
+        lines.append("")
+    brands = r.get("brands", {})
+    if brands:
+        m = brands["mentions"]
+        lines += ["brands",
+                  f"mention matching, 1 core: {m['posts_per_s']:.0f} posts/s over {m['brands']} brands / {m['terms']} "
+                  f"terms ({m['mentions_per_post']:.2f} mentions per post, matcher built in {m['build_s']:.2f} s)"]
+        t = brands.get("targets")
+        lines.append(
+            f"(post, target) on the sample's brand mix ({t['targets_per_post']:.2f} targets/post, target-aware "
+            f"{t['target_aware']}): post-level {t['post_level_posts_per_s']:.1f} posts/s, per-target "
+            f"{t['target_level_posts_per_s']:.1f} posts/s = {t['cost_ratio']:.2f}x the cost"
+            if t else f"(post, target) cost: skipped (no target-aware model at {FULL.brands_model})")
         lines.append("")
     cap = r.get("caption")
     if cap:

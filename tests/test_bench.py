@@ -35,3 +35,4 @@ def test_quick_bench_runs_and_reports_every_figure(tmp_path):
     for heading in ("classify, model only", "end to end", "captioning", "memory", "targets"):
         assert heading in result.output
     assert ("GPU section: skipped" in result.output) == (r["device"] != "cuda")
+    assert r["brands"]["mentions"]["posts_per_s"] > 0 and "brands" in result.output
