@@ -161,7 +161,7 @@ class BatchPredictor:
 
     def predict(self, pairs: list[tuple[str, str]]) -> list[Prediction]:
         """Predictions in input order; internally grouped into length-sorted micro-batches."""
-        return self._predict_sorted([(text or "", description or "") for text, description in pairs], marked=False)
+        return self._predict_sorted([(text or "", description or "") for text, description in pairs], marked="")
 
     def predict_targets(self, items: list[TargetInput]) -> list[Prediction]:
         """One prediction per (post, target), in input order: the sentiment toward `item.target`.
@@ -176,10 +176,12 @@ class BatchPredictor:
             distinct = list(dict.fromkeys(pairs))
             by_pair = dict(zip(distinct, self.predict(distinct)))
             return [dataclasses.replace(by_pair[pair]) for pair in pairs]  # a copy each: callers may annotate them
-        pairs = [(mark_target(item.text or "", item.target, item.spans), item.description or "") for item in items]
-        return self._predict_sorted(pairs, marked=True)
+        target_format = self.config.target_format
+        pairs = [(mark_target(item.text or "", item.target, item.spans, target_format), item.description or "")
+                 for item in items]
+        return self._predict_sorted(pairs, marked=target_format)
 
-    def _predict_sorted(self, pairs: list[tuple[str, str]], marked: bool) -> list[Prediction]:
+    def _predict_sorted(self, pairs: list[tuple[str, str]], marked: str) -> list[Prediction]:
         order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
         results: list[Prediction | None] = [None] * len(pairs)
         for start in range(0, len(order), self.batch_size):
@@ -189,7 +191,7 @@ class BatchPredictor:
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def _predict_batch(self, pairs: list[tuple[str, str]], marked: bool = False) -> list[Prediction]:
+    def _predict_batch(self, pairs: list[tuple[str, str]], marked: str = "") -> list[Prediction]:
         texts = [text for text, _ in pairs]
         descriptions = [description for _, description in pairs]
         batch = encode_pairs(self.tokenizer, texts, descriptions, self.config.max_length, marked=marked)

@@ -2,17 +2,22 @@
 
 The target enters the *text* side of the pair as markers around each mention, the way TomBERT's data
 marks it with ``$T$`` and target-marking papers wrap it in tokens. One function, `mark_target`, writes
-the marked text for training and for serving alike (format ``marked-v1``):
+the marked text for training and for serving alike (format ``marked-v2``, the default):
 
-- target mentioned at ``spans``: each mention wrapped, ``Switched from <t> acme </t> to nimbus``;
+- target mentioned at ``spans``: each mention wrapped, ``Switched from acme to « nimbus »``;
 - target not in the text (no spans: named only in the image, or asserted by the producer):
-  ``<t=acme> Switched from …``.
+  ``«=Nimbus» Switched from …``.
 
-Why these markers: they are plain characters every tokenizer keeps (``<``, ``t``, ``>``), so no
-vocabulary is added and any Hugging Face encoder reads them; they are separated from the mention by
-spaces, so a rationale word is always the post's own word, never glued to a marker. The tokens of a
-marker (and of the ``<t=…>`` prefix, whose name is not a word of the post) are never selected for
-pooling or the rationale (`marker_spans`, used by ``model.tokenization``).
+Why these markers: ``«`` and ``»`` are one token each in WordPiece (BERT, MiniLM) and byte-level BPE
+(RoBERTa) vocabularies, so no vocabulary is added, any Hugging Face encoder reads them, and a marked
+mention costs two tokens; they almost never occur in tweets (2 of 6,741 training lines). They are
+separated from the mention by spaces, so a rationale word is always the post's own word, never glued
+to a marker. The tokens of a marker (and of the ``«=…»`` prefix, whose name is not a word of the post)
+are never selected for pooling or the rationale (`markers_of`, used by ``model.tokenization``).
+
+``marked-v1`` (``<t> nimbus </t>``, ``<t=Nimbus>``) was measured first: the same accuracy within the
+seed spread, but 7 extra tokens per mention made (post, target) classification 1.6× post-level on the
+sample's mix (goal ≤ 1.3×). It stays readable so a model trained with it serves unchanged.
 """
 from __future__ import annotations
 
@@ -20,10 +25,30 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-TARGET_FORMAT = "marked-v1"          # AlignedConfig.target_format of a model trained with mark_target
-MARK_OPEN, MARK_CLOSE = "<t>", "</t>"
-# every marker mark_target writes; tokens inside a match are never selectable
-MARKERS = re.compile(r"</?t>|<t=[^<>]*>")
+TARGET_FORMAT = "marked-v2"          # AlignedConfig.target_format of a model trained with mark_target now
+
+
+@dataclass(frozen=True)
+class MarkerFormat:
+    open: str                     # before a mention
+    close: str                    # after a mention
+    prefix: str                   # "{}" is the target's name; used when the text does not mention it
+    pattern: re.Pattern           # every marker this format writes: tokens inside a match are never selectable
+    forbidden: str                # characters removed from a name put inside the prefix
+
+
+FORMATS: dict[str, MarkerFormat] = {
+    "marked-v2": MarkerFormat("«", "»", "«={}»", re.compile(r"«=[^«»]*»|[«»]"), "«»"),
+    "marked-v1": MarkerFormat("<t>", "</t>", "<t={}>", re.compile(r"</?t>|<t=[^<>]*>"), "<>"),
+}
+MARKERS = FORMATS[TARGET_FORMAT].pattern
+
+
+def markers_of(target_format: str) -> re.Pattern:
+    """The marker pattern of a model's `target_format`; ValueError for a format this code cannot write."""
+    if target_format not in FORMATS:
+        raise ValueError(f"unknown target format {target_format!r}; known: {sorted(FORMATS)}")
+    return FORMATS[target_format].pattern
 
 
 @dataclass(frozen=True)
@@ -48,26 +73,30 @@ def normalise_spans(spans: Iterable[tuple[int, int]], length: int) -> list[tuple
     return merged
 
 
-def _target_name(target: str) -> str:
-    """The name as it goes inside ``<t=…>``: one line, no angle brackets (they would end the marker)."""
-    return " ".join(target.replace("<", " ").replace(">", " ").split())
+def _target_name(target: str, forbidden: str) -> str:
+    """The name as it goes inside the prefix: one line, no marker characters (they would end the marker)."""
+    for char in forbidden:
+        target = target.replace(char, " ")
+    return " ".join(target.split())
 
 
-def mark_target(text: str, target: str, spans: Iterable[tuple[int, int]] = ()) -> str:
-    """The post text with the target marked (format ``marked-v1``, see the module docstring).
+def mark_target(text: str, target: str, spans: Iterable[tuple[int, int]] = (), target_format: str = TARGET_FORMAT) -> str:
+    """The post text with the target marked (format ``target_format``, see the module docstring).
 
     ``spans`` are [start, end) character offsets of the target's mentions in ``text``, in any order;
     overlapping ones are merged and ones outside the text clamped. With no usable span the target is
     prefixed. Whitespace is added around a marker only where the neighbouring character is not already
     whitespace, so the post's words stay whole.
     """
+    fmt = FORMATS[target_format] if target_format in FORMATS else FORMATS[TARGET_FORMAT]
     text = text or ""
     merged = normalise_spans(spans, len(text))
     if not merged:
-        name = _target_name(target)
+        name = _target_name(target, fmt.forbidden)
         if not name:
             return text
-        return f"<t={name}> {text}" if text else f"<t={name}>"
+        prefix = fmt.prefix.format(name)
+        return f"{prefix} {text}" if text else prefix
     out: list[str] = []
     last = ""                                      # the last character written so far
     cursor = 0
@@ -77,8 +106,8 @@ def mark_target(text: str, target: str, spans: Iterable[tuple[int, int]] = ()) -
         last = before[-1:] or last
         if last and not last.isspace():
             out.append(" ")
-        out.append(f"{MARK_OPEN} {text[start:end]} {MARK_CLOSE}")
-        last = ">"
+        out.append(f"{fmt.open} {text[start:end]} {fmt.close}")
+        last = fmt.close[-1]
         after = text[end:end + 1]
         if after and not after.isspace():
             out.append(" ")
@@ -88,9 +117,9 @@ def mark_target(text: str, target: str, spans: Iterable[tuple[int, int]] = ()) -
     return "".join(out)
 
 
-def marker_spans(marked: str) -> list[tuple[int, int]]:
+def marker_spans(marked: str, target_format: str = TARGET_FORMAT) -> list[tuple[int, int]]:
     """[start, end) of every marker in a text written by `mark_target`."""
-    return [m.span() for m in MARKERS.finditer(marked)]
+    return [m.span() for m in markers_of(target_format).finditer(marked)]
 
 
 def from_placeholder(tweet: str, target: str, placeholder: str = "$T$") -> tuple[str, tuple[tuple[int, int], ...]]:

@@ -15,7 +15,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
-from affectstream.model.targets import MARKERS
+from affectstream.model.targets import markers_of
 
 SOURCE_SPECIAL, SOURCE_TEXT, SOURCE_IMAGE = -1, 0, 1
 SOURCE_NAMES = {SOURCE_TEXT: "text", SOURCE_IMAGE: "image"}
@@ -59,12 +59,12 @@ def pair_encoder(tokenizer: PreTrainedTokenizerFast, max_length: int) -> Tokeniz
 
 def encode_pairs(
     tokenizer: PreTrainedTokenizerFast, texts: list[str], descriptions: list[str], max_length: int,
-    marked: bool = False,
+    marked: str = "",
 ) -> EncodedPairs:
     """Tokenise a batch with dynamic padding (to the longest pair in the batch, not to max_length).
 
-    ``marked``: the texts were written by ``model.targets.mark_target``; the tokens of its target markers
-    are never selected, like the describer's field labels."""
+    ``marked``: a target format (``model.targets``) when the texts were written by ``mark_target``; the
+    tokens of its markers are never selected, like the describer's field labels."""
     if not tokenizer.is_fast:
         raise TypeError("affectstream needs a fast tokenizer (offsets and sequence ids)")
     encodings = pair_encoder(tokenizer, max_length).encode_batch(list(zip(texts, descriptions)))
@@ -83,7 +83,7 @@ def encode_pairs(
     non_empty = offsets[..., 1] > offsets[..., 0]
     selectable = (source != SOURCE_SPECIAL) & attention_mask.bool() & non_empty & ~field_label_tokens(descriptions, source, offsets)
     if marked:
-        selectable &= ~tokens_inside(texts, MARKERS, source, offsets, SOURCE_TEXT)
+        selectable &= ~tokens_inside(texts, markers_of(marked), source, offsets, SOURCE_TEXT)
     return EncodedPairs(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                         selectable=selectable, source=source, offsets=offsets)
 
@@ -123,7 +123,8 @@ def tokens_inside(sides: list[str], pattern: re.Pattern, source: torch.Tensor, o
         spans = [m.span() for m in pattern.finditer(string)]
         if not spans:
             continue
-        for col in (source[row] == side).nonzero().flatten().tolist():
-            start, end = offsets[row, col].tolist()
-            mask[row, col] = any(lo <= start and end <= hi for lo, hi in spans)
+        # plain lists, not per-element tensor indexing: this runs for every marked post on the serving path
+        for col, ((start, end), token_side) in enumerate(zip(offsets[row].tolist(), source[row].tolist())):
+            if token_side == side and any(lo <= start and end <= hi for lo, hi in spans):
+                mask[row, col] = True
     return mask

@@ -32,8 +32,8 @@ def test_reads_targets_labels_and_spans(tmp_path):
     first = train[0]
     assert first.text == "RT @ x : Chuck Bass is everything # MCM" and first.target == "Chuck Bass"
     assert first.text[slice(*first.target_spans[0])] == "Chuck Bass"
-    assert first.model_text() == "RT @ x : <t> Chuck Bass </t> is everything # MCM"
-    assert train[1].model_text().endswith("<t> # MCM </t>")
+    assert first.model_text() == "RT @ x : « Chuck Bass » is everything # MCM"
+    assert train[1].model_text().endswith("« # MCM »")
     assert train[2].target_spans == ((0, 4), (8, 12))
     assert len({s.id for s in data.samples}) == 5 and first.id == "twitter2015:train:1"
     assert data.counts()["dev"]["neutral"] == 1 and data.counts()["test"]["negative"] == 1

@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from affectstream.model.config import EMOTION_LABELS, SENTIMENT_LABELS
-from affectstream.model.targets import mark_target
+from affectstream.model.targets import TARGET_FORMAT, mark_target
 
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
 
@@ -35,10 +35,12 @@ class Sample:
         if self.image_path is not None and self.image_bytes is not None:
             raise ValueError(f"sample {self.id!r}: give image_path or image_bytes, not both")
 
-    def model_text(self) -> str:
+    def model_text(self, target_format: str = TARGET_FORMAT) -> str:
         """The text side the model reads: the post text, with the target marked when the sample has one
         (the same `mark_target` serving uses)."""
-        return self.text if self.target is None else mark_target(self.text, self.target, self.target_spans)
+        if self.target is None:
+            return self.text
+        return mark_target(self.text, self.target, self.target_spans, target_format)
 
     @property
     def has_image(self) -> bool:

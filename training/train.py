@@ -71,10 +71,12 @@ def length_bucketed_batches(samples: list[Sample], descriptions: dict[str, str],
     return batches
 
 
-def encode_batch(tokenizer, batch: list[Sample], descriptions: dict[str, str], max_length: int):
+def encode_batch(tokenizer, batch: list[Sample], descriptions: dict[str, str], max_length: int,
+                 target_format: str = TARGET_FORMAT):
     """Samples with a target are read with it marked (`Sample.model_text`); marker tokens are never selected."""
-    encoded = encode_pairs(tokenizer, [s.model_text() for s in batch], [descriptions.get(s.id, "") for s in batch],
-                           max_length, marked=any(s.target is not None for s in batch))
+    marked = target_format if any(s.target is not None for s in batch) else ""
+    encoded = encode_pairs(tokenizer, [s.model_text(target_format) for s in batch],
+                           [descriptions.get(s.id, "") for s in batch], max_length, marked=marked)
     labels = torch.tensor([SENTIMENT_LABELS.index(s.label) for s in batch])
     emotions = torch.tensor([EMOTION_LABELS.index(s.emotion) if s.emotion else -100 for s in batch])
     return encoded, labels, emotions
@@ -91,7 +93,8 @@ def predict_labels(model: AlignedClassifier, tokenizer, samples: list[Sample], d
     ordered = sorted(samples, key=lambda s: len(s.text) + len(descriptions.get(s.id, "")))
     for start in range(0, len(ordered), 64):
         batch = ordered[start:start + 64]
-        encoded, _, _ = encode_batch(tokenizer, batch, descriptions, cfg.max_length)
+        encoded, _, _ = encode_batch(tokenizer, batch, descriptions, cfg.max_length,
+                                     getattr(model.config, "target_format", "") or TARGET_FORMAT)
         with autocast(device, cfg.bf16):
             out = model(**{k: v.to(device) for k, v in encoded.model_inputs().items()})
         for s, i in zip(batch, out.sentiment_logits.argmax(-1).tolist()):
