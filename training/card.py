@@ -18,6 +18,7 @@ import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from affectstream.model.targets import mark_target
 from affectstream.training.datasets import KINDS
 from affectstream.training.evaluate import format_report, format_table
 from affectstream.training.samples import SPLITS, Dataset
@@ -107,9 +108,11 @@ def render_card(*, config: dict[str, Any], metrics: dict[str, Any], dataset: dic
     add("2. The encoder reads one pair: `text </s></s> description` (`[SEP]` for BERT-style encoders), "
         f"at most {max_length} tokens.")
     if config.get("target_format"):
+        example = mark_target("love acme", "Acme", [(5, 9)], config["target_format"])
+        absent = mark_target("", "Acme", [], config["target_format"])
         add(f"   Target-level (`{config['target_format']}`): the label is the sentiment toward one target, which "
-            "the text side carries marked (`… <t> acme </t> …`, or `<t=acme>` first when the text does not name "
-            "it; `model.targets.mark_target`); marker tokens are never selected.")
+            f"the text side carries marked (`{example}`, or `{absent}` first when the text does not name it; "
+            "`model.targets.mark_target`); marker tokens are never selected.")
     add("3. A small MLP token scorer gives every token a score; the top-K tokens are kept "
         f"(K = {top_k}, pooling `{pooling}`).")
     add("4. The kept tokens' hidden states are averaged with softmax-normalised score weights; linear heads "
