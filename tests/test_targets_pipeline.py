@@ -108,7 +108,7 @@ async def classify(settings, predictor, batches: list[list[bytes]]) -> tuple[lis
     """Run the classify stage over ``batches`` into the real Redis; returns (sink items, dead letters)."""
     sink = RedisSink(settings)
     stage = Classifying(settings, lambda: predictor, watch=False)
-    items, dead = [], []
+    items, dead, sent = [], [], []
     original = stage.process
 
     async def process(raws):
@@ -119,8 +119,8 @@ async def classify(settings, predictor, batches: list[list[bytes]]) -> tuple[lis
 
     stage.process = process
 
-    async def send(records):
-        pass
+    async def send(records):  # the topic side of delivery: these tests read Redis, so records are only kept
+        sent.append(records)
 
     await stage.start()
     await run_stage(_Stream(batches), stage, [sink], send, batch_max=10, within=0.01)
