@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from affectstream.model.config import EMOTION_LABELS, SENTIMENT_LABELS
 from affectstream.model.targets import TARGET_FORMAT, mark_target
@@ -107,3 +108,18 @@ def decode_text(raw: bytes) -> str:
 
 def bump(counter: dict[str, int], reason: str, by: int = 1) -> None:
     counter[reason] = counter.get(reason, 0) + by
+
+
+class BadLine(ValueError):
+    """A line of a line-based dataset file that cannot become a sample; ``reason`` is machine-readable."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def skip_line(e: BadLine, path: str | Path, lineno: int, *, strict: bool, skipped: dict[str, int]) -> None:
+    """A bad line: with ``strict`` an error naming the file and line, otherwise counted under its reason."""
+    if strict:
+        raise ValueError(f"{path}:{lineno}: {e} ({e.reason})") from None
+    bump(skipped, e.reason)

@@ -18,17 +18,11 @@ from pathlib import Path
 import orjson
 
 from affectstream.model.config import EMOTION_LABELS, SENTIMENT_LABELS
-from affectstream.training.samples import Dataset, Sample, bump
+from affectstream.training.samples import BadLine, Dataset, Sample, bump, skip_line
 from affectstream.training.splits import assign_splits
 
 _SPLIT_ALIASES = {"train": "train", "dev": "dev", "val": "dev", "valid": "dev", "validation": "dev",
                   "test": "test"}
-
-
-class BadLine(ValueError):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
 
 
 def load_jsonl(path: str | Path, *, seed: int = 13, split_file: str | None = None,
@@ -48,9 +42,7 @@ def load_jsonl(path: str | Path, *, seed: int = 13, split_file: str | None = Non
                 if sample.id in seen:
                     raise BadLine("duplicate_id", f"id {sample.id!r} appears twice")
             except BadLine as e:
-                if strict:
-                    raise ValueError(f"{p}:{lineno}: {e} ({e.reason})") from None
-                bump(skipped, e.reason)
+                skip_line(e, p, lineno, strict=strict, skipped=skipped)
                 continue
             seen.add(sample.id)
             if has_split:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from affectstream.model.targets import from_placeholder
-from affectstream.training.samples import SPLITS, Dataset, Sample, bump, decode_text
+from affectstream.training.samples import SPLITS, BadLine, Dataset, Sample, bump, decode_text, skip_line
 
 PLACEHOLDER = "$T$"
 LABELS = {"0": "negative", "1": "neutral", "2": "positive"}
@@ -35,12 +35,6 @@ CITATIONS = {
 }
 TOMBERT = ("J. Yu, J. Jiang. Adapting BERT for Target-Oriented Multimodal Sentiment Classification. IJCAI 2019 "
            "(the release these files come from).")
-
-
-class BadLine(ValueError):
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
 
 
 def parse_line(line: str) -> tuple[str, str, str, str, tuple[tuple[int, int], ...]]:
@@ -79,9 +73,7 @@ def read_split(path: Path, name: str, split: str, *, strict: bool, skipped: dict
             if sample_id in seen:
                 raise BadLine("duplicate_id", f"index {index!r} appears twice")
         except BadLine as e:
-            if strict:
-                raise ValueError(f"{path}:{lineno}: {e} ({e.reason})") from None
-            bump(skipped, e.reason)
+            skip_line(e, path, lineno, strict=strict, skipped=skipped)
             continue
         seen.add(sample_id)
         image = images / image_id if images is not None and image_id else None
