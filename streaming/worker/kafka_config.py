@@ -20,6 +20,8 @@ TOPIC_SETTINGS = {
     "sentiment": "topic_sentiment",
     "dlq": "topic_dlq",
     "alerts": "topic_alerts",
+    "feedback": "topic_feedback",
+    "shadow": "topic_shadow",
 }
 
 

@@ -29,6 +29,8 @@ class Settings:
     topic_sentiment: str = "sentiment"
     topic_dlq: str = "posts-dlq"
     topic_alerts: str = "sentiment-alerts"
+    topic_feedback: str = "feedback"            # analysts' corrections (key: post id)
+    topic_shadow: str = "sentiment-shadow"      # a candidate model's results on shadowed posts (never counted)
     partitions: int = 4
     replication_factor: int = 1
 
@@ -39,6 +41,8 @@ class Settings:
     top_k: int = 0                      # 0: use the model's own K
     device: str = "auto"                # auto | cpu | cuda
     threads: int = 0                    # 0: torch default
+    inference_backend: str = "torch"    # how the classify stage runs the model (model.serving)
+    model_registry: str = ""            # versioned model registry root (model.registry); "" = serve model_dir only
     sinks: str = "redis,topic"          # where results go: built-in names and/or package.module:ClassName (sinks/)
 
     # brand-level sentiment
