@@ -79,6 +79,30 @@ class RedisKeys:
     def alert_last(self, brand: str) -> str:           # string, in the alerts' slot: alerted epoch minutes
         return self.beside("alert:last", self.alerts, ":" + brand)
 
+    # --- model versions and analysts' feedback (README: Feedback and model versions) -----------------
+    # A post's keys sit in the post's slot (``beside(…, post(id))``), so one script can write them together.
+
+    def post_input(self, post_id: str) -> str:          # string JSON {text, caption, brands, label, model}, TTL
+        return self.beside("input", self.post(post_id))
+
+    def shadow_result(self, post_id: str) -> str:       # string: the candidate's Result JSON, TTL
+        return self.beside("shadow", self.post(post_id))
+
+    def shadow_agree(self, version: str) -> str:        # hash all:<dep>:<cand> / brand:<b>:<dep>:<cand> -> count
+        return self._key("shadow", "agree", version)
+
+    def feedback(self, post_id: str) -> str:            # list of correction JSONs, oldest first
+        return self.beside("feedback", self.post(post_id))
+
+    def feedback_latest(self, post_id: str) -> str:     # hash "" (post) | brand id -> latest correction JSON
+        return self.beside("feedback:latest", self.post(post_id))
+
+    def feedback_index(self) -> str:                    # zset post id -> epoch ms of its latest correction
+        return self._key("feedback", "index")
+
+    def feedback_rate(self, analyst: str, minute: str) -> str:  # counter: corrections in one UTC minute
+        return self._key("feedback", "rate", minute, analyst)
+
     def parse_brand_key(self, key: str) -> tuple[str, str] | None:
         """``as:brand:{brand}:{minute}`` -> (brand, minute); None for anything else."""
         head = self._key("brand", "")
