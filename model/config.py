@@ -10,6 +10,8 @@ from typing import Any, ClassVar
 
 from transformers import AutoConfig, PreTrainedConfig
 
+from affectstream.model.normalize import SCHEMES as NORMALIZATION_SCHEMES
+
 SENTIMENT_LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
 # MSED's six emotion classes, in the order the MSED paper lists them.
 EMOTION_LABELS: tuple[str, ...] = ("happiness", "sad", "neutral", "disgust", "anger", "fear")
@@ -37,6 +39,7 @@ class AlignedConfig(PreTrainedConfig):
     captioner: str = "offline"               # image -> language model used to build descriptions
     description_format: str = DESCRIPTION_FORMAT
     target_format: str = ""                  # "" = post-level only; "marked-v1" = trained on model.targets.mark_target texts
+    text_normalization: str = "none"         # model.normalize scheme applied to the post text ("none": directories from before it)
     version: str = "untrained"
     trained: bool = False
     training_data: str = ""
@@ -50,6 +53,8 @@ class AlignedConfig(PreTrainedConfig):
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.text_normalization not in NORMALIZATION_SCHEMES:
+            raise ValueError(f"text_normalization must be one of {NORMALIZATION_SCHEMES}, got {self.text_normalization!r}")
         if len(self.sentiment_labels) < 2:
             raise ValueError("need at least two sentiment labels")
         super().__post_init__(**kwargs)

@@ -194,7 +194,8 @@ class BatchPredictor:
     def _predict_batch(self, pairs: list[tuple[str, str]], marked: str = "") -> list[Prediction]:
         texts = [text for text, _ in pairs]
         descriptions = [description for _, description in pairs]
-        batch = encode_pairs(self.tokenizer, texts, descriptions, self.config.max_length, marked=marked)
+        batch = encode_pairs(self.tokenizer, texts, descriptions, self.config.max_length, marked=marked,
+                             normalization=self.config.text_normalization)
         inputs = {name: tensor.to(self.device) for name, tensor in batch.model_inputs().items()}
         out: AlignedOutput = self.model(**inputs, top_k=self.top_k)
         probs = torch.softmax(out.sentiment_logits.float(), dim=-1).cpu().tolist()          # (B, n_sentiment)
@@ -207,7 +208,8 @@ class BatchPredictor:
         spans = batch.offsets.gather(1, selected_idx.unsqueeze(-1).expand(-1, -1, 2)).tolist()  # (B, K, 2)
 
         predictions = []
-        for row, (text, description) in enumerate(pairs):
+        # rationale words are sliced from the texts as the model read them (normalised: `model.normalize`)
+        for row, (text, description) in enumerate(zip(batch.texts, batch.descriptions)):
             token_spans = [
                 TokenSpan(SOURCE_NAMES[sources[row][j]], spans[row][j][0], spans[row][j][1], token_relevance[row][j])
                 for j in range(len(valid[row]))

@@ -15,6 +15,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
+from affectstream.model.normalize import normalize_texts
 from affectstream.model.targets import markers_of
 
 SOURCE_SPECIAL, SOURCE_TEXT, SOURCE_IMAGE = -1, 0, 1
@@ -34,6 +35,8 @@ class EncodedPairs:
     selectable: torch.Tensor           # (batch, seq) bool: a real token of the text or the description
     source: torch.Tensor               # (batch, seq) int8: SOURCE_TEXT | SOURCE_IMAGE | SOURCE_SPECIAL
     offsets: torch.Tensor              # (batch, seq, 2) char span in its own side's string, from its first non-space
+    texts: list[str]                   # the text side as tokenised (normalised): what `offsets` index into
+    descriptions: list[str]            # the description side as tokenised
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "selectable": self.selectable}
@@ -59,14 +62,21 @@ def pair_encoder(tokenizer: PreTrainedTokenizerFast, max_length: int) -> Tokeniz
 
 def encode_pairs(
     tokenizer: PreTrainedTokenizerFast, texts: list[str], descriptions: list[str], max_length: int,
-    marked: str = "",
+    marked: str = "", normalization: str = "none",
 ) -> EncodedPairs:
     """Tokenise a batch with dynamic padding (to the longest pair in the batch, not to max_length).
 
     ``marked``: a target format (``model.targets``) when the texts were written by ``mark_target``; the
-    tokens of its markers are never selected, like the describer's field labels."""
+    tokens of its markers are never selected, like the describer's field labels.
+    ``normalization``: the model's ``text_normalization`` scheme (``model.normalize``), applied to the
+    post text only. Not to the description: it is written by a captioner (no handles, links or
+    elongations), and the offline describer's quoted OCR text and field labels must reach the model and
+    the field-label pattern exactly as the describer wrote them. The returned ``texts`` are the
+    normalised ones, so rationale offsets slice the words the model read."""
     if not tokenizer.is_fast:
         raise TypeError("affectstream needs a fast tokenizer (offsets and sequence ids)")
+    texts = normalize_texts(list(texts), normalization, marked)
+    descriptions = list(descriptions)
     encodings = pair_encoder(tokenizer, max_length).encode_batch(list(zip(texts, descriptions)))
     input_ids = torch.tensor([e.ids for e in encodings])
     attention_mask = torch.tensor([e.attention_mask for e in encodings])
@@ -85,7 +95,7 @@ def encode_pairs(
     if marked:
         selectable &= ~tokens_inside(texts, markers_of(marked), source, offsets, SOURCE_TEXT)
     return EncodedPairs(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                        selectable=selectable, source=source, offsets=offsets)
+                        selectable=selectable, source=source, offsets=offsets, texts=texts, descriptions=descriptions)
 
 
 @functools.lru_cache(maxsize=16)

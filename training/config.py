@@ -27,6 +27,7 @@ class TrainConfig:
     pooling: str = "topk"                     # topk | all (ablation)
     uniformity_weight: float = 0.1            # λ
     max_length: int = 96
+    text_normalization: str = "social-v1"     # model.normalize scheme for the post text (exported in config.json)
     # optimisation
     epochs: int = 4
     batch_size: int = 32

@@ -72,11 +72,13 @@ def length_bucketed_batches(samples: list[Sample], descriptions: dict[str, str],
 
 
 def encode_batch(tokenizer, batch: list[Sample], descriptions: dict[str, str], max_length: int,
-                 target_format: str = TARGET_FORMAT):
-    """Samples with a target are read with it marked (`Sample.model_text`); marker tokens are never selected."""
+                 target_format: str = TARGET_FORMAT, normalization: str = "none"):
+    """Samples with a target are read with it marked (`Sample.model_text`); marker tokens are never selected.
+    ``normalization``: the model's `text_normalization`, so training reads text as serving will."""
     marked = target_format if any(s.target is not None for s in batch) else ""
     encoded = encode_pairs(tokenizer, [s.model_text(target_format) for s in batch],
-                           [descriptions.get(s.id, "") for s in batch], max_length, marked=marked)
+                           [descriptions.get(s.id, "") for s in batch], max_length, marked=marked,
+                           normalization=normalization)
     labels = torch.tensor([SENTIMENT_LABELS.index(s.label) for s in batch])
     emotions = torch.tensor([EMOTION_LABELS.index(s.emotion) if s.emotion else -100 for s in batch])
     return encoded, labels, emotions
@@ -94,7 +96,8 @@ def predict_labels(model: AlignedClassifier, tokenizer, samples: list[Sample], d
     for start in range(0, len(ordered), 64):
         batch = ordered[start:start + 64]
         encoded, _, _ = encode_batch(tokenizer, batch, descriptions, cfg.max_length,
-                                     getattr(model.config, "target_format", "") or TARGET_FORMAT)
+                                     getattr(model.config, "target_format", "") or TARGET_FORMAT,
+                                     normalization=getattr(model.config, "text_normalization", "none"))
         with autocast(device, cfg.bf16):
             out = model(**{k: v.to(device) for k, v in encoded.model_inputs().items()})
         for s, i in zip(batch, out.sentiment_logits.argmax(-1).tolist()):
@@ -191,7 +194,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
         max_length=cfg.max_length, pooling=cfg.pooling, uniformity_weight=cfg.uniformity_weight,
         captioner=captioner.name, version=cfg.version or default_version(cfg), trained=True,
         target_format=TARGET_FORMAT if any(s.target is not None for s in train_samples) else "",
-        training_data="+".join(d.name for d in datasets))
+        text_normalization=cfg.text_normalization, training_data="+".join(d.name for d in datasets))
     model = AlignedClassifier(model_cfg, encoder).to(device)
 
     encoder_params = list(model.encoder.parameters())
@@ -221,7 +224,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
         batches = length_bucketed_batches(train_samples, descriptions, cfg.batch_size, rng)
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not progress)
         for batch in bar:
-            encoded, labels, emotions = encode_batch(tokenizer, batch, descriptions, cfg.max_length)
+            encoded, labels, emotions = encode_batch(tokenizer, batch, descriptions, cfg.max_length,
+                                                     normalization=model.config.text_normalization)
             with autocast(device, cfg.bf16):
                 out = model(**{k: v.to(device) for k, v in encoded.model_inputs().items()})
             parts = aligned_objective(out.sentiment_logits, labels.to(device), out.pooled, cfg.uniformity_weight,
