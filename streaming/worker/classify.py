@@ -31,31 +31,42 @@ Deploy a new version atomically: write it to its own directory, then repoint a s
 (``ln -s v2 tmp && mv -T tmp current``, i.e. ``os.replace``); a load that fails keeps the old model and is
 tried again at the next check. The reload is logged (``model reloaded: A -> B``) and shown by the
 ``affectstream_model_info`` metric.
+
+With a model registry (setting ``model_registry``, ``model/registry.py``) the stage serves ``<root>/current``
+(a promotion or rollback is that symlink's swap, picked up as above) and, on the same timer, reads
+``rollout.json``: a candidate in ``shadow`` scores a share of posts as well (``shadow.py``; never counted),
+in ``canary`` serves the posts of a share of partitions (``rollout.py``), and is rolled back automatically
+past a threshold (``rollout.RolloutWatch``). Every model, deployed or candidate, is loaded by ``load_model``.
+Each result's input (``post_input``: text, description, brands, label, version) goes to the sinks with it,
+for the retraining job (the Redis sink stores it beside the first result; it is not part of the Result).
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Callable
 
 import faust
+import orjson
 
+from affectstream.model.registry import Registry
 from affectstream.streaming.worker import metrics
 from affectstream.streaming.worker.dlq import dlq_record
-from affectstream.model.targets import TargetInput
-from affectstream.streaming.worker.result import Result, target_entry
+from affectstream.streaming.worker.result import Result
+from affectstream.streaming.worker.rollout import Candidate, CandidateSlot
 from affectstream.streaming.worker.schemas import Post
+from affectstream.streaming.worker.scoring import Scored, Target, post_targets, score  # noqa: F401 - re-exported
 from affectstream.streaming.worker.settings import Settings
+from affectstream.streaming.worker.shadow import WRITE_TIMEOUT_S, ShadowItem, ShadowWriter, shadowed
 from affectstream.streaming.worker.sinks import SinkItem, build_sinks, sink_classes
+from affectstream.streaming.worker.sinks.topic import send_all
 from affectstream.streaming.worker.stage import Stage, StageBatch, parse_all, register_stage, run_every
-
-if TYPE_CHECKING:
-    from affectstream.streaming.worker.mentions import Mention
 
 log = logging.getLogger("affectstream.classify")
 
@@ -69,6 +80,7 @@ class ClassifyBatch(StageBatch):
     sink_items: list[SinkItem] = field(default_factory=list)
     # train/serve check: (post id, served captioner, trained captioner, rejected?) per mismatching post
     mismatches: list[tuple[str, str, str, bool]] = field(default_factory=list)
+    shadow: list[ShadowItem] = field(default_factory=list)  # the candidate's results on shadowed posts
 
     @property
     def items(self) -> list[SinkItem]:
@@ -95,33 +107,6 @@ def captioner_mismatch(post: Post, trained: str | None) -> bool:
     return post.captioner != trained
 
 
-@dataclass(frozen=True)
-class Target:
-    """A brand a post is about: its id, the name the model is told, the mentions that made it one (none for
-    a brand only the producer asserted)."""
-    brand: str
-    name: str
-    mentions: tuple[Mention, ...] = ()
-
-    def model_input(self, post: Post) -> TargetInput:
-        spans = tuple(tuple(m.span) for m in self.mentions if m.source == "text")
-        return TargetInput(text=post.text, description=post.caption or "", target=self.name, spans=spans)
-
-
-def post_targets(post: Post, cap: int) -> tuple[list[Target], int]:
-    """The post's targets and how many were left out: the brands of its mentions in order of first mention,
-    then its asserted ``brands`` that no mention named (in their order), at most ``cap``."""
-    by_brand: dict[str, list[Mention]] = {}
-    for mention in post.mentions:
-        by_brand.setdefault(mention.brand, []).append(mention)
-    for brand in post.brands:
-        by_brand.setdefault(brand, [])
-    brands = list(by_brand)
-    kept = brands[:max(cap, 0)]
-    return ([Target(b, by_brand[b][0].name if by_brand[b] else b, tuple(by_brand[b])) for b in kept],
-            len(brands) - len(kept))
-
-
 def model_signature(model_dir: str) -> tuple | None:
     """What identifies the deployed weights on disk: resolved path + weights file mtime and size."""
     try:
@@ -132,54 +117,102 @@ def model_signature(model_dir: str) -> tuple | None:
         return None
 
 
+def post_input(post: Post, result: Result) -> bytes:
+    """What the retraining job needs of a post (``post_input``): its text, description, brands, and the label
+    and version that answered it."""
+    return orjson.dumps({"text": post.text, "caption": post.caption, "brands": result.brands,
+                         "label": result.label, "model": result.model})
+
+
 class Classifying(Stage):
     """The classify stage without Kafka: ``await process(raw_values)`` -> ClassifyBatch.
 
-    ``load_predictor`` is a zero-argument callable returning an object with ``.version`` and
-    ``.predict(pairs) -> list[Prediction]`` (and ``.config.captioner``, for the train/serve check; without
+    ``load_predictor`` is a zero-argument callable returning the deployed model: an object with ``.version``
+    and ``.predict(pairs) -> list[Prediction]`` (and ``.config.captioner``, for the train/serve check; without
     it nothing is checked; ``.target_aware`` and ``.predict_targets(items)`` for per-brand predictions;
     without them each target gets the post-level prediction); it runs in the inference thread.
+    ``load_model(model_dir)`` loads a candidate of the registry the same way (None: no candidates);
+    ``send_shadow`` sends {"shadow": records} to the topic (None: shadow results go to Redis only).
     """
 
     def __init__(self, settings: Settings, load_predictor, *, watch: bool = True,
-                 check_every_s: float = RELOAD_CHECK_S):
+                 check_every_s: float = RELOAD_CHECK_S, load_model: Callable[[str], Any] | None = None,
+                 send_shadow=None, redis_client: Any = None):
         if settings.captioner_mismatch not in MISMATCH_ACTIONS:
             raise ValueError(f"AFFECTSTREAM_CAPTIONER_MISMATCH must be one of {', '.join(MISMATCH_ACTIONS)}, "
                              f"got {settings.captioner_mismatch!r}")
         self.settings = settings
         self.load_predictor = load_predictor
+        self.load_model = load_model
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.predictor = None
+        self._candidate: Candidate | None = None
+        self.slot: CandidateSlot | None = None     # the registry's candidate while a rollout is on
+        self.registry = Registry(settings.model_registry) if settings.model_registry else None
+        self.model_dir = serving_dir(settings)
         self.watch = watch
         self.check_every_s = check_every_s
+        self.send_shadow = send_shadow
+        self.redis_client = redis_client
+        self.shadow_writer: ShadowWriter | None = None
         self._signature: tuple | None = None
         self._watcher: asyncio.Task | None = None
+        self._shadow_write: asyncio.Task | None = None
+        self._warned_no_partitions = False
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._signature = model_signature(self.settings.model_dir)
+        self._signature = model_signature(self.model_dir)
         self.predictor = await loop.run_in_executor(self.pool, self.load_predictor)
         metrics.set_model_version(self.predictor.version)
-        log.info("model %s loaded from %s", self.predictor.version, self.settings.model_dir)
+        log.info("model %s loaded from %s", self.predictor.version, self.model_dir)
+        if self.registry is not None:
+            from affectstream.streaming.worker.redis_client import async_redis
+
+            client = self.redis_client if self.redis_client is not None else async_redis(self.settings)
+            self.shadow_writer = ShadowWriter(self.settings, self.send_shadow, client)
+            self.slot = CandidateSlot(self.settings, self.registry, self.load_model, self.pool, client)
+            await self.check_rollout()
         if self.watch:
-            self._watcher = run_every(self.check_every_s, self.maybe_reload, "model reload check")
+            self._watcher = run_every(self.check_every_s, self.check, "model reload check")
+
+    async def check(self) -> None:
+        """The timer: the deployed model's directory, then the registry's rollout."""
+        await self.maybe_reload()
+        if self.registry is not None:
+            await self.check_rollout()
 
     async def maybe_reload(self) -> bool:
-        """Swap in a new model version when the directory changed; a failed load keeps the old one."""
-        signature = model_signature(self.settings.model_dir)
+        """Swap in a new model version when the directory changed; a failed load keeps the old one. A
+        promoted candidate that is loaded already is taken over rather than loaded again."""
+        signature = model_signature(self.model_dir)
         if signature is None or signature == self._signature:
             return False
         loop = asyncio.get_running_loop()
-        try:
-            predictor = await loop.run_in_executor(self.pool, self.load_predictor)
-        except Exception as e:  # noqa: BLE001 - a half-written directory: try again at the next check
-            log.warning("model reload from %s failed (%s: %s); keeping %s",
-                        self.settings.model_dir, type(e).__name__, e, self.predictor.version)
-            return False
+        if self.slot is not None and self.slot.holds(signature[0]):
+            predictor = self.slot.candidate.predictor
+        else:
+            try:
+                predictor = await loop.run_in_executor(self.pool, self.load_predictor)
+            except Exception as e:  # noqa: BLE001 - a half-written directory: try again at the next check
+                log.warning("model reload from %s failed (%s: %s); keeping %s",
+                            self.model_dir, type(e).__name__, e, self.predictor.version)
+                return False
         log.info("model reloaded: %s -> %s (%s)", self.predictor.version, predictor.version, signature[0])
         self.predictor, self._signature = predictor, signature
         metrics.set_model_version(predictor.version)
         return True
+
+    async def check_rollout(self) -> None:
+        await self.slot.check(self.predictor.version)
+
+    @property
+    def candidate(self) -> Candidate | None:
+        return self.slot.candidate if self.slot is not None else self._candidate
+
+    @candidate.setter
+    def candidate(self, candidate: Candidate | None) -> None:  # tests and the bench set one by hand
+        self._candidate = candidate
 
     def observe(self, batch: ClassifyBatch, n_events: int, seconds: float) -> None:
         metrics.observe_classify_batch(batch, n_events, seconds, self.predictor.version)
@@ -193,72 +226,105 @@ class Classifying(Stage):
             self._watcher.cancel()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    async def process(self, raws: list[bytes]) -> ClassifyBatch:
+    async def aclose(self) -> None:
+        if self._shadow_write is not None:
+            await asyncio.wait([self._shadow_write], timeout=WRITE_TIMEOUT_S)
+        if self.shadow_writer is not None and self.redis_client is None:
+            await self.shadow_writer.client.aclose()
+        self.close()
+
+    async def process_events(self, events: list) -> ClassifyBatch:
+        """A micro-batch of faust events: the values, and each event's partition (canary routes by it)."""
+        return await self.process([e.message.value for e in events],
+                                  [getattr(e.message, "partition", None) for e in events])
+
+    async def process(self, raws: list[bytes], partitions: list[int | None] | None = None) -> ClassifyBatch:
         out = ClassifyBatch()
-        predictor = self.predictor
+        predictor, candidate = self.predictor, self.candidate  # this batch's models, whatever a reload does meanwhile
         parsed = self._check_captioner(
             parse_all(raws, self.settings, "classify", out.dlq, trusted_enrichment=True), predictor, out)
         if not parsed:
             return out
-        posts = [post for post, _ in parsed]
-        pairs = [(p.text, p.caption or "") for p in posts]
-        post_level = [p[0] if isinstance(p, list) else p
-                      for p in await self._infer(predictor.predict, [[pair] for pair in pairs])]
-        targets = [post_targets(p, self.settings.max_targets_per_post) for p in posts]
-        if getattr(predictor, "target_aware", False):
-            groups = [[t.model_input(post) for t in ts] if not isinstance(pred, BaseException) else []
-                      for post, (ts, _), pred in zip(posts, targets, post_level)]
-            per_target = await self._infer(predictor.predict_targets, groups)
-        else:  # the post-level prediction is what predict_targets would answer for every target
-            per_target = [pred if isinstance(pred, BaseException) else [pred] * len(ts)
-                          for (ts, _), pred in zip(targets, post_level)]
+        served: list[tuple[Any, Scored] | None] = [None] * len(parsed)
+        if candidate is not None and candidate.mode == "canary":
+            await self._canary(candidate, parsed, raws, partitions, served)
+        rest = [i for i, s in enumerate(served) if s is None]
+        for i, scored in zip(rest, await self._score(predictor, [parsed[i][0] for i in rest])):
+            served[i] = (predictor, scored)
         now_ms = int(time.time() * 1000)
-        for (post, raw), pred, (ts, overflow), target_preds in zip(parsed, post_level, targets, per_target):
-            failure = next((e for e in (pred, target_preds) if isinstance(e, BaseException)), None)
+        answered: list[tuple[Post, Result]] = []
+        for (post, raw), (model, scored) in zip(parsed, served):
+            failure = scored.failure
             if failure is not None:
                 log.warning("dlq stage=classify reason=inference_failed id=%s", post.id)
                 out.dlq.append(dlq_record(raw, "inference_failed", "classify",
                                           f"{type(failure).__name__}: {failure}", post.id))
                 continue
-            entries = [target_entry(t.brand, tp, [m.to_dict() for m in t.mentions])
-                       for t, tp in zip(ts, target_preds)]
-            out.sink_items.append(SinkItem.of(Result.from_prediction(post, pred, predictor.version, now_ms,
-                                                                     entries, overflow)))
-            if overflow:
-                log.info("targets capped id=%s kept=%d overflow=%d", post.id, len(ts), overflow)
+            result = scored.result(post, model.version, now_ms)
+            out.sink_items.append(SinkItem.of(result, post_input(post, result)))
+            answered.append((post, result))
+            if scored.overflow:
+                log.info("targets capped id=%s kept=%d overflow=%d", post.id, len(scored.targets), scored.overflow)
+        if candidate is not None and candidate.mode == "shadow":
+            await self._shadow(candidate, [(p, r) for p, r in answered if shadowed(p.id, candidate.share)], out,
+                               now_ms)
         return out
 
-    async def _infer(self, fn, groups: list[list]) -> list[list | BaseException]:
-        """``fn`` over every item of every group in one call, in the inference thread; if that raises (or
-        answers the wrong number of items), group by group, and a group that still fails gets its error."""
-        loop = asyncio.get_running_loop()
+    async def _canary(self, candidate: Candidate, parsed: list[tuple[Post, bytes]], raws: list[bytes],
+                      partitions: list[int | None] | None, served: list) -> None:
+        """Serve the posts of the canary partitions with the candidate; a post it cannot classify is left to
+        the deployed model (and counted against the candidate: ``dlq_rate``)."""
+        if partitions is None:
+            if not self._warned_no_partitions:
+                self._warned_no_partitions = True
+                log.warning("canary %s: this stage is not told the events' partitions; the deployed model "
+                            "serves every post", candidate.version)
+            return
+        part_of = {id(raw): p for raw, p in zip(raws, partitions)}
+        mine = [i for i, (_, raw) in enumerate(parsed) if part_of.get(id(raw)) in candidate.canary_partitions]
+        if not mine:
+            return
+        stats = self.slot.stats if self.slot is not None else None
+        scored = await self._score(candidate.predictor, [parsed[i][0] for i in mine],
+                                   tally=stats.call if stats else None)
+        failed = 0
+        for i, s in zip(mine, scored):
+            if s.failure is None:
+                served[i] = (candidate.predictor, s)
+            else:
+                failed += 1
+                log.warning("canary %s could not classify id=%s (%s); served by %s", candidate.version,
+                            parsed[i][0].id, type(s.failure).__name__, self.predictor.version)
+        if stats is not None:
+            stats.canary_posts += len(mine)
+            stats.canary_dlq += failed
+        metrics.observe_canary(candidate.version, results=len(mine) - failed, dlq=failed)
 
-        async def call(items: list) -> list:
-            answers = await loop.run_in_executor(self.pool, fn, items)
-            if len(answers) != len(items):
-                raise RuntimeError(f"{len(answers)} predictions for {len(items)} inputs")
-            return list(answers)
-
-        flat = [item for group in groups for item in group]
-        if not flat:
-            return [[] for _ in groups]
+    async def _shadow(self, candidate: Candidate, answered: list[tuple[Post, Result]], out: ClassifyBatch,
+                      now_ms: int) -> None:
+        """Score the shadowed posts with the candidate (one call) and write its results off the batch's path;
+        whatever fails here is logged and counted, never raised."""
+        if not answered:
+            return
+        stats = self.slot.stats if self.slot is not None else None
         try:
-            answers = await call(flat)
-        except Exception as e:  # noqa: BLE001 - find the post that breaks the batch, keep the rest
-            log.warning("batch inference failed (%s: %s); retrying %d posts one by one",
-                        type(e).__name__, e, sum(1 for g in groups if g))
-            out: list[list | BaseException] = []
-            for group in groups:
-                try:
-                    out.append(await call(group) if group else [])
-                except Exception as e1:  # noqa: BLE001
-                    out.append(e1)
-            return out
-        split, start = [], 0
-        for group in groups:
-            split.append(answers[start:start + len(group)])
-            start += len(group)
-        return split
+            scored = await self._score(candidate.predictor, [post for post, _ in answered], one_by_one=False,
+                                       tally=stats.call if stats else None)
+        except Exception as e:  # noqa: BLE001 - the shadow never fails the real batch
+            scored = [Scored(e, [], 0, e)] * len(answered)
+        failed = [post.id for (post, _), s in zip(answered, scored) if s.failure is not None]
+        out.shadow = [ShadowItem(deployed, s.result(post, candidate.version, now_ms))
+                      for (post, deployed), s in zip(answered, scored) if s.failure is None]
+        if failed:
+            metrics.observe_shadow(candidate.version, failed=len(failed))
+            log.warning("shadow %s failed on %d posts; first id=%s", candidate.version, len(failed), failed[0])
+        if out.shadow and self.shadow_writer is not None:
+            if self._shadow_write is not None and not self._shadow_write.done():
+                await self._shadow_write  # one write in flight at most: a slow Redis slows the shadow, not memory
+            self._shadow_write = asyncio.create_task(self.shadow_writer.write(out.shadow))
+
+    async def _score(self, predictor, posts: list[Post], **kwargs) -> list[Scored]:
+        return await score(self.pool, predictor, posts, self.settings.max_targets_per_post, **kwargs)
 
     def _check_captioner(self, parsed: list[tuple[Post, bytes]], predictor, out: ClassifyBatch
                          ) -> list[tuple[Post, bytes]]:
@@ -284,14 +350,23 @@ class Classifying(Stage):
         return keep
 
 
-def build_stage(settings: Settings) -> Classifying:
+def serving_dir(settings: Settings) -> str:
+    """The directory the stage serves and watches: the registry's ``current`` link, else ``model_dir``."""
+    return str(Registry(settings.model_registry).current_dir()) if settings.model_registry else settings.model_dir
+
+
+def load_model(settings: Settings, model_dir: str):
+    """Every model the stage serves (deployed or candidate) is loaded here."""
     from affectstream.model.predictor import BatchPredictor  # torch: imported by register(), before the loop runs
 
-    def load():
-        return BatchPredictor.from_directory(settings.model_dir, device=settings.device,
-                                             threads=settings.threads, top_k=settings.top_k or None)
+    return BatchPredictor.from_directory(model_dir, device=settings.device, threads=settings.threads,
+                                         top_k=settings.top_k or None)
 
-    return Classifying(settings, load)
+
+def build_stage(settings: Settings, app: faust.App | None = None) -> Classifying:
+    load = functools.partial(load_model, settings)
+    send = functools.partial(send_all, app) if app is not None else None
+    return Classifying(settings, lambda: load(serving_dir(settings)), load_model=load, send_shadow=send)
 
 
 def register(app: faust.App, settings: Settings) -> str:
@@ -300,6 +375,7 @@ def register(app: faust.App, settings: Settings) -> str:
     classes = sink_classes(settings)
     import affectstream.model.predictor  # noqa: F401 - import torch now: importing it inside the agent blocks the loop
 
-    return register_stage(app, settings, name="classify", source="enriched", build=lambda: build_stage(settings),
+    return register_stage(app, settings, name="classify", source="enriched",
+                          build=lambda: build_stage(settings, app),
                           batch_max=settings.batch_max, within=settings.batch_window_s,
                           sinks=build_sinks(settings, app, classes))

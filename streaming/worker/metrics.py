@@ -28,6 +28,17 @@ CAPTIONER_MISMATCH = Counter(
     "affectstream_captioner_mismatch_total",
     "Posts whose image was described by another captioner (served) than the model was trained on (trained)",
     ["served", "trained"], registry=REGISTRY)
+# a candidate model under test (shadow.py, rollout.py)
+SHADOW = Counter("affectstream_shadow_total",
+                 "Posts scored by a candidate in shadow, by outcome: agree / disagree with the deployed label "
+                 "(first scoring of a post only), failed (the candidate raised), write_failed (not stored)",
+                 ["candidate", "outcome"], registry=REGISTRY)
+CANARY = Counter("affectstream_canary_total", "Posts of canary partitions served by the candidate, by outcome "
+                 "(result, dlq)", ["candidate", "outcome"], registry=REGISTRY)
+CANDIDATE_INFO = Gauge("affectstream_candidate_info", "Candidate model under test: value = its share",
+                       ["version", "mode"], registry=REGISTRY)
+ROLLBACKS = Counter("affectstream_rollbacks_total", "Candidates rolled back automatically, by the threshold crossed",
+                    ["candidate", "reason"], registry=REGISTRY)
 
 
 def observe_dlq(stage: str, records: list[tuple[bytes | None, bytes]]) -> None:
@@ -69,6 +80,29 @@ def observe_classify_batch(batch, n_events: int, seconds: float, model_version: 
         if rejected or fresh is None or post_id in fresh:
             CAPTIONER_MISMATCH.labels(served, trained).inc()
     set_model_version(model_version)
+
+
+def observe_shadow(candidate: str, *, agree: int = 0, disagree: int = 0, failed: int = 0,
+                   write_failed: int = 0) -> None:
+    for outcome, n in (("agree", agree), ("disagree", disagree), ("failed", failed), ("write_failed", write_failed)):
+        if n:
+            SHADOW.labels(candidate, outcome).inc(n)
+
+
+def observe_canary(candidate: str, *, results: int = 0, dlq: int = 0) -> None:
+    for outcome, n in (("result", results), ("dlq", dlq)):
+        if n:
+            CANARY.labels(candidate, outcome).inc(n)
+
+
+def set_candidate(version: str | None, mode: str = "off", share: float = 0.0) -> None:
+    CANDIDATE_INFO.clear()
+    if version is not None:
+        CANDIDATE_INFO.labels(version, mode).set(share)
+
+
+def observe_rollback(candidate: str, reason: str) -> None:
+    ROLLBACKS.labels(candidate, reason).inc()
 
 
 def set_model_version(version: str) -> None:

@@ -45,13 +45,16 @@ BUILTIN = {
 
 @dataclass(frozen=True)
 class SinkItem:
-    """One result and its JSON (serialised once; every sink gets these same bytes)."""
+    """One result and its JSON (serialised once; every sink gets these same bytes), and the post's input for
+    the retraining job (``post_input`` JSON: text, caption, brands, label, model), kept out of the Result so
+    the post's text never reaches the ``sentiment`` topic; the Redis sink stores it beside the result."""
     result: Result
     json: bytes
+    input: bytes | None = None
 
     @classmethod
-    def of(cls, result: Result) -> "SinkItem":
-        return cls(result, result.to_json())
+    def of(cls, result: Result, input: bytes | None = None) -> "SinkItem":
+        return cls(result, result.to_json(), input)
 
     @property
     def key(self) -> bytes:

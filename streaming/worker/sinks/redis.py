@@ -3,7 +3,8 @@
 Three Lua scripts per result, each on the keys of one hash slot, so the sink runs on Redis Cluster as on a
 single Redis (``redis_keys``: which key lives beside which):
 
-1. **claim** (the post's slot: ``post``, ``seen``): sets ``seen`` to ``c`` with NX and stores the result;
+1. **claim** (the post's slot: ``post``, ``seen``, ``post_input``): sets ``seen`` to ``c`` with NX and stores
+   the result and, when the stage gave one, the post's input for retraining (same TTL);
    a post claimed before returns its marker and its *first* result, which is what gets counted, so a
    redelivered post, even one classified again by a newer model, never changes what was stored or counted;
 2. **count** (a bucket's slot: ``counted``, ``brand``), one call per brand-minute bucket of the batch: a
@@ -68,11 +69,12 @@ _CLUSTER_PASSING = ("cannot be connected", "not covered", "could not agree")
 
 # Under OOM a script without flags is refused at its first write, so a refused script has done nothing;
 # each script's first write is its idempotence check.
-# KEYS: post, seen   ARGV: result json, result ttl, seen ttl
+# KEYS: post, seen, post_input   ARGV: result json, result ttl, seen ttl, input json ("" = none)
 # -> 1 (claimed now) | {marker, first result json or false} (claimed before)
 CLAIM_LUA = """
 if redis.call('SET', KEYS[2], 'c', 'NX', 'EX', ARGV[3]) then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[2]) end
   return 1
 end
 return {redis.call('GET', KEYS[2]), redis.call('GET', KEYS[1])}
@@ -103,7 +105,7 @@ SCRIPTS = (CLAIM_LUA, COUNT_LUA, ANNOUNCE_LUA)
 
 
 def claim_keys(keys: RedisKeys, post_id: str) -> list[str]:
-    return [keys.post(post_id), keys.seen(post_id)]
+    return [keys.post(post_id), keys.seen(post_id), keys.post_input(post_id)]
 
 
 def count_keys(keys: RedisKeys, brand: str, minute: str) -> list[str]:
@@ -234,7 +236,8 @@ class RedisSink(Sink):
     async def _claim_step(self, pending: list[_Write], fresh: set[str]) -> BaseException | None:
         s, todo = self.settings, [w for w in pending if w.step == CLAIM]
         replies = await self._run([(self._claim, claim_keys(s.keys, w.item.result.id),
-                                    [w.item.json, s.result_ttl_s, s.seen_ttl_s]) for w in todo])
+                                    [w.item.json, s.result_ttl_s, s.seen_ttl_s, w.item.input or b""])
+                                   for w in todo])
         error = None
         for w, reply in zip(todo, replies):
             if isinstance(reply, BaseException):
