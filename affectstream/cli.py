@@ -150,7 +150,11 @@ def worker(settings: Settings, role: str, loglevel: str, create_topics: bool) ->
     except (SinkConfigError, WebExposureError) as e:
         raise click.UsageError(str(e)) from None
     if settings.web_enabled:
-        register_web(app, settings)  # dashboard, JSON API, SSE, /metrics, sentiment-shift alerts
+        register_web(app, settings)  # dashboard, JSON API, SSE, /metrics, sentiment-shift alerts, corrections
+    if role == "monitor":  # analysts' corrections: feedback topic -> Redis (or the DLQ with a reason)
+        from affectstream.streaming.monitor.intake import register_intake
+
+        register_intake(app, settings)
     web = f"http://{settings.web_bind}:{settings.web_port}/" if settings.web_enabled else "off"
     auth = " (token required)" if settings.web_enabled and settings.web_auth_token else ""
     click.echo(f"affectstream worker role={role} app={settings.app_id} broker={settings.redacted()['broker_url']} "
@@ -250,6 +254,11 @@ def _add_commands() -> None:
     from affectstream.training.cli import COMMANDS
 
     for command in (*COMMANDS, bench, reliability):
+        main.add_command(command)
+    # corrections and model versions: feedback FILE, retrain, model list|promote|rollback|shadow|canary|off|history
+    from affectstream.streaming.tools.feedback_cli import commands as feedback_commands
+
+    for command in feedback_commands(settings_options):
         main.add_command(command)
 
 

@@ -13,6 +13,8 @@
   ``MAX_SSE_CLIENTS`` at once);
 * ``/metrics``: Prometheus text format from ``affectstream.streaming.worker.metrics``;
 * ``/healthz`` (never behind the token);
+* ``/api/feedback`` (GET the newest corrections, POST one), ``/api/post``, ``/api/shadow``: analysts'
+  corrections and the candidate model's agreement (``feedback_web``);
 
 all of it behind ``settings.web_auth_token`` when one is set (``auth``: a bearer header, or a session cookie
 the browser gets by opening ``/?token=…`` once);
@@ -39,8 +41,10 @@ from aiohttp import web as aioweb
 
 from affectstream.streaming.monitor.alerts import AlertRule
 from affectstream.streaming.monitor.auth import token_middleware
+from affectstream.streaming.monitor.feedback_web import register_feedback_web
 from affectstream.streaming.monitor.hub import BRANDS_PER_QUERY, RECENT_KEEP, STATS_INTERVAL_S, LiveHub
 from affectstream.streaming.worker import metrics
+from affectstream.streaming.worker.feedback import MONITOR_GROUP_SUFFIX
 from affectstream.streaming.worker.redis_keys import is_minute
 from affectstream.streaming.worker.settings import Settings
 
@@ -52,8 +56,9 @@ ALERT_INTERVAL_S = 2.0
 MAX_MINUTES = 24 * 60
 MAX_SSE_CLIENTS = 64          # open /events streams per worker; more get 503
 ALERT_SEND_TIMEOUT_S = 10.0   # an alert send not acknowledged by then is retried at a later tick
-ASSETS = {"index.html": "text/html", "app.js": "application/javascript", "style.css": "text/css"}
-MONITOR_APP_SUFFIX = "-monitor"  # the monitor's consumer group: <app_id>-monitor
+ASSETS = {"index.html": "text/html", "app.js": "application/javascript", "feedback.js": "application/javascript",
+          "style.css": "text/css"}
+MONITOR_APP_SUFFIX = MONITOR_GROUP_SUFFIX  # the monitor's consumer group: <app_id>-monitor
 
 
 def monitor_settings(settings: Settings) -> Settings:
@@ -96,6 +101,8 @@ def register_web(app: faust.App, settings: Settings, rule: AlertRule = AlertRule
 
         app.page(path, name=f"dashboard_{name.replace('.', '_')}")(
             type(f"Asset_{name.replace('.', '_')}", (faust.web.View,), {"get": make()}))
+
+    register_feedback_web(app, settings, hub)
 
     @app.page("/metrics", name="metrics")
     class Metrics(faust.web.View):
