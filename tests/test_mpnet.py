@@ -148,3 +148,14 @@ def test_aligned_model_on_real_mpnet_runs_a_forward_pass(mpnet):
     assert out.sentiment_logits.shape == (2, 3)
     assert torch.isfinite(out.sentiment_logits).all()
     assert out.selected_idx.shape == (2, 4)
+
+
+@needs_mpnet
+def test_bench_row_serves_the_mpnet_model(tmp_path):
+    from affectstream.bench.mpnet import mpnet_row
+
+    row = mpnet_row(tmp_path, posts=32, batch=16, rounds=1, device="cpu", say=lambda _: None)
+    assert row["shape"] == "mpnet" and row["posts"] == 32 and row["batch"] == 16
+    assert row["serving_posts_per_s"] > 0 and row["tokens_per_post"] > 3
+    assert row["dtype_serving"] in ("bfloat16", "float32")
+    assert (tmp_path / "mpnet" / "config.json").is_file()
