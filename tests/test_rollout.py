@@ -210,3 +210,26 @@ def test_promoting_the_shadow_candidate_takes_over_the_loaded_model(redis_server
     assert {r.model for r in after.results} == {"v2"} and not after.shadow
     registry.rollback("regret")
     assert registry.current() == "v1"
+
+
+def test_a_candidate_that_cannot_be_loaded_is_rolled_back_after_three_tries(redis_server, tmp_path, caplog):
+    settings = settings_for(redis=redis_server, captioner="none")
+    registry = registry_with(tmp_path, "words", "negative", "shadow", 0.5)
+    (registry.version_dir("v2") / "config.json").write_text("{half a config")  # a broken copy
+
+    async def run():
+        stage = stage_for(settings, registry)
+        await stage.start()  # the first try
+        modes = [registry.rollout().mode]
+        for _ in range(2):
+            await stage.check()
+            modes.append(registry.rollout().mode)
+        out = await stage.process(posts(5, prefix="lf"))
+        await stage.aclose()
+        return modes, out
+
+    with caplog.at_level(logging.WARNING, "affectstream.rollout"):
+        modes, out = asyncio.run(run())
+    assert modes == ["shadow", "shadow", "off"]
+    assert registry.rollout().reason.startswith("auto rollback: load_failed 3 times")
+    assert {r.model for r in out.results} == {"v1"} and len(out.results) == 5, "serving never stopped"

@@ -22,6 +22,9 @@ name               measure                                                      
                    version) differs from the analyst's latest correction
 =================  ============================================================  =========  =======
 
+A candidate that fails to load at ``MAX_LOAD_FAILURES`` (3) checks in a row is rolled back too (reason
+``load_failed``).
+
 Corrections are for posts the deployed model got wrong, so the deployed model disagrees with nearly all of
 them; a candidate that disagrees with more than half is no fix. A candidate that merely differs from the
 deployed model is expected (that is why it was trained), so ``disagreement`` only catches a candidate that
@@ -54,6 +57,7 @@ from affectstream.streaming.worker.shadow import disagreement
 log = logging.getLogger("affectstream.rollout")
 
 ANALYST_WINDOW = 1000  # latest corrected posts read per check
+MAX_LOAD_FAILURES = 3  # a candidate that fails to load at this many checks in a row is rolled back
 
 
 @dataclass(frozen=True)
@@ -243,6 +247,7 @@ class CandidateSlot:
         self.watch = RolloutWatch(settings, registry, client)
         self.candidate: Candidate | None = None
         self._path: str | None = None  # the candidate's resolved directory
+        self._load_failures: dict[str, int] = {}
 
     @property
     def stats(self) -> CandidateStats | None:
@@ -270,10 +275,17 @@ class CandidateSlot:
             path = self.registry.version_dir(want)
             try:
                 predictor = await asyncio.get_running_loop().run_in_executor(self.pool, self.load_model, str(path))
-            except Exception as e:  # noqa: BLE001 - keep serving; try again at the next check
-                log.warning("candidate %s failed to load from %s (%s: %s); trying again at the next check",
-                            want, path, type(e).__name__, e)
+            except Exception as e:  # noqa: BLE001 - keep serving; try again at the next check, then give up
+                failures = self._load_failures[want] = self._load_failures.get(want, 0) + 1
+                log.warning("candidate %s failed to load from %s (%s: %s); attempt %d of %d", want, path,
+                            type(e).__name__, e, failures, MAX_LOAD_FAILURES)
+                detail = f"load_failed {failures} times: {type(e).__name__}: {str(e)[:200]}"
+                if failures >= MAX_LOAD_FAILURES and await asyncio.to_thread(
+                        end_rollout, self.registry, want, f"auto rollback: {detail}"):
+                    metrics.observe_rollback(want, "load_failed")
+                    log.warning("candidate %s rolled back (%s mode): %s", want, rollout.mode, detail)
                 return
+            self._load_failures.pop(want, None)
             self.candidate = Candidate(predictor, rollout.mode, rollout.share, self.settings.partitions)
             self._path = str(path.resolve())
             self.watch.reset(predictor.version)
