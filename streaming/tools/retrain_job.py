@@ -65,10 +65,11 @@ class JobReport:
     version: str | None = None        # the registered candidate, when proposed
     result: RetrainResult | None = None
     mlflow: dict | None = None
+    reason: str = ""                  # why nothing was trained, when nothing was
 
     @property
     def table(self) -> str:
-        return self.result.table if self.result else ""
+        return self.result.table if self.result else self.reason + "\n"
 
 
 # --- 1 + 2: read the topic into the store -------------------------------------------------------------
@@ -195,14 +196,19 @@ def run_retrain(settings: Settings, cfg: TrainConfig, options: RetrainOptions = 
     rows = read_store(store_path(registry))
     log.info("feedback: read %d, kept %d, skipped %s; %d corrections in the store", intake.read, intake.kept,
              intake.skipped, len(rows))
+    store_sha = file_sha256(store_path(registry))
+    trained_on = {v: registry.lineage(v).get("feedback_store", {}).get("sha256") for v in registry.versions()}
+    same = [v for v, sha in trained_on.items() if sha == store_sha]
+    if intake.kept == 0 and same:
+        return JobReport(status="nothing_to_do", intake=intake, base_version=base_version,
+                         reason=f"no new corrections since {same[-1]} was trained on the same {len(rows)}")
     work = Path(work_dir or registry.root / "work" / time.strftime("%Y%m%dT%H%M%S"))
     result = retrain(cfg, corrected_posts(rows), registry.current_dir().resolve(), work, options, progress=progress)
     report = JobReport(status=result.status, intake=intake, base_version=base_version, result=result)
     if result.status != "proposed":
         return report
     lineage = {"base_version": base_version, "feedback_offsets": {str(p): o for p, o in intake.offsets.items()},
-               "feedback_store": {"path": str(store_path(registry)), "records": len(rows),
-                                  "sha256": file_sha256(store_path(registry))},
+               "feedback_store": {"path": str(store_path(registry)), "records": len(rows), "sha256": store_sha},
                "data": result.data, "options": asdict(options), "preset": asdict(cfg),
                "retrain_counts": result.mix.counts, "seconds": result.seconds,
                "reason": "retrained with analysts' corrections"}
