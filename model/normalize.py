@@ -35,6 +35,9 @@ URL = re.compile(r"(?:https?://|www\.)[^\s«»<>]+", re.IGNORECASE)
 # a letter (any script, not a digit or underscore) three or more times in a row
 ELONGATION = re.compile(r"([^\W\d_])\1{2,}")
 SPACES = re.compile(r"\s+")
+# any character of any emoji the `emoji` package knows (none is ASCII-only): a text without one has no emoji,
+# and skips `emoji.replace_emoji`, which costs ~150 µs per tweet against ~35 µs for the rest
+EMOJI_CHARS = frozenset(c for key in emoji.EMOJI_DATA for c in key if not c.isascii())
 
 
 def _emoji_words(chars: str, data: dict[str, str]) -> str:
@@ -46,7 +49,8 @@ def _social_v1(segment: str) -> str:
     """One unprotected stretch of text; whitespace collapsed but an edge space kept (it separates the
     stretch from a neighbouring marker). The order matters for idempotence: emoji names are written
     before elongations are shortened (``💤`` is ``ZZZ``)."""
-    segment = emoji.replace_emoji(segment, replace=_emoji_words)
+    if not segment.isascii() and not EMOJI_CHARS.isdisjoint(segment):
+        segment = emoji.replace_emoji(segment, replace=_emoji_words)
     segment = URL.sub("http", segment)
     segment = HANDLE.sub("@user", segment)
     segment = ELONGATION.sub(r"\1\1", segment)
