@@ -162,6 +162,9 @@ class Classifying(Stage):
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.registry is not None and not self.registry.current():
+            raise RuntimeError(f"model registry {self.registry.root} has no deployed version: promote one "
+                               "(`affectstream model promote VERSION`)")
         self._signature = model_signature(self.model_dir)
         self.predictor = await loop.run_in_executor(self.pool, self.load_predictor)
         metrics.set_model_version(self.predictor.version)
