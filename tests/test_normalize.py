@@ -20,6 +20,13 @@ def test_emoji_become_their_names_as_separate_words():
     assert normalize_text("great 👍🏽!") == "great thumbs up medium skin tone !"
 
 
+def test_every_emoji_the_package_knows_becomes_words():
+    import emoji
+
+    left = [e for e in emoji.EMOJI_DATA if emoji.emoji_count(normalize_text(f"a{e}b"))]
+    assert left == []
+
+
 def test_handles_and_urls_become_placeholders_but_emails_stay():
     assert normalize_text("@acme_help fix it https://t.co/AbC?x=1 or www.acme.com") == "@user fix it http or http"
     assert normalize_text("write to help@acme.com") == "write to help@acme.com"
