@@ -233,3 +233,24 @@ def test_a_candidate_that_cannot_be_loaded_is_rolled_back_after_three_tries(redi
     assert modes == ["shadow", "shadow", "off"]
     assert registry.rollout().reason.startswith("auto rollback: load_failed 3 times")
     assert {r.model for r in out.results} == {"v1"} and len(out.results) == 5, "serving never stopped"
+
+
+def test_process_events_hands_each_events_partition_to_the_canary(redis_server, tmp_path):
+    """What the agent loop calls with faust events (``message.value``, ``message.partition``)."""
+    settings = settings_for(redis=redis_server, captioner="none", partitions=4)
+    registry = registry_with(tmp_path, "words", "negative", "canary", 0.25)
+    batch = posts(8, prefix="ev")
+    events = [type("Event", (), {"message": type("Message", (), {"value": raw, "partition": i % 4})()})()
+              for i, raw in enumerate(batch)]
+
+    async def run():
+        stage = stage_for(settings, registry)
+        await stage.start()
+        out = await stage.process_events(events)
+        without = await stage.process(batch)  # a caller that cannot say: the deployed model serves all
+        await stage.aclose()
+        return out, without
+
+    out, without = asyncio.run(run())
+    assert [r.model for r in out.results] == ["v2" if i % 4 == 0 else "v1" for i in range(8)]
+    assert {r.model for r in without.results} == {"v1"}

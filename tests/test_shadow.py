@@ -266,3 +266,39 @@ def test_shadow_off_or_a_small_share_calls_the_candidate_at_most_once_per_batch(
         return calls
 
     assert asyncio.run(run()) == (1 if share else 0)
+
+
+def test_shadow_keys_inputs_and_the_analyst_measure_work_on_a_redis_cluster(redis_cluster, tmp_path):
+    """Odd ids (braces pick a key's slot) on a 3-master cluster: each post's result, input and shadow result
+    share its slot; the agreement hash and the analysts' index live elsewhere, read by cross-slot pipelines."""
+    from affectstream.streaming.worker.redis_client import async_redis
+
+    settings = settings_for(redis=redis_cluster, captioner="none", redis_cluster=True)
+    registry = registry_with(tmp_path, "words", "negative", "shadow", 1.0)
+    batch = [orjson.dumps({"id": f"odd{{{i}}}-{i}", "text": TEXTS[i % len(TEXTS)], "brands": ["we{ird}"],
+                           "created_at": T0}) for i in range(12)]
+    ids = [orjson.loads(p)["id"] for p in batch]
+
+    async def run():
+        stage = stage_for(settings, registry)
+        sink = RedisSink(settings)
+        await stage.start()
+        await run_batches(stage, sink, [batch], [])
+        client = async_redis(settings)
+        keys = settings.keys
+        for post_id in ids[:6]:
+            await client.hset(keys.feedback_latest(post_id), "", orjson.dumps({"label": "positive"}))
+            await client.zadd(keys.feedback_index(), {post_id: T0})
+        inputs = [await client.get(keys.post_input(i)) for i in ids]
+        shadow = [await client.get(keys.shadow_result(i)) for i in ids]
+        agree = await client.hgetall(keys.shadow_agree("v2"))
+        analyst = await stage.slot.watch.analyst(stage.candidate)
+        await client.aclose()
+        await stage.aclose()
+        await sink.close()
+        return inputs, shadow, agree, analyst
+
+    inputs, shadow, agree, analyst = asyncio.run(run())
+    assert all(inputs) and all(shadow)
+    assert sum(int(v) for k, v in agree.items() if k.startswith(b"all:")) == len(ids)
+    assert analyst == (1.0, 6), "the candidate says negative where the analysts said positive"
