@@ -156,7 +156,7 @@ def test_the_intake_writes_a_posts_feedback_keys_in_one_slot_on_a_cluster(redis_
 # --- the monitor's agent and the bulk command, on the real broker ------------------------------------------
 
 def stream_settings(broker, redis_server, **overrides):
-    s = settings_for(broker, redis_server, partitions=2, web_port=free_port(), **overrides)
+    s = settings_for(broker, redis_server, **{"partitions": 2, "web_port": free_port(), **overrides})
     run = s.app_id.rsplit("-", 1)[-1]
     s = s.replace(topic_feedback=f"feedback-{run}", topic_dlq=f"dlq-{run}", topic_posts=f"posts-{run}",
                   topic_enriched=f"enriched-{run}", topic_sentiment=f"sentiment-{run}", topic_alerts=f"alerts-{run}",
