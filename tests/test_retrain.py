@@ -4,6 +4,7 @@ that is refused, and the whole ``affectstream retrain`` job on the real broker a
 its own offsets, the store, the registry's lineage)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 
@@ -29,6 +30,7 @@ from tests.test_pipeline import wait_for
 WORDS = {"positive": ["love", "great", "awesome"], "negative": ["hate", "awful", "terrible"],
          "neutral": ["table", "monday", "blue"]}
 T0 = 1764410400000
+MLFLOW = importlib.util.find_spec("mlflow") is not None
 
 
 def fix(post_id: str, text: str, label: str = "negative", old: str = "positive", ts: int = T0, target=None,
@@ -187,9 +189,13 @@ def test_the_retrain_job_takes_what_the_intake_kept_registers_a_candidate_and_re
     with workers_running([WorkerProcess(s, "monitor")]) as procs:
         produce_lines(s, corrections_of(first) + bad, topic=s.topic_feedback)
         wait_for(lambda: committed_total(s, intake_group(s)) == 32, 90, procs, "the intake to take in 32 records")
-        run = CliRunner().invoke(main, job, env=env, catch_exceptions=False)
+        # where MLflow is installed (mlflow-skinny is enough), the first run also logs there
+        tracked = {"MLFLOW_TRACKING_URI": (tmp_path / "mlruns").as_uri(), "MLFLOW_ALLOW_FILE_STORE": "true"} if MLFLOW else {}
+        run = CliRunner().invoke(main, job, env={**env, **tracked}, catch_exceptions=False)
         assert run.exit_code == 0, run.output
         assert "read 32, kept 30" in run.output and "not_accepted_by_intake" in run.output and "registered v2" in run.output
+        if MLFLOW:
+            assert "mlflow: run " in run.output and "registered version 1" in run.output
 
         reg = Registry(tmp_path / "reg")
         assert reg.versions() == ["v1", "v2"] and reg.current() == "v1"   # proposed, not deployed
@@ -214,3 +220,30 @@ def test_the_retrain_job_takes_what_the_intake_kept_registers_a_candidate_and_re
     assert "read 0, kept 0" in sabotaged.output and "NOT PROPOSED: worse on base" in sabotaged.output
     assert Registry(tmp_path / "reg").versions() == ["v1", "v2"]                  # the bad candidate is not registered
     assert committed_total(s, s.app_id + "-retrain") == 38
+
+
+@pytest.mark.skipif(not MLFLOW, reason="needs mlflow (pip install mlflow-skinny)")
+def test_a_registered_candidate_is_logged_and_registered_in_mlflow(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from affectstream.streaming.tools.retrain_job import log_to_mlflow
+    from affectstream.training.retrain import Decision, Mix, RetrainResult
+    from tests.test_registry import fake_model
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")   # MLflow 3 wants a database; a folder is enough here
+    reg = Registry(tmp_path / "reg")
+    version = reg.add(fake_model(tmp_path / "m"), {"base_version": None})
+    rows = [{"test set": "vader", "n": 420, "deployed macro_f1": 0.70, "candidate macro_f1": 0.71, "verdict": "decides"}]
+    result = RetrainResult("proposed", [], "table", Mix([], []), Decision(True, [], rows))
+    lineage = {"base_version": "v0", "options": {"correction_weight": 3}, "data": {"corrections": "abc"}}
+    first = log_to_mlflow(reg, version, result, lineage)
+    second = log_to_mlflow(reg, version, result, lineage)
+    client = MlflowClient()
+    run = client.get_run(first["run_id"])
+    assert run.data.params["base_version"] == "v0" and run.data.params["option.correction_weight"] == "3"
+    assert run.data.metrics["vader.candidate_macro_f1"] == pytest.approx(0.71)
+    assert (first["registered_version"], second["registered_version"]) == ("1", "2")
+    model = client.get_model_version("affectstream", "1")
+    assert model.tags["registry_version"] == "v1" and model.run_id == first["run_id"]
+    assert {a.path for a in client.list_artifacts(first["run_id"], "model")} >= {"model/config.json", "model/lineage.json"}

@@ -234,10 +234,14 @@ def attach_retrain(result: RetrainResult) -> None:
     metrics_path.write_text(json.dumps(metrics, indent=2, default=str))
 
 
-def log_to_mlflow(registry: Registry, version: str, result: RetrainResult, lineage: dict) -> dict[str, Any]:
-    """Log the run (params, the table's figures, the version directory) and register the model version in the
-    MLflow registry named ``affectstream``. Imported only when ``MLFLOW_TRACKING_URI`` is set."""
+def log_to_mlflow(registry: Registry, version: str, result: RetrainResult, lineage: dict,
+                  model_name: str = "affectstream") -> dict[str, Any]:
+    """Log the run (params, the table's figures, the lineage, the version directory as artifacts) and add a
+    version of the MLflow registered model ``model_name`` whose source is those artifacts, tagged with the
+    on-disk version id. ``mlflow`` (``mlflow-skinny`` is enough) is imported only here, when
+    ``MLFLOW_TRACKING_URI`` is set."""
     import mlflow
+    from mlflow import MlflowClient
 
     with mlflow.start_run(run_name=f"retrain-{version}") as run:
         mlflow.log_params({"base_version": lineage["base_version"], "version": version,
@@ -249,5 +253,11 @@ def log_to_mlflow(registry: Registry, version: str, result: RetrainResult, linea
                     mlflow.log_metric(f"{slug}.{key.replace(' ', '_')}", float(value))
         mlflow.log_dict(lineage, "lineage.json")
         mlflow.log_artifacts(str(registry.version_dir(version)), artifact_path="model")
-        registered = mlflow.register_model(f"runs:/{run.info.run_id}/model", "affectstream")
+    client = MlflowClient()
+    if not client.search_registered_models(filter_string=f"name = '{model_name}'"):
+        client.create_registered_model(model_name, description="affectstream aligned sentiment models")
+    registered = client.create_model_version(model_name, source=f"{run.info.artifact_uri}/model",
+                                             run_id=run.info.run_id,
+                                             tags={"registry_version": version,
+                                                   "base_version": str(lineage["base_version"])})
     return {"run_id": run.info.run_id, "registered_version": str(registered.version)}
