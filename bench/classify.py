@@ -14,8 +14,12 @@ token count T (padding excluded):
 P = non-embedding encoder parameters (per layer: 4·H² + 4·H attention, 2·H·I + H + I feed-forward,
 2 · 2·H layer norms), L layers, H hidden size, I intermediate size; 4·L·T²·H counts Q·Kᵀ and
 attention·V. The scorer and heads (< 1%) are left out. Utilisation = real FLOPs / forward time / peak,
-with the peak measured in the same run by a bf16 (and fp32) matmul of 2048³ and of the encoder's
-feed-forward shape.
+with the peak measured in the same run: bf16 and fp32 matmuls of 2048³, and the encoder's feed-forward
+shape in bf16, fp32 and int8 (ONNX Runtime's MatMulInteger); the goal compares a forward with the
+FFN-shape peak of the precision it runs in (`peak_for`).
+
+The roberta-base shape gets a byte-level BPE tokenizer trained at run time (`byte_level_bpe`), so the
+bench needs nothing beyond the project's runtime dependencies.
 """
 from __future__ import annotations
 
@@ -35,19 +39,24 @@ class Timed:
     posts_per_s: float
     seconds: float   # best round
     n: int           # posts per round
+    spread: float = 0.0  # (best - worst) / best over the rounds: how disturbed the rounds were
 
 
 def interleaved(variants: dict[str, Callable[[], int]], rounds: int) -> dict[str, Timed]:
     """Run each variant (a callable returning how many posts it processed) once per round, interleaved;
-    keep each variant's best round."""
+    keep each variant's best round and the spread of all its rounds."""
     best: dict[str, Timed] = {}
+    worst: dict[str, float] = {}
     for _ in range(rounds):
         for name, run in variants.items():
             started = time.perf_counter()
             n = run()
             seconds = time.perf_counter() - started
+            worst[name] = min(worst.get(name, float("inf")), n / seconds)
             if name not in best or n / seconds > best[name].posts_per_s:
                 best[name] = Timed(n / seconds, seconds, n)
+    for name, timed in best.items():
+        timed.spread = 1 - worst[name] / timed.posts_per_s
     return best
 
 
@@ -83,6 +92,29 @@ def matmul_peak(dtype: torch.dtype, m: int, k: int, n: int, device: torch.device
             a @ b
             sync()
             best = max(best, 2 * m * k * n / (time.perf_counter() - started) / 1e9)
+    return best
+
+
+def int8_matmul_peak(m: int, k: int, n: int, seconds: float = 1.0) -> float:
+    """Best GOP/s (2·m·k·n per product) of ONNX Runtime's MatMulInteger, u8 (m×k) · s8 (k×n) → int32."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.integers(-127, 127, (k, n), dtype=np.int8), "B")
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "int8-peak",
+                              [helper.make_tensor_value_info("A", TensorProto.UINT8, [m, k])],
+                              [helper.make_tensor_value_info("Y", TensorProto.INT32, [m, n])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    a = {"A": rng.integers(0, 255, (m, k), dtype=np.uint8)}
+    session.run(None, a)
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == 0.0:
+        started = time.perf_counter()
+        session.run(None, a)
+        best = max(best, 2 * m * k * n / (time.perf_counter() - started) / 1e9)
     return best
 
 
@@ -173,33 +205,32 @@ def model_only(shape: Shape, root: Path, *, pairs: list[tuple[str, str]], batch_
 
 
 def forward_utilisation(shape: Shape, serving, pairs: list[tuple[str, str]], batch: int, rounds: int) -> dict:
-    """Time the serving model's forward alone on length-sorted micro-batches of `batch` posts."""
-    from affectstream.model.tokenization import encode_pairs
-
+    """Time the serving backend's forward alone (`serving._forward`: torch or ONNX Runtime) on length-sorted
+    micro-batches of `batch` posts, tokenised beforehand."""
     order = sorted(pairs, key=lambda p: len(p[0]) + len(p[1]))
     batches = []
     for start in range(0, len(order) - batch + 1, batch):
-        chunk = order[start:start + batch]
-        enc = encode_pairs(serving.tokenizer, [t for t, _ in chunk], [d for _, d in chunk], serving.config.max_length)
-        batches.append(({k: v.to(serving.device) for k, v in enc.model_inputs().items()},
-                        enc.attention_mask.sum(dim=1).tolist(), enc.input_ids.numel()))
-    sync = torch.cuda.synchronize if serving.device.type == "cuda" else (lambda: None)
+        enc = serving.encode(order[start:start + batch])
+        batches.append((enc, enc.attention_mask.sum(dim=1).tolist(), enc.input_ids.numel()))
+    device = getattr(serving, "device", torch.device("cpu"))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     real_flops = sum(flops_per_post(shape.encoder_config, t) for _, tokens, _ in batches for t in tokens)
     padded_tokens = sum(n for _, _, n in batches)
     real_tokens = sum(sum(tokens) for _, tokens, _ in batches)
     best = float("inf")
     with torch.inference_mode():
-        for inputs, _, _ in batches[:1]:
-            serving.model(**inputs, top_k=serving.top_k)
+        for enc, _, _ in batches[:1]:
+            serving._forward(enc)
         for _ in range(rounds):
             sync()
             started = time.perf_counter()
-            for inputs, _, _ in batches:
-                serving.model(**inputs, top_k=serving.top_k)
+            for enc, _, _ in batches:
+                serving._forward(enc)
             sync()
             best = min(best, time.perf_counter() - started)
     n_posts = batch * len(batches)
     return {
+        "forward_backend": getattr(serving, "backend", "torch"),
         "forward_batch": batch,
         "forward_posts_per_s": n_posts / best,
         "forward_gflops": real_flops / best / 1e9,
@@ -209,14 +240,98 @@ def forward_utilisation(shape: Shape, serving, pairs: list[tuple[str, str]], bat
     }
 
 
-def peaks(shapes: list[Shape], device: torch.device, seconds: float) -> dict:
-    """Measured matmul peaks: 2048³ in bf16 and fp32, and each encoder's feed-forward (M=32·48 tokens)."""
+def ffn_shape(shape: Shape) -> tuple[int, int, int]:
+    """(M, K, N) of the encoder's first feed-forward matmul over 32 posts of 48 tokens."""
+    _, h, i = encoder_dims(shape.encoder_config)
+    return 32 * 48, h, i
+
+
+def peaks(shapes: list[Shape], device: torch.device, seconds: float, int8: bool = True) -> dict:
+    """Measured matmul peaks: 2048³ in bf16 and fp32, and each encoder's feed-forward shape in bf16, fp32
+    and (on the CPU) int8 through ONNX Runtime's MatMulInteger, the int8 kernel the onnx-int8 path runs."""
     out = {
         "bf16_2048": matmul_peak(torch.bfloat16, 2048, 2048, 2048, device, seconds),
         "fp32_2048": matmul_peak(torch.float32, 2048, 2048, 2048, device, seconds),
     }
     for shape in shapes:
-        _, h, i = encoder_dims(shape.encoder_config)
-        out[f"bf16_ffn_{shape.name}"] = matmul_peak(torch.bfloat16, 32 * 48, h, i, device, seconds)
+        m, k, n = ffn_shape(shape)
+        out[f"bf16_ffn_{shape.name}"] = matmul_peak(torch.bfloat16, m, k, n, device, seconds)
+        out[f"fp32_ffn_{shape.name}"] = matmul_peak(torch.float32, m, k, n, device, seconds)
+        if int8 and device.type == "cpu":
+            out[f"int8_ffn_{shape.name}"] = int8_matmul_peak(m, k, n, seconds)
     return out
 
+
+def peak_for(peaks_gflops: dict, shape_name: str, serving) -> tuple[str, float | None]:
+    """The FFN-shape peak of the precision `serving` computes in: int8 (onnx-int8), bf16 or fp32."""
+    backend = getattr(serving, "backend", "torch")
+    if backend == "onnx-int8":
+        key = f"int8_ffn_{shape_name}"
+    elif backend == "onnx-fp32" or getattr(serving, "dtype", torch.float32) == torch.float32:
+        key = f"fp32_ffn_{shape_name}"
+    else:
+        key = f"bf16_ffn_{shape_name}"
+    return key, peaks_gflops.get(key)
+
+
+# --- roberta-base's shape without test-only packages -------------------------------------------------
+
+def bpe_corpus() -> list[str]:
+    """Text for the byte-level BPE: VADER tweets when reachable, the sample posts and the descriptions."""
+    from affectstream.bench.workload import DESCRIPTIONS, sample_texts
+
+    corpus = sample_texts() + DESCRIPTIONS
+    try:
+        from affectstream.training.datasets import load_dataset
+
+        corpus += [s.text for s in load_dataset("vader").samples]
+    except (OSError, RuntimeError, ValueError):
+        pass
+    return corpus
+
+
+def byte_level_bpe(directory: Path, vocab_size: int = 8000):
+    """A RoBERTa-style fast tokenizer (byte-level BPE, `<s> A </s></s> B </s>`) trained here with `tokenizers`
+    on `bpe_corpus()`: no RoBERTa vocabulary ships in a runtime dependency. Trained on tweets it splits them
+    into about as many tokens as GPT-2's 50k vocabulary (measured: 18.5 tokens per bench post against 19.8,
+    VADER test tweets 22.9 against 22.6); the table reports tokens per post either way."""
+    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers.processors import RobertaProcessing
+    from transformers import RobertaTokenizerFast
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    bpe = ByteLevelBPETokenizer(add_prefix_space=False, trim_offsets=True)
+    bpe.train_from_iterator(bpe_corpus(), vocab_size=vocab_size, min_frequency=2, special_tokens=specials,
+                            show_progress=False)
+    bpe.post_processor = RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True, add_prefix_space=False)
+    tokenizer = RobertaTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>",
+                                     sep_token="</s>", cls_token="<s>", pad_token="<pad>", unk_token="<unk>",
+                                     mask_token="<mask>")
+    tokenizer.save_pretrained(str(directory))
+    return tokenizer
+
+
+def roberta_base_dir(root: Path, layers: int | None = None) -> Shape:
+    """roberta-base's architecture (RobertaConfig() defaults, 50,265-row embedding) with random weights and a
+    byte-level BPE tokenizer trained at run time. `layers` shrinks it for the quick run only."""
+    import json
+
+    from transformers import RobertaConfig, RobertaModel
+
+    from affectstream.model.aligned import AlignedClassifier
+    from affectstream.model.config import AlignedConfig
+    from affectstream.model.deploy import save_deployed
+
+    name = "roberta-base" if layers is None else f"roberta-base-{layers}l"
+    directory = root / name
+    if not (directory / "model.safetensors").exists():
+        tokenizer = byte_level_bpe(root / "roberta-tokenizer")
+        config = RobertaConfig(vocab_size=max(len(tokenizer), RobertaConfig().vocab_size))
+        if layers is not None:
+            config.num_hidden_layers = layers
+        torch.manual_seed(0)
+        encoder = RobertaModel(config, add_pooling_layer=False)
+        aligned = AlignedConfig(encoder="roberta-base (random weights)", version=f"bench-{name}")
+        save_deployed(AlignedClassifier(aligned, encoder), tokenizer, directory)
+    config = json.loads((directory / "config.json").read_text())["encoder_config"]
+    return Shape(name, directory, config)

@@ -3,6 +3,7 @@
     affectstream bench                 # full run (~10-15 min on 2 cores)
     affectstream bench --quick         # CI smoke run: every figure at reduced sizes (< ~2 min)
     affectstream bench --json out.json --skip-e2e --skip-caption --shapes minilm
+    affectstream bench --int8-gate models/default   # only the int8 quality gate, written next to the model
 
 OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE, set here before torch loads unless already set):
 with the default spin-waiting, a host whose cores are shared with other processes loses 2-5x on every
@@ -51,13 +52,17 @@ class Sizes:
     cache_lookups: int = 20_000
     mention_posts: int = 20_000            # brands: posts through the mention matcher per round
     brands_model: str = "models/brands"    # brands: a target-aware model directory for the (post, target) cost
+    peers_model: str = "models/default"    # peers: the served model (the scratch MiniLM when it is absent)
+    peer_posts: int = 1024                 # peers: posts per round, every variant and batch size
+    rss_posts: int = 512                   # peers: posts served by each backend's memory probe
+    int8_gate: bool = True                 # run the int8 quality gate on the peers' model first
 
 
 FULL = Sizes()
 QUICK = Sizes(posts=64, naive_posts=8, batch_sizes=(1, 8, 32, 64), rounds=1, roberta_layers=2, roberta_posts=64,
               roberta_naive_posts=4, peak_seconds=0.3, burst=200, load_seconds=2.0, caption_images=4,
               offline_images=32, offline_rounds=1, vlm_images=1, vlm_batch=1, vlm_tokens=4, vlm_image_size=96,
-              cache_lookups=2_000, mention_posts=2_000)
+              cache_lookups=2_000, mention_posts=2_000, peer_posts=64, rss_posts=32, int8_gate=False)
 
 
 def machine() -> dict:
@@ -70,6 +75,7 @@ def machine() -> dict:
                 cpu = line.split(":", 1)[1].strip()
                 break
     from affectstream.model.device import cpu_has_bf16_units
+    from affectstream.model.serving import cpu_isa
 
     info = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -77,7 +83,9 @@ def machine() -> dict:
         "bf16_units": cpu_has_bf16_units(), "torch": torch.__version__, "python": platform.python_version(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "isa": cpu_isa(),
         "load_average_start": os.getloadavg()[0],
+        "load_averages_start": [round(x, 2) for x in os.getloadavg()],
     }
     with contextlib.suppress(ImportError):
         import transformers
@@ -90,7 +98,7 @@ def run_bench(sizes: Sizes, *, shapes: tuple[str, ...], e2e: bool, caption: bool
               say=print) -> dict:
     import torch
 
-    from affectstream.bench import classify, workload
+    from affectstream.bench import classify, peers, workload
     from affectstream.model.device import pick_device
 
     dev = pick_device(device)
@@ -101,10 +109,11 @@ def run_bench(sizes: Sizes, *, shapes: tuple[str, ...], e2e: bool, caption: bool
     if "minilm" in shapes:
         built.append((workload.minilm_dir(root), sizes.posts, sizes.naive_posts))
     if "roberta-base" in shapes:
-        built.append((workload.roberta_base_dir(root, sizes.roberta_layers), sizes.roberta_posts,
+        built.append((classify.roberta_base_dir(root, sizes.roberta_layers), sizes.roberta_posts,
                       sizes.roberta_naive_posts))
+    served = served_shape(sizes, root)
     say("matmul peaks ...")
-    results["peaks_gflops"] = classify.peaks([shape for shape, _, _ in built], dev, sizes.peak_seconds)
+    results["peaks_gflops"] = classify.peaks([shape for shape, _, _ in built] + [served], dev, sizes.peak_seconds)
     results["classify"] = {}
     for shape, n, naive_n in built:
         say(f"classify, model only: {shape.name}")
@@ -112,6 +121,7 @@ def run_bench(sizes: Sizes, *, shapes: tuple[str, ...], e2e: bool, caption: bool
             shape, root, pairs=workload.posts(n), batch_sizes=sizes.batch_sizes, naive_posts=naive_n,
             rounds=sizes.rounds, device=device, say=say)
         torch.cuda.empty_cache() if dev.type == "cuda" else None
+    results["peers"] = peer_rows(sizes, served, root, results["peaks_gflops"], say)
     results["brands"] = brand_rows(sizes, device, say)
     if e2e and built:
         from affectstream.bench import e2e as e2e_bench
@@ -135,6 +145,48 @@ def run_bench(sizes: Sizes, *, shapes: tuple[str, ...], e2e: bool, caption: bool
     results["machine"]["load_average_end"] = os.getloadavg()[0]
     results["targets"] = targets(results)
     return results
+
+
+def served_shape(sizes: Sizes, root: Path):
+    """The served model for the peers rows: `sizes.peers_model` when deployed, else the scratch MiniLM."""
+    from affectstream.bench import workload
+
+    directory = Path(sizes.peers_model)
+    if not (directory / "model.safetensors").exists():
+        return workload.minilm_dir(root)
+    config = json.loads((directory / "config.json").read_text())["encoder_config"]
+    return workload.Shape(directory.name, directory, config)
+
+
+def peer_rows(sizes: Sizes, served, root: Path, peaks: dict, say=print) -> dict:
+    """The int8 gate (full run), serving against its peers, the served backend's forward share of its peak,
+    and each backend's peak RSS. CPU only: ONNX Runtime runs on the CPU here."""
+    import gc
+
+    from affectstream.bench import classify, peers
+
+    gate = None
+    if sizes.int8_gate:
+        from affectstream.bench.int8_gate import run_gate
+
+        gate = run_gate(served.directory, say=lambda msg: say(f"  {msg}"))
+    say(f"peers: {served.directory} ...")
+    p = peers.run_peers(served.directory, root, posts=sizes.peer_posts, batch_sizes=sizes.batch_sizes,
+                        rounds=sizes.rounds, say=say)
+    predictors = p.pop("predictors")
+    texts, _ = peers.peer_posts(sizes.peer_posts)
+    auto = predictors[p["auto_backend"]]
+    forward = classify.forward_utilisation(served, auto, [(t, "") for t in texts], batch=32, rounds=sizes.rounds)
+    forward["peak_key"], forward["peak_gflops"] = classify.peak_for(peaks, served.name, auto)
+    forward["forward_share"] = forward["forward_gflops"] / forward["peak_gflops"] if forward["peak_gflops"] else 0.0
+    p["forward"] = forward
+    del predictors, auto
+    gc.collect()
+    say("peers: peak RSS per backend (a fresh process each) ...")
+    p["rss_mb"] = peers.serving_rss(served.directory, posts=sizes.rss_posts)
+    if gate:
+        p["int8_gate"] = gate
+    return p
 
 
 def brand_rows(sizes: Sizes, device: str, say=print) -> dict:
@@ -163,13 +215,19 @@ def targets(r: dict) -> list[dict]:
             return
         out.append({"target": name, "value": round(value, 3), "goal": goal, "unit": unit, "met": value >= goal})
 
-    peak = r.get("peaks_gflops", {}).get("bf16_2048")
     for name, c in r.get("classify", {}).items():
         best = max(c["serving_posts_per_s"].values())
         add(f"{name}: serving / naive", best / c["naive_posts_per_s"], 10)
-        add(f"{name}: serving / pipeline", best / c["pipeline_posts_per_s"], 3)
+        add(f"{name}: serving / HF pipeline fp32 batch 1", best / c["pipeline_posts_per_s"], 3)
+        precision = "bf16" if c["dtype_serving"] == "bfloat16" else "fp32"
+        peak = r.get("peaks_gflops", {}).get(f"{precision}_ffn_{name}")
         if peak:
-            add(f"{name}: forward@{c['forward_batch']} / bf16 2048³ peak", c["forward_gflops"] / peak, 0.30, "share")
+            add(f"{name}: forward@{c['forward_batch']} (torch) / {precision} FFN-shape peak", c["forward_gflops"] / peak,
+                0.30, "share")
+    if r.get("peers"):
+        from affectstream.bench.peers import peer_targets
+
+        out += peer_targets(r["peers"])
     e2e = r.get("e2e")
     if e2e and "max_posts_per_s" in e2e:
         c = r["classify"][e2e["shape"]]
@@ -199,7 +257,8 @@ def table(r: dict) -> str:
     lines = [f"affectstream bench — {m['date']}",
              f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
              f"bf16 units: {m['bf16_units']}, GPU: {m['gpu'] or 'none'}, OMP_WAIT_POLICY={m['omp_wait_policy']}, "
-             f"load average {m['load_average_start']:.1f} -> {m.get('load_average_end', float('nan')):.1f}", ""]
+             f"load average {m['load_average_start']:.1f} -> {m.get('load_average_end', float('nan')):.1f}",
+             "ISA: " + ", ".join(f"{flag} {'yes' if on else 'no'}" for flag, on in m.get("isa", {}).items()), ""]
     if r.get("device") != "cuda":
         lines += ["GPU section: skipped (no CUDA device visible to torch; on a CUDA machine `--device auto` runs the "
                   "models, matmul peaks and the VLM there, in bf16)", ""]
@@ -209,7 +268,7 @@ def table(r: dict) -> str:
         lines.append("")
     for name, c in r.get("classify", {}).items():
         lines += [f"classify, model only — {name} (tokenize → forward → top-K → rationale → JSON), posts/s",
-                  "| batch | naive fp32, 1 post/call | HF pipeline, batch 1 | affectstream serving "
+                  "| batch | naive fp32, 1 post/call | HF pipeline fp32, batch 1 | affectstream serving torch "
                   f"({c['dtype_serving']}) | serving/naive | serving/pipeline |",
                   "|---:|---:|---:|---:|---:|---:|"]
         for b, v in c["serving_posts_per_s"].items():
@@ -225,6 +284,10 @@ def table(r: dict) -> str:
             + (f", {100 * c['forward_gflops'] / ffn:.0f}% of the bf16 FFN-shape peak" if ffn else "")
             + (f", {100 * c['forward_gflops'] / p['fp32_2048']:.0f}% of fp32 2048³ peak" if p.get("fp32_2048") else ""))
         lines.append("")
+    if r.get("peers"):
+        from affectstream.bench.peers import peers_table
+
+        lines += peers_table(r["peers"])
     e = r.get("e2e")
     if e and "max_posts_per_s" in e:
         c = r["classify"][e["shape"]]
@@ -283,9 +346,22 @@ def table(r: dict) -> str:
               help="Encoder shapes for the classify part, comma-separated: minilm, roberta-base.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--rounds", type=int, default=None, help="Timing rounds per variant (default: the preset's).")
+@click.option("--int8-gate", "gate_dir", type=click.Path(file_okay=False), default=None,
+              help="Only run the int8 quality gate on this model directory (writes int8_gate.json) and exit.")
+@click.option("--gate-data", default="../shared/data", show_default=True,
+              help="Folder holding twitter2015/ and twitter2017/ for the int8 gate (skipped where absent).")
 def bench(quick: bool, json_path: str | None, skip_e2e: bool, skip_caption: bool, shapes: str, device: str,
-          rounds: int | None) -> None:
-    """Speed of every path, side by side: naive vs pipeline vs serving, MFU, end to end, captioning, memory."""
+          rounds: int | None, gate_dir: str | None, gate_data: str) -> None:
+    """Speed of every path, side by side: naive vs peers vs serving, MFU, end to end, captioning, memory."""
+    if gate_dir:
+        from affectstream.bench.int8_gate import run_gate
+
+        gate = run_gate(gate_dir, gate_data, say=lambda msg: click.echo(msg, err=True))
+        click.echo(json.dumps(gate, indent=2))
+        click.echo(gate["card_line"])
+        if json_path:
+            Path(json_path).write_text(json.dumps(gate, indent=2))
+        raise SystemExit(0 if gate["passed"] else 1)
     sizes = QUICK if quick else FULL
     if rounds:
         sizes = replace(sizes, rounds=rounds)

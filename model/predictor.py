@@ -1,7 +1,12 @@
 """Batch predictor for serving: (post text, image description) pairs -> labels, scores, rationales.
 
+`PairPredictor` is everything around the forward pass that every serving backend shares: tokenisation,
+length bucketing, target marking, top-K decoding and the rationale. `BatchPredictor` is the torch backend;
+model/serving.py adds the ONNX Runtime ones (fp32, int8) and `load_predictor`, which picks between them.
+
 Fast on CPUs by construction:
-- pairs are sorted by length so each micro-batch pads little (length bucketing); padding is dynamic;
+- pairs are sorted by length and each micro-batch is split into length buckets whose padding stays
+  under `MAX_PADDING` (a tweet batch padded to its longest post is ~half padding); padding is dynamic;
 - the model runs under `torch.inference_mode`;
 - on CPUs with bf16 matrix units (AMX / AVX512-BF16) the weights are cast to bf16 once (no per-call
   autocast casts), and every `nn.Linear` becomes one oneDNN matmul primitive with its weight pre-packed
@@ -28,7 +33,7 @@ from affectstream.model.deploy import load_deployed
 from affectstream.model.device import pick_device, pick_dtype
 from affectstream.model.rationale import RationaleWord, TokenSpan, merge_to_words
 from affectstream.model.targets import TargetInput, mark_target
-from affectstream.model.tokenization import SOURCE_NAMES, encode_pairs
+from affectstream.model.tokenization import SOURCE_NAMES, EncodedPairs, encode_pairs
 
 
 @dataclass
@@ -127,32 +132,56 @@ def pack_linears(model: nn.Module) -> int:
     return packed
 
 
-class BatchPredictor:
-    def __init__(self, model: AlignedClassifier, tokenizer, config: AlignedConfig, *, device: str = "auto",
-                 dtype: str = "auto", top_k: int | None = None, batch_size: int = 64, version: str | None = None):
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(dtype, self.device)
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
-        # bf16 on a CPU: pre-pack the weights for oneDNN/AMX (see the module docstring). In place, like
-        # the dtype cast above: the model given to a predictor belongs to it from now on.
-        self.packed_linears = 0
-        if self.device.type == "cpu" and self.dtype == torch.bfloat16 and packed_linear_works(self.dtype):
-            self.packed_linears = pack_linears(self.model)
+# --- length bucketing ---------------------------------------------------------------------------------
+
+MIN_BUCKET = 8        # posts: below this a bucket's per-call overhead outweighs the padding it saves
+MAX_PADDING = 0.25    # a bucket grows while its padded size stays within 1.25x its real size
+SPECIAL_CHARS = 12    # a pair's special tokens, in characters (lengths are estimated from characters)
+
+
+def length_buckets(lengths: list[int], batch_size: int, min_size: int = MIN_BUCKET,
+                   max_padding: float = MAX_PADDING) -> list[tuple[int, int]]:
+    """[start, end) ranges over `lengths` (sorted ascending) of at most `batch_size` items each, a range
+    closed when adding the next (longest so far) item would pad it past `max_padding` (once it holds
+    `min_size` items)."""
+    ranges, start, total = [], 0, 0
+    for i, length in enumerate(lengths):
+        n = i - start + 1
+        if n > batch_size or (n > min_size and n * length > (1 + max_padding) * (total + length)):
+            ranges.append((start, i))
+            start, total = i, 0
+        total += length
+    if start < len(lengths):
+        ranges.append((start, len(lengths)))
+    return ranges
+
+
+@dataclass
+class ForwardOutputs:
+    """What a backend's forward pass hands the shared decoding, as CPU tensors (AlignedOutput's fields)."""
+    sentiment_logits: torch.Tensor          # (B, n_sentiment)
+    emotion_logits: torch.Tensor | None     # (B, n_emotion)
+    selected_idx: torch.Tensor              # (B, K) token positions inside the batch's sequence
+    selected_scores: torch.Tensor           # (B, K)
+    selected_valid: torch.Tensor            # (B, K) bool
+
+
+class PairPredictor:
+    """The serving interface (`predict`, `predict_targets`, `target_aware`, `config`, `version`) and the
+    pre/post-processing every backend shares; a backend implements `_forward`."""
+
+    backend = ""
+
+    def __init__(self, tokenizer, config: AlignedConfig, *, top_k: int | None = None, batch_size: int = 64,
+                 version: str | None = None):
         self.tokenizer = tokenizer
         self.config = config
         self.top_k = top_k or config.top_k
         self.batch_size = batch_size
         self.version = version or config.version
 
-    @classmethod
-    def from_directory(cls, path: str | Path, device: str = "auto", threads: int = 0, top_k: int | None = None,
-                       dtype: str = "auto", batch_size: int = 64) -> "BatchPredictor":
-        if threads > 0:
-            torch.set_num_threads(threads)
-        model, tokenizer, config = load_deployed(path)
-        version = config.version if config.version != "untrained" else f"untrained:{Path(path).name}"
-        return cls(model, tokenizer, config, device=device, dtype=dtype, top_k=top_k,
-                   batch_size=batch_size, version=version)
+    def _forward(self, batch: EncodedPairs) -> ForwardOutputs:
+        raise NotImplementedError
 
     @property
     def target_aware(self) -> bool:
@@ -182,28 +211,29 @@ class BatchPredictor:
         return self._predict_sorted(pairs, marked=target_format)
 
     def _predict_sorted(self, pairs: list[tuple[str, str]], marked: str) -> list[Prediction]:
-        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+        lengths = [len(text) + len(description) + SPECIAL_CHARS for text, description in pairs]
+        order = sorted(range(len(pairs)), key=lengths.__getitem__)
         results: list[Prediction | None] = [None] * len(pairs)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
+        for start, end in length_buckets([lengths[i] for i in order], self.batch_size):
+            chunk = order[start:end]
             for i, prediction in zip(chunk, self._predict_batch([pairs[i] for i in chunk], marked)):
                 results[i] = prediction
         return results  # type: ignore[return-value]
 
+    def encode(self, pairs: list[tuple[str, str]], marked: str = "") -> EncodedPairs:
+        return encode_pairs(self.tokenizer, [text for text, _ in pairs], [description for _, description in pairs],
+                            self.config.max_length, marked=marked, normalization=self.config.text_normalization)
+
     @torch.inference_mode()
     def _predict_batch(self, pairs: list[tuple[str, str]], marked: str = "") -> list[Prediction]:
-        texts = [text for text, _ in pairs]
-        descriptions = [description for _, description in pairs]
-        batch = encode_pairs(self.tokenizer, texts, descriptions, self.config.max_length, marked=marked,
-                             normalization=self.config.text_normalization)
-        inputs = {name: tensor.to(self.device) for name, tensor in batch.model_inputs().items()}
-        out: AlignedOutput = self.model(**inputs, top_k=self.top_k)
-        probs = torch.softmax(out.sentiment_logits.float(), dim=-1).cpu().tolist()          # (B, n_sentiment)
-        emotion_probs = (torch.softmax(out.emotion_logits.float(), dim=-1).cpu().tolist()
+        batch = self.encode(pairs, marked)
+        out = self._forward(batch)
+        probs = torch.softmax(out.sentiment_logits.float(), dim=-1).tolist()                # (B, n_sentiment)
+        emotion_probs = (torch.softmax(out.emotion_logits.float(), dim=-1).tolist()
                          if out.emotion_logits is not None else None)
-        selected_idx = out.selected_idx.cpu()                                                   # (B, K)
-        token_relevance = torch.sigmoid(out.selected_scores.float()).cpu().tolist()            # (B, K) in 0..1
-        valid = out.selected_valid.cpu().tolist()
+        selected_idx = out.selected_idx                                                         # (B, K)
+        token_relevance = torch.sigmoid(out.selected_scores.float()).tolist()                  # (B, K) in 0..1
+        valid = out.selected_valid.tolist()
         sources = batch.source.gather(1, selected_idx).tolist()                                 # (B, K)
         spans = batch.offsets.gather(1, selected_idx.unsqueeze(-1).expand(-1, -1, 2)).tolist()  # (B, K, 2)
 
@@ -233,3 +263,43 @@ class BatchPredictor:
     @staticmethod
     def _best(labels: tuple[str, ...], probs: list[float]) -> str:
         return labels[max(range(len(probs)), key=probs.__getitem__)]
+
+
+class BatchPredictor(PairPredictor):
+    """The torch backend: the deployed model itself, eager, bf16 with pre-packed linears where it pays."""
+
+    backend = "torch"
+
+    def __init__(self, model: AlignedClassifier, tokenizer, config: AlignedConfig, *, device: str = "auto",
+                 dtype: str = "auto", top_k: int | None = None, batch_size: int = 64, version: str | None = None):
+        super().__init__(tokenizer, config, top_k=top_k, batch_size=batch_size, version=version)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        # bf16 on a CPU: pre-pack the weights for oneDNN/AMX (see the module docstring). In place, like
+        # the dtype cast above: the model given to a predictor belongs to it from now on.
+        self.packed_linears = 0
+        if self.device.type == "cpu" and self.dtype == torch.bfloat16 and packed_linear_works(self.dtype):
+            self.packed_linears = pack_linears(self.model)
+
+    @classmethod
+    def from_directory(cls, path: str | Path, device: str = "auto", threads: int = 0, top_k: int | None = None,
+                       dtype: str = "auto", batch_size: int = 64) -> "BatchPredictor":
+        if threads > 0:
+            torch.set_num_threads(threads)
+        model, tokenizer, config = load_deployed(path)
+        version = config.version if config.version != "untrained" else f"untrained:{Path(path).name}"
+        return cls(model, tokenizer, config, device=device, dtype=dtype, top_k=top_k,
+                   batch_size=batch_size, version=version)
+
+    @torch.inference_mode()
+    def _forward(self, batch: EncodedPairs) -> ForwardOutputs:
+        inputs = {name: tensor.to(self.device) for name, tensor in batch.model_inputs().items()}
+        out: AlignedOutput = self.model(**inputs, top_k=self.top_k)
+        return ForwardOutputs(
+            sentiment_logits=out.sentiment_logits.cpu(),
+            emotion_logits=None if out.emotion_logits is None else out.emotion_logits.cpu(),
+            selected_idx=out.selected_idx.cpu(),
+            selected_scores=out.selected_scores.cpu(),
+            selected_valid=out.selected_valid.cpu(),
+        )

@@ -1,0 +1,188 @@
+"""Serving backends behind the one predictor interface: `load_predictor(model_dir, backend=...)`.
+
+    torch       BatchPredictor: eager torch, bf16 with oneDNN pre-packed linears where the CPU has bf16
+                units (AMX / AVX512-BF16), else fp32; the only backend on a GPU
+    onnx-fp32   the same forward exported to ONNX (model/onnx_export.py), run by ONNX Runtime
+    onnx-int8   that graph with ONNX Runtime's dynamic int8 quantisation (QInt8 weights)
+    auto        per machine: onnx-int8 where the CPU has int8 dot-product units (AMX-INT8, AVX512-VNNI,
+                AVX-VNNI) AND the model directory's int8 quality gate passed; otherwise torch where the CPU
+                has bf16 units or a GPU is used, else onnx-fp32
+
+Every backend is a `PairPredictor`: tokenisation, length bucketing, top-K decoding and the rationale are
+the predictor's own code (model/predictor.py); a backend only supplies the forward pass.
+
+The int8 quality gate (written by `affectstream bench --int8-gate MODEL_DIR`, bench/int8_gate.py) is a
+JSON file, `int8_gate.json` in the model directory (or, when that is read-only, under
+``$AFFECTSTREAM_CACHE/gates/``), holding the weights' hash it was measured on: a gate measured on other
+weights does not count.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from affectstream.model.config import AlignedConfig
+from affectstream.model.onnx_export import cache_root, ensure_onnx, weights_hash
+from affectstream.model.predictor import BatchPredictor, ForwardOutputs, PairPredictor
+from affectstream.model.tokenization import EncodedPairs
+
+BACKENDS = ("torch", "onnx-fp32", "onnx-int8", "auto")
+GATE_FILE = "int8_gate.json"
+GATE_TOLERANCE = 0.005        # int8 macro-F1 at most 0.5 points below the torch model's on every gate set
+INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_isa() -> dict[str, bool]:
+    """The matrix-unit flags that decide the backend, as the bench records them."""
+    flags = cpu_flags()
+    return {flag: flag in flags for flag in ("amx_int8", "amx_bf16", "avx512_bf16", "avx512_vnni", "avx_vnni")}
+
+
+class OnnxPredictor(PairPredictor):
+    """The aligned model's ONNX graph (fp32 or dynamic int8) in an ONNX Runtime CPU session."""
+
+    def __init__(self, session, tokenizer, config: AlignedConfig, *, precision: str, top_k: int, batch_size: int,
+                 version: str, graph: Path):
+        super().__init__(tokenizer, config, top_k=top_k, batch_size=batch_size, version=version)
+        self.session = session
+        self.precision = precision
+        self.backend = f"onnx-{precision}"
+        self.graph = graph
+        self.device = torch.device("cpu")
+        self._inputs = [i.name for i in session.get_inputs()]
+        self._outputs = [o.name for o in session.get_outputs()]
+
+    @classmethod
+    def from_directory(cls, path: str | Path, precision: str = "int8", threads: int = 0, top_k: int | None = None,
+                       batch_size: int = 64) -> "OnnxPredictor":
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        config = AlignedConfig.from_pretrained(str(path))
+        k = top_k or config.top_k
+        graph = ensure_onnx(path, precision, k)
+        options = ort.SessionOptions()
+        if threads > 0:
+            options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        # idle threads sleep instead of spinning: on a host whose cores are shared (other workers, the
+        # broker) spinning threads steal the cores the busy ones need, as OpenMP's do (bench/cli.py)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True)
+        version = config.version if config.version != "untrained" else f"untrained:{Path(path).name}"
+        return cls(session, tokenizer, config, precision=precision, top_k=k, batch_size=batch_size,
+                   version=version, graph=graph)
+
+    def _forward(self, batch: EncodedPairs) -> ForwardOutputs:
+        feeds = {name: tensor.numpy() for name, tensor in batch.model_inputs().items() if name in self._inputs}
+        seq = batch.input_ids.shape[1]
+        if seq < self.top_k:  # the graph's top-K needs K positions: masked, unselectable padding (onnx_export)
+            pad_ids = {"input_ids": self.tokenizer.pad_token_id, "token_type_ids": self.tokenizer.pad_token_type_id}
+            feeds = {name: np.pad(array, ((0, 0), (0, self.top_k - seq)), constant_values=pad_ids.get(name, 0))
+                     for name, array in feeds.items()}
+        out = dict(zip(self._outputs, self.session.run(self._outputs, feeds)))
+        # padded positions are never valid; clamp them so decoding's gathers stay inside the batch
+        selected_idx = torch.from_numpy(np.minimum(out["selected_idx"], seq - 1))
+        emotion = out.get("emotion_logits")
+        return ForwardOutputs(
+            sentiment_logits=torch.from_numpy(out["sentiment_logits"]),
+            emotion_logits=None if emotion is None else torch.from_numpy(emotion),
+            selected_idx=selected_idx,
+            selected_scores=torch.from_numpy(out["selected_scores"]),
+            selected_valid=torch.from_numpy(out["selected_valid"]),
+        )
+
+
+# --- the int8 quality gate --------------------------------------------------------------------------
+
+def gate_paths(model_dir: str | Path) -> list[Path]:
+    """Where a gate result may live: next to the model, then the cache (for read-only model directories)."""
+    return [Path(model_dir) / GATE_FILE, cache_root() / "gates" / f"{weights_hash(model_dir)[:24]}.json"]
+
+
+def read_gate(model_dir: str | Path) -> dict | None:
+    """The gate result measured on these very weights, or None."""
+    current = weights_hash(model_dir)
+    for path in gate_paths(model_dir):
+        try:
+            gate = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(gate, dict) and gate.get("weights_hash") == current:
+            return gate
+    return None
+
+
+def write_gate(model_dir: str | Path, gate: dict) -> Path:
+    """Next to the model when the directory is writable, else in the cache; returns where."""
+    text = json.dumps(gate, indent=2)
+    for path in gate_paths(model_dir):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            return path
+        except OSError:
+            continue
+    raise OSError(f"could not write the int8 gate for {model_dir} (model directory and cache are read-only)")
+
+
+def gate_passed(model_dir: str | Path) -> bool:
+    gate = read_gate(model_dir)
+    return bool(gate and gate.get("passed") is True)
+
+
+# --- choosing and loading ----------------------------------------------------------------------------
+
+def choose_backend(model_dir: str | Path, device: str = "auto") -> tuple[str, str]:
+    """What `auto` resolves to on this machine for this model, and why (one line for the log)."""
+    from affectstream.model.device import pick_device
+
+    if pick_device(device).type != "cpu":
+        return "torch", "a GPU is used: ONNX Runtime runs on the CPU here"
+    flags = cpu_flags()
+    int8_units = [flag for flag in INT8_FLAGS if flag in flags]
+    bf16_units = [flag for flag in BF16_FLAGS if flag in flags]
+    if int8_units:
+        if gate_passed(model_dir):
+            return "onnx-int8", f"int8 units ({', '.join(int8_units)}) and the int8 quality gate passed"
+        reason = "int8 gate not passed or not measured for these weights (affectstream bench --int8-gate)"
+    else:
+        reason = "no int8 dot-product units (AMX-INT8 / AVX512-VNNI / AVX-VNNI)"
+    if bf16_units:
+        return "torch", f"{reason}; bf16 units ({', '.join(bf16_units)}): torch bf16"
+    return "onnx-fp32", f"{reason}; no bf16 units: ONNX Runtime fp32"
+
+
+def load_predictor(model_dir: str | Path, backend: str = "torch", *, device: str = "auto", threads: int = 0,
+                   top_k: int | None = None, batch_size: int = 64, dtype: str = "auto") -> PairPredictor:
+    """A predictor for a deployed directory on `backend` (one of BACKENDS). `device` and `dtype` are the
+    torch backend's (model/device.py); the ONNX backends run on the CPU."""
+    backend = str(backend).strip().lower()
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown inference backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        backend, _ = choose_backend(model_dir, device)
+    if backend == "torch":
+        return BatchPredictor.from_directory(model_dir, device=device, threads=threads, top_k=top_k, dtype=dtype,
+                                             batch_size=batch_size)
+    if str(device).strip().lower() not in ("auto", "cpu"):
+        raise ValueError(f"inference backend {backend!r} runs on the CPU; got device {device!r} (use backend torch)")
+    return OnnxPredictor.from_directory(model_dir, precision=backend.split("-", 1)[1], threads=threads, top_k=top_k,
+                                        batch_size=batch_size)

@@ -1,0 +1,144 @@
+"""Serving backends (model/serving.py): the ONNX graphs give the torch model's answers, int8 runs, `auto`
+serves int8 only behind a passing quality gate measured on the same weights, and bad settings fail clearly."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from affectstream.model import serving
+from affectstream.model.predictor import MAX_PADDING, length_buckets
+from affectstream.model.targets import TargetInput
+from tests.tiny_models import save_tiny
+
+POSTS = [
+    ("love it", ""),                                   # shorter than K tokens: the graph pads to K
+    ("", "objects: pizza. scene: warm colours, mostly orange."),
+    ("", ""),                                          # no real token at all
+    ("worst service ever, never again!!! @acme fix your app", "objects: web site. scene: bright."),
+    ("the battery lasts two days and the screen is gorgeous " * 12, ""),  # truncated at max_length
+    ("meh", 'objects: espresso. text in image: "worst monday ever". scene: dark.'),
+]
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("AFFECTSTREAM_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def emotion_model_dir(tmp_path_factory):
+    return save_tiny(tmp_path_factory.mktemp("serving") / "tiny-emotion", kind="bert", top_k=4, emotions=True)
+
+
+def same_prediction(a, b, tol: float = 2e-3) -> None:
+    assert a.label == b.label
+    assert a.scores.keys() == b.scores.keys()
+    assert all(abs(a.scores[k] - b.scores[k]) <= tol for k in a.scores)
+    assert (a.emotion is None) == (b.emotion is None)
+    if a.emotion is not None:
+        assert a.emotion["label"] == b.emotion["label"]
+    assert [(w.text, w.source) for w in a.rationale] == [(w.text, w.source) for w in b.rationale]
+    assert all(abs(x.score - y.score) <= tol for x, y in zip(a.rationale, b.rationale))
+
+
+def test_onnx_fp32_gives_the_torch_models_labels_scores_and_rationales(emotion_model_dir, cache):
+    reference = serving.load_predictor(emotion_model_dir, "torch", device="cpu", dtype="fp32")
+    onnx = serving.load_predictor(emotion_model_dir, "onnx-fp32")
+    assert onnx.backend == "onnx-fp32" and onnx.version == reference.version
+    expected, got = reference.predict(POSTS), onnx.predict(POSTS)
+    assert any(p.rationale for p in expected)
+    for a, b in zip(expected, got):
+        same_prediction(a, b)
+    # one post at a time (every batch shorter than K for the short ones) gives the same answers
+    for pair, a in zip(POSTS, expected):
+        same_prediction(a, onnx.predict([pair])[0])
+
+
+def test_onnx_fp32_matches_torch_on_targets_of_a_target_aware_model(tmp_path, cache):
+    model_dir = save_tiny(tmp_path / "tiny-targets", kind="bert", top_k=4, target_format="marked-v2")
+    items = [TargetInput("acme is great but nimbus is awful", "", "acme", ((0, 4),)),
+             TargetInput("acme is great but nimbus is awful", "", "Nimbus", ((18, 24),)),
+             TargetInput("no mention here", "objects: phone.", "Voltcar", ())]
+    reference = serving.load_predictor(model_dir, "torch", device="cpu", dtype="fp32")
+    onnx = serving.load_predictor(model_dir, "onnx-fp32")
+    assert onnx.target_aware
+    for a, b in zip(reference.predict_targets(items), onnx.predict_targets(items)):
+        same_prediction(a, b)
+
+
+def test_int8_backend_runs_from_a_smaller_cached_graph(emotion_model_dir, cache):
+    int8 = serving.load_predictor(emotion_model_dir, "onnx-int8")
+    predictions = int8.predict(POSTS)
+    assert len(predictions) == len(POSTS)
+    assert all(p.label in int8.config.sentiment_labels and abs(sum(p.scores.values()) - 1) < 0.01 for p in predictions)
+    assert int8.graph.is_relative_to(cache / "onnx") and int8.graph.name == "model-int8.onnx"
+    fp32 = int8.graph.with_name("model-fp32.onnx")
+    assert int8.graph.stat().st_size < fp32.stat().st_size
+    # a second load reuses the cached graphs instead of exporting again
+    mtime = int8.graph.stat().st_mtime_ns
+    assert serving.load_predictor(emotion_model_dir, "onnx-int8").graph.stat().st_mtime_ns == mtime
+
+
+def test_new_weights_get_a_new_graph(tmp_path, cache):
+    first = save_tiny(tmp_path / "a", kind="bert", top_k=4)
+    second = save_tiny(tmp_path / "b", kind="bert", top_k=4, dropout=0.2)  # same weights, other config
+    assert serving.ensure_onnx(first, "fp32") != serving.ensure_onnx(second, "fp32")
+    assert serving.ensure_onnx(first, "fp32", top_k=3) != serving.ensure_onnx(first, "fp32")
+
+
+def gate(model_dir, passed: bool, weights: str | None = None) -> dict:
+    return {"passed": passed, "weights_hash": weights or serving.weights_hash(model_dir), "sets": {}}
+
+
+def test_auto_serves_int8_only_behind_a_passing_gate_for_these_weights(tmp_path, cache, monkeypatch):
+    model_dir = save_tiny(tmp_path / "m", kind="bert", top_k=4)
+    monkeypatch.setattr(serving, "cpu_flags", lambda: frozenset({"avx512_vnni", "avx512_bf16"}))
+    assert serving.choose_backend(model_dir, "cpu")[0] == "torch"                 # no gate measured
+    (model_dir / serving.GATE_FILE).write_text(json.dumps(gate(model_dir, passed=False)))
+    assert serving.choose_backend(model_dir, "cpu")[0] == "torch"                 # gate failed
+    (model_dir / serving.GATE_FILE).write_text(json.dumps(gate(model_dir, passed=True, weights="0" * 64)))
+    backend, reason = serving.choose_backend(model_dir, "cpu")
+    assert backend == "torch" and "gate" in reason                               # passed on other weights
+    (model_dir / serving.GATE_FILE).write_text(json.dumps(gate(model_dir, passed=True)))
+    assert serving.choose_backend(model_dir, "cpu")[0] == "onnx-int8"
+    assert serving.load_predictor(model_dir, "auto", device="cpu").backend == "onnx-int8"
+
+
+def test_auto_without_int8_units_never_serves_int8(tmp_path, cache, monkeypatch):
+    model_dir = save_tiny(tmp_path / "m", kind="bert", top_k=4)
+    (model_dir / serving.GATE_FILE).write_text(json.dumps(gate(model_dir, passed=True)))
+    monkeypatch.setattr(serving, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert serving.choose_backend(model_dir, "cpu")[0] == "onnx-fp32"
+    monkeypatch.setattr(serving, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    assert serving.choose_backend(model_dir, "cpu")[0] == "torch"
+
+
+def test_a_model_directory_that_cannot_take_the_gate_keeps_it_in_the_cache(tmp_path, cache):
+    model_dir = save_tiny(tmp_path / "m", kind="bert", top_k=4)
+    (model_dir / serving.GATE_FILE).mkdir()  # unwritable as a file, whoever runs the test (root ignores modes)
+    where = serving.write_gate(model_dir, gate(model_dir, passed=True))
+    assert where.is_relative_to(cache)
+    assert serving.gate_passed(model_dir)
+
+
+def test_unknown_backend_is_refused_with_the_choices(tiny_model_dir):
+    with pytest.raises(ValueError, match="onnx-int8.*auto|torch, onnx-fp32, onnx-int8, auto"):
+        serving.load_predictor(tiny_model_dir, "tensorrt")
+
+
+def test_onnx_backends_refuse_a_gpu_device(tiny_model_dir):
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        serving.load_predictor(tiny_model_dir, "onnx-int8", device="cuda")
+
+
+@pytest.mark.parametrize("lengths,batch", [([5] * 100, 32), (list(range(1, 200)), 64), ([3, 3, 3, 50, 51, 400], 4), ([], 8)])
+def test_length_buckets_cover_every_post_once_and_bound_padding(lengths, batch):
+    ranges = length_buckets(lengths, batch)
+    assert [i for start, end in ranges for i in range(start, end)] == list(range(len(lengths)))
+    for start, end in ranges:
+        assert 0 < end - start <= batch
+        bucket = lengths[start:end]
+        if end - start > 8:  # below the minimum size a bucket may pad more
+            assert len(bucket) * max(bucket) <= (1 + MAX_PADDING) * sum(bucket) + 1e-9
