@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -204,9 +205,10 @@ def run_retrain(settings: Settings, cfg: TrainConfig, options: RetrainOptions = 
                          reason=f"no new corrections since {same[-1]} was trained on the same {len(rows)}")
     work = Path(work_dir or registry.root / "work" / time.strftime("%Y%m%dT%H%M%S"))
     result = retrain(cfg, corrected_posts(rows), registry.current_dir().resolve(), work, options, progress=progress)
+    shutil.rmtree(work / "run", ignore_errors=True)   # checkpoints and optimizer state: only a resume needs them
     report = JobReport(status=result.status, intake=intake, base_version=base_version, result=result)
     if result.status != "proposed":
-        return report
+        return report                                 # a refused candidate stays in the work dir, for a look
     lineage = {"base_version": base_version, "feedback_offsets": {str(p): o for p, o in intake.offsets.items()},
                "feedback_store": {"path": str(store_path(registry)), "records": len(rows), "sha256": store_sha},
                "data": result.data, "options": asdict(options), "preset": asdict(cfg),
@@ -214,6 +216,7 @@ def run_retrain(settings: Settings, cfg: TrainConfig, options: RetrainOptions = 
                "reason": "retrained with analysts' corrections"}
     attach_retrain(result)
     report.version = registry.add(result.candidate_dir, lineage)
+    shutil.rmtree(result.candidate_dir, ignore_errors=True)   # the registry holds the copy
     if os.environ.get("MLFLOW_TRACKING_URI"):
         report.mlflow = log_to_mlflow(registry, report.version, result, lineage)
     return report

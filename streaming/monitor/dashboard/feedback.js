@@ -121,7 +121,8 @@ function renderShadow(data) {
     return;
   }
   const d = data.deployed, a = data.analysts;
-  const head = () => el("tr", {}, el("th", {}, ""), el("th", {}, "posts"), el("th", {}, "agree"), el("th", {}, "candidate said"));
+  const head = () => el("tr", {}, el("th", {}, "deployed said"), el("th", {}, "posts"), el("th", {}, "agree"),
+                          el("th", {}, "candidate said"));
   box.replaceChildren(
     el("p", {}, el("span", { class: "big", id: "shadow-agree" }, pct(d.rate)), ` agreement with the deployed model over ${d.n} posts`),
     el("p", { id: "shadow-analysts" }, a && a.n
