@@ -8,7 +8,8 @@ worker and every redelivery of a post agree on whether it is shadowed.
 What is written, per shadowed post, by ``ShadowWriter.write`` (best effort: a failure is logged and counted
 in ``affectstream_shadow_total{outcome="write_failed"}``, and never fails or delays the real batch):
 
-1. the candidate's Result JSON to the ``sentiment-shadow`` topic (key: post id);
+1. the candidate's Result JSON to the ``sentiment-shadow`` topic (key: post id; at least once, like
+   ``sentiment``: a redelivered post is sent again, readers keep one per key);
 2. ``shadow_result(id)`` set with NX and the results' TTL (one script in the post's slot); only a post set
    now goes on to
 3. ``shadow_agree(candidate)``: ``HINCRBY all:<deployed label>:<candidate label>`` and, for each brand of the
