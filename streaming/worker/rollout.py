@@ -48,6 +48,7 @@ from typing import Any, Callable
 
 import orjson
 
+from affectstream.model.config import SENTIMENT_LABELS
 from affectstream.model.registry import Registry, Rollout
 from affectstream.streaming.worker import metrics
 from affectstream.streaming.worker.result import Result
@@ -174,9 +175,12 @@ class RolloutWatch:
         error = (stats.failed_calls / stats.calls if stats.calls else None, stats.calls)
         dlq = (stats.canary_dlq / stats.canary_posts if stats.canary_posts else None, stats.canary_posts)
         agree = {}
-        if candidate.mode == "shadow":
-            raw = await self.client.hgetall(self.settings.keys.shadow_agree(candidate.version))
-            agree = {k.decode(): int(v) for k, v in raw.items()}
+        if candidate.mode == "shadow":  # the post-level fields only: the hash holds labels² per brand too
+            own = getattr(getattr(candidate.predictor, "config", None), "sentiment_labels", ())
+            labels = tuple(dict.fromkeys((*SENTIMENT_LABELS, *own)))
+            fields = [f"all:{dep}:{cand}" for dep in labels for cand in labels]
+            values = await self.client.hmget(self.settings.keys.shadow_agree(candidate.version), fields)
+            agree = {f: int(v) for f, v in zip(fields, values) if v is not None}
         return Measures(error, dlq, disagreement(agree), await self.analyst(candidate))
 
     async def analyst(self, candidate: Candidate) -> tuple[float | None, int]:
