@@ -7,6 +7,8 @@ JSON, none of them computing top-K or a rationale):
   random: speed does not depend on them);
 - ONNX Runtime fp32: that model exported with `torch.onnx.export`, default session options;
 - ONNX Runtime int8: the same graph through `quantize_dynamic(weight_type=QInt8)`, as ORT's docs show.
+Every variant's threads wait passively (torch: OMP_WAIT_POLICY=PASSIVE, set by the bench; ONNX Runtime:
+`session.intra_op.allow_spinning=0`, as the serving backends set it).
 A peer gets each batch of posts in arrival order and pads it to its longest post, as those tools do.
 
 This project's serving (model/serving.py) on each backend does the whole job: tokenise → forward → top-K
@@ -163,7 +165,11 @@ def run_peers(model_dir: Path, root: Path, *, posts: int, batch_sizes: tuple[int
 
     pipe = pipeline("text-classification", model=str(seqcls), tokenizer=str(seqcls), dtype=torch.bfloat16, device=-1)
     tokenizer = AutoTokenizer.from_pretrained(str(seqcls))
-    sessions = {name: ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    # threads wait passively in every variant (torch's via OMP_WAIT_POLICY, set by the bench), so the
+    # comparison is about what each path computes, not about spinning on a shared host
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sessions = {name: ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
                 for name, graph in (("ort-fp32", fp32), ("ort-int8", int8))}
     predictors = {backend: load_predictor(model_dir, backend, device="cpu") for backend in SERVING_BACKENDS}
     auto, why = choose_backend(model_dir, "cpu")

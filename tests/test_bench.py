@@ -36,3 +36,23 @@ def test_quick_bench_runs_and_reports_every_figure(tmp_path):
         assert heading in result.output
     assert ("GPU section: skipped" in result.output) == (r["device"] != "cuda")
     assert r["brands"]["mentions"]["posts_per_s"] > 0 and "brands" in result.output
+
+    # the machine is recorded: CPU model, matrix-unit flags, load
+    assert set(r["machine"]["isa"]) >= {"amx_int8", "amx_bf16", "avx512_bf16", "avx512_vnni"}
+    assert len(r["machine"]["load_averages_start"]) == 3 and "ISA:" in result.output
+    # int8 and fp32 FFN-shape peaks next to bf16 for every shape measured
+    assert {"int8_ffn_minilm", "fp32_ffn_minilm", "bf16_ffn_minilm"} <= set(r["peaks_gflops"])
+    # peers in the same run, same posts and batch sizes; serving on every backend; ratios and goals
+    peers = r["peers"]
+    assert set(peers["rows"]) == {"1", "8", "32", "64"}
+    for row in peers["rows"].values():
+        assert set(row["peers"]) == {"pipeline-bf16", "ort-fp32", "ort-int8"} and min(row["peers"].values()) > 0
+        assert set(row["serving"]) == {"torch", "onnx-fp32", "onnx-int8"} and min(row["serving"].values()) > 0
+        assert row["ratio_auto"] > 0
+    assert peers["auto_backend"] in {"torch", "onnx-fp32", "onnx-int8"}
+    assert peers["forward"]["forward_share"] > 0
+    assert all(v["peak_rss_mb"] > 0 for v in peers["rss_mb"].values())
+    goals = {t["target"] for t in r["targets"]}
+    assert any(g.startswith("serving (") and "best peer" in g and "@ batch 8" in g for g in goals)
+    assert not any("@ batch 1" == g[-len("@ batch 1"):] for g in goals)  # the goal starts at batch 8
+    assert "peers —" in result.output and "roberta-base-2l" in r["classify"]

@@ -142,3 +142,39 @@ def test_length_buckets_cover_every_post_once_and_bound_padding(lengths, batch):
         bucket = lengths[start:end]
         if end - start > 8:  # below the minimum size a bucket may pad more
             assert len(bucket) * max(bucket) <= (1 + MAX_PADDING) * sum(bucket) + 1e-9
+
+
+def gate_samples():
+    from affectstream.training.samples import Sample
+
+    texts = ["love it so much", "worst day ever", "it is a phone", "great screen, bad battery", "never again",
+             "thanks a lot!", "meh", "best purchase this year", "awful support", "ok I guess"]
+    labels = ["positive", "negative", "neutral", "neutral", "negative", "positive", "neutral", "positive",
+              "negative", "neutral"]
+    return [Sample(id=str(i), text=t, label=lab, split="test") for i, (t, lab) in enumerate(zip(texts, labels))]
+
+
+@pytest.mark.parametrize("int8_breaks", [False, True])
+def test_int8_gate_records_its_sets_and_decides_what_auto_serves(tmp_path, cache, monkeypatch, int8_breaks):
+    from click.testing import CliRunner
+
+    from affectstream.bench import int8_gate
+    from affectstream.bench.cli import bench
+
+    model_dir = save_tiny(tmp_path / "m", kind="bert", top_k=4)
+    monkeypatch.setattr(int8_gate, "gate_sets", lambda root, say=print: {"mini-test": gate_samples()})
+    monkeypatch.setattr(serving, "cpu_flags", lambda: frozenset({"avx512_vnni", "avx512_bf16"}))
+    if int8_breaks:  # an int8 model that lost its quality: every label "neutral"
+        labels = int8_gate.predict_labels
+        monkeypatch.setattr(int8_gate, "predict_labels", lambda predictor, samples: (
+            ["neutral"] * len(samples) if predictor.backend == "onnx-int8" else labels(predictor, samples)))
+    result = CliRunner().invoke(bench, ["--int8-gate", str(model_dir)], catch_exceptions=False)
+    gate = serving.read_gate(model_dir)
+    s = gate["sets"]["mini-test"]
+    assert s["n"] == 10 and gate["weights_hash"] == serving.weights_hash(model_dir)
+    assert s["passed"] == (s["macro_f1_int8"] >= s["macro_f1_reference"] - serving.GATE_TOLERANCE)
+    assert gate["passed"] == s["passed"] and "mini-test" in gate["card_line"]
+    assert result.exit_code == (0 if gate["passed"] else 1)
+    if int8_breaks:
+        assert not gate["passed"] and s["delta_points"] < -0.5 and "NOT passed" in result.output
+    assert serving.choose_backend(model_dir, "cpu")[0] == ("onnx-int8" if gate["passed"] else "torch")
