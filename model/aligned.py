@@ -7,10 +7,21 @@ Why score-weighted pooling: a hard top-K index has no gradient, so a scorer used
 tokens would never learn. Here the chosen tokens are pooled with weights softmax(scores of the chosen
 tokens): the choice stays hard (only K tokens reach the heads, and they are the rationale), while the
 loss reaches the scorer through the weights. `test_scorer_receives_gradient` proves it.
+
+Options (AlignedConfig; each default keeps directories written before it behaving identically):
+- `top_k_ratio` ρ: K follows the post's length, K_i = clamp(ceil(ρ·n_i), top_k_min, top_k) for a post of
+  n_i real tokens. With a fixed K = 16 and tweets of ~20 tokens, top-K kept nearly every token.
+- `min_weight_share` s: of the top-K, a token is kept only when its pooling weight is at least s times the
+  top token's, i.e. its score is within ln(1/s) of the top score. The kept tokens are the ones pooled and
+  the ones shown as the rationale, so the rationale is exactly what the top-K pool used.
+- `pooling = "hybrid"`: the heads see the mean of the top-K pool and the plain mean of all real tokens.
+  The top-K part adds weight to the chosen tokens on top of the context every token gives; measured
+  against both pure forms with `affectstream ablate`.
 """
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +40,8 @@ class AlignedOutput:
     token_scores: torch.Tensor              # (B, T) scorer output, -inf where not selectable
     selected_idx: torch.Tensor              # (B, K) token positions, best first
     selected_scores: torch.Tensor           # (B, K) raw scores of the selected tokens
-    selected_valid: torch.Tensor            # (B, K) bool: False where a post had fewer than K real tokens
+    selected_valid: torch.Tensor            # (B, K) bool: kept (pooled and shown); False past a post's own K,
+                                            # below the weight share, or where it had fewer than K real tokens
 
 
 class TokenScorer(nn.Module):
@@ -91,19 +103,29 @@ class AlignedClassifier(PreTrainedModel):
         selectable[~selectable.any(dim=1), 0] = True
         token_scores = self.scorer(hidden).float().masked_fill(~selectable, float("-inf"))  # (B, T)
 
-        # 3. hard top-K; positions beyond a short post's real tokens come back as -inf and are masked
+        # 3. hard top-K; positions beyond a short post's real tokens come back as -inf and are dropped
         k = min(top_k or self.config.top_k, hidden.shape[1])
-        selected_scores, selected_idx = token_scores.topk(k, dim=1)  # (B, K)
+        selected_scores, selected_idx = token_scores.topk(k, dim=1)  # (B, K), best first
         selected_valid = torch.isfinite(selected_scores)             # (B, K)
+        ratio = self.config.top_k_ratio
+        if ratio > 0:  # K follows the post's length
+            n_real = selectable.sum(dim=1, keepdim=True)                                 # (B, 1)
+            k_post = (ratio * n_real).ceil().clamp(min=self.config.top_k_min, max=k)  # (B, 1)
+            selected_valid &= torch.arange(k, device=hidden.device) < k_post           # (B, K)
+        share = self.config.min_weight_share
+        if share > 0:  # weight_j / weight_top = exp(s_j - s_top) >= share; the top token always passes
+            selected_valid &= selected_scores >= selected_scores[:, :1] + math.log(share)
+        kept_scores = selected_scores.masked_fill(~selected_valid, float("-inf"))    # (B, K)
 
-        # 4. pooling: the method (score-weighted top-K) or the ablation (plain mean of all real tokens)
-        if self.config.pooling == "topk":
-            weights = torch.softmax(selected_scores, dim=1)          # (B, K); -inf -> 0; gradient path to the scorer
+        # 4. pooling: the method (score-weighted top-K), the ablation (plain mean of all real tokens) or both
+        if self.config.pooling in ("topk", "hybrid"):
+            weights = torch.softmax(kept_scores, dim=1)              # (B, K); -inf -> 0; gradient path to the scorer
             selected_hidden = hidden.gather(1, selected_idx.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # (B, K, H)
             pooled = (weights.unsqueeze(-1).to(hidden.dtype) * selected_hidden).sum(dim=1)  # (B, H)
-        else:
+        if self.config.pooling in ("all", "hybrid"):
             mask = selectable.unsqueeze(-1).to(hidden.dtype)          # (B, T, 1)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1)     # (B, H)
+            mean_all = (hidden * mask).sum(dim=1) / mask.sum(dim=1)   # (B, H)
+            pooled = mean_all if self.config.pooling == "all" else (pooled + mean_all) / 2
 
         # 5. heads
         features = self.dropout(pooled)

@@ -19,7 +19,7 @@ EMOTION_LABELS: tuple[str, ...] = ("happiness", "sad", "neutral", "disgust", "an
 # The encoder sees one pair: post text, then the image description. For RoBERTa the tokenizer
 # renders it as `<s> text </s></s> description </s>`; for BERT-style encoders `[CLS] text [SEP] description [SEP]`.
 DESCRIPTION_FORMAT = "pair(text, description)"
-POOLINGS = ("topk", "all")
+POOLINGS = ("topk", "all", "hybrid")
 
 
 class AlignedConfig(PreTrainedConfig):
@@ -33,6 +33,10 @@ class AlignedConfig(PreTrainedConfig):
     top_k: int = 16                          # tokens selected per post (and shown as the rationale)
     max_length: int = 128                    # tokens for the whole pair; the longer side is truncated first
     pooling: str = "topk"                    # "topk" (the method) | "all" (ablation: mean of every token)
+                                             # | "hybrid" (mean of the top-K pool and the mean of every token)
+    top_k_ratio: float = 0.0                 # > 0: K per post = clamp(ceil(ρ·n tokens), top_k_min, top_k); 0: K = top_k
+    top_k_min: int = 1
+    min_weight_share: float = 0.0            # keep (pool and show) a top-K token only if its weight >= share × the top one's
     scorer_hidden: int = 256
     dropout: float = 0.1
     uniformity_weight: float = 0.1           # λ in  L = CE + λ·L_uni
@@ -51,6 +55,10 @@ class AlignedConfig(PreTrainedConfig):
             self.encoder_config = AutoConfig.for_model(**self.encoder_config)
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if not 0.0 <= self.top_k_ratio <= 1.0 or self.top_k_min < 1:
+            raise ValueError(f"need 0 <= top_k_ratio <= 1 and top_k_min >= 1, got {self.top_k_ratio}, {self.top_k_min}")
+        if not 0.0 <= self.min_weight_share <= 1.0:
+            raise ValueError(f"min_weight_share must be in [0, 1], got {self.min_weight_share}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.text_normalization not in NORMALIZATION_SCHEMES:

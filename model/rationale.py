@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 # stripped from the ends of a word; '#' and '@' stay, they carry meaning on social media
-_EDGE_PUNCTUATION = "\"'`.,;:!?()[]{}<>«»“”‘’…-_*~|/\\"
+EDGE_PUNCTUATION = "\"'`.,;:!?()[]{}<>«»“”‘’…-_*~|/\\"
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def merge_to_words(spans: list[TokenSpan], sides: dict[str, str]) -> list[Ration
     for span in spans:
         side = sides.get(span.source, "")
         start, end = word_at(side, span.start, span.end)
-        word = side[start:end].strip(_EDGE_PUNCTUATION)
+        word = side[start:end].strip(EDGE_PUNCTUATION)
         if not word:
             continue
         key = (span.source, word.lower())

@@ -1,6 +1,7 @@
 """Metrics, reports, plots, the VADER baseline and the model card."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -203,3 +204,29 @@ def test_card_reports_every_head_when_given_several():
     card, _ = _card(metrics=heads)
     assert "### Per-class report: sentiment" in card and "### Per-class report: emotion" in card
     assert "66.67" in card
+
+
+def test_card_states_the_k_rule_threshold_and_hybrid_pooling():
+    card, _ = _card(config={"version": "v2", "encoder": "offline", "captioner": "offline", "top_k": 16,
+                            "top_k_ratio": 0.25, "top_k_min": 2, "min_weight_share": 0.25, "pooling": "hybrid",
+                            "uniformity_weight": 0.0, "max_length": 96})
+    assert "K = ceil(0.25·n) for a post of n tokens, between 2 and 16" in card
+    assert "at least 0.25 × the top token's" in card and "`hybrid` pooling" in card
+    assert "| rationale weight share | `0.25` |" in card
+
+
+def test_attach_section_replaces_in_place_and_keeps_the_rest(tmp_path):
+    from affectstream.training.card import attach_section, faithfulness_body
+
+    (tmp_path / "card.md").write_text("# m\n\n## Results\n\nr\n\n## Limitations\n\nl\n")
+    report = {"n": 2, "random_draws": 3, "rationale_words_mean": 2.5, "post_words_mean": 9.0, "stop_word_share": 0.1,
+              "methods": {"model": {"comprehensiveness": 0.4, "sufficiency": 0.1},
+                          "random-K": {"comprehensiveness": 0.1, "sufficiency": 0.3}},
+              "examples": [{"text": "love it", "description": "", "label": "positive", "rationale": ["love"]}]}
+    attach_section(tmp_path, "Rationales", "an older report", "faithfulness", {"old": 1})
+    attach_section(tmp_path, "Rationales", faithfulness_body(report, "vader test"), "faithfulness", report)
+    card = (tmp_path / "card.md").read_text()
+    assert card.count("## Rationales") == 1 and "an older report" not in card
+    assert card.index("## Results") < card.index("## Limitations")
+    assert "2.50 words" in card and "0.4000" in card and "`love`" in card
+    assert json.loads((tmp_path / "metrics.json").read_text())["faithfulness"]["n"] == 2

@@ -245,3 +245,81 @@ def test_description_field_labels_are_never_selected():
     assert "objects" not in chosen and "scene" not in chosen and ":" not in chosen
     assert {"worst", "monday", "dark"} <= set(chosen) and "es" in chosen
     assert "image" not in chosen  # from "text in image:", the field label
+
+
+# ---- method options: K per post, the weight-share threshold, hybrid pooling (defaults keep old models identical)
+
+LONG_PAIRS = [("ok", ""), ("a much longer post text with many words in it and more", ""), ("good day", "sunny beach")]
+
+
+def spread_scores(model, factor: float = 50.0):
+    """A random scorer's scores lie close together; a trained one's do not."""
+    with torch.no_grad():
+        model.scorer.net[-1].weight.mul_(factor)
+    return model
+
+
+def test_weight_share_keeps_only_tokens_near_the_top_score():
+    model, tokenizer = tiny_classifier(top_k=8, min_weight_share=0.5)
+    _, out = forward(spread_scores(model).eval(), tokenizer, LONG_PAIRS)
+    scores = out.selected_scores
+    expected = torch.isfinite(scores) & (scores >= scores[:, :1] + math.log(0.5))
+    assert torch.equal(out.selected_valid, expected)
+    assert out.selected_valid[:, 0].all()  # the top token always passes
+    # what is pooled is exactly what is kept: the same model without the threshold pools more
+    free, _ = tiny_classifier(top_k=8)
+    _, out_free = forward(spread_scores(free).eval(), tokenizer, LONG_PAIRS)
+    assert out_free.selected_valid.sum() > out.selected_valid.sum()
+    assert not torch.allclose(out.pooled, out_free.pooled)
+
+
+def test_k_follows_post_length_within_bounds():
+    model, tokenizer = tiny_classifier(top_k=6, top_k_ratio=0.5, top_k_min=2)
+    batch, out = forward(model.eval(), tokenizer, LONG_PAIRS)
+    real = batch.selectable.sum(dim=1).tolist()
+    expected = [min(r, max(2, min(6, math.ceil(0.5 * r)))) for r in real]
+    assert out.selected_valid.sum(dim=1).tolist() == expected
+    assert expected[0] < expected[1]  # a short post keeps fewer tokens than a long one
+
+
+def test_hybrid_pools_the_mean_of_topk_pool_and_all_tokens_mean():
+    hybrid, tokenizer = tiny_classifier(top_k=3, pooling="hybrid")
+    topk, _ = tiny_classifier(top_k=3, pooling="topk")
+    every, _ = tiny_classifier(top_k=3, pooling="all")
+    outs = [forward(m.eval(), tokenizer, LONG_PAIRS)[1] for m in (hybrid, topk, every)]
+    assert torch.allclose(outs[0].pooled, (outs[1].pooled + outs[2].pooled) / 2, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [dict(pooling="hybrid"), dict(min_weight_share=0.3, top_k_ratio=0.3, top_k_min=2),
+                                     dict(pooling="hybrid", min_weight_share=0.3, top_k_ratio=0.3)])
+def test_scorer_receives_gradient_with_every_method_option(options):
+    model, tokenizer = tiny_classifier(top_k=3, **options)
+    model.train()
+    _, out = forward(model, tokenizer, PAIRS)
+    aligned_objective(out.sentiment_logits, torch.tensor([2, 0, 2, 1]), out.pooled, 0.1)["loss"].backward()
+    assert sum(p.grad.abs().sum().item() for p in model.scorer.parameters() if p.grad is not None) > 0
+
+
+def test_config_without_method_options_keeps_the_fixed_k_method(tmp_path):
+    model, tokenizer = tiny_classifier(top_k=4)
+    directory = save_deployed(model, tokenizer, tmp_path / "m")
+    raw = json.loads((directory / "config.json").read_text())
+    for key in ("top_k_ratio", "top_k_min", "min_weight_share"):
+        raw.pop(key, None)  # a directory written before these options existed
+    (directory / "config.json").write_text(json.dumps(raw))
+    loaded, _, config = load_deployed(directory)
+    assert (config.top_k_ratio, config.min_weight_share, config.pooling) == (0.0, 0.0, "topk")
+    _, before = forward(model.eval(), tokenizer, LONG_PAIRS)
+    _, after = forward(loaded, tokenizer, LONG_PAIRS)
+    assert torch.equal(before.selected_valid, after.selected_valid)
+    assert torch.allclose(before.sentiment_logits, after.sentiment_logits, atol=1e-6)
+
+
+def test_streamed_rationale_holds_only_tokens_above_the_threshold(tmp_path):
+    model, tokenizer = tiny_classifier(top_k=8, min_weight_share=0.6)
+    batch, out = forward(spread_scores(model).eval(), tokenizer, LONG_PAIRS)
+    predictor = BatchPredictor(model, tokenizer, model.config, dtype="fp32")
+    kept = out.selected_valid.sum(dim=1).tolist()
+    assert kept[1] < min(8, int(batch.selectable[1].sum()))  # the threshold dropped some of the top-K
+    for prediction, n in zip(predictor.predict(LONG_PAIRS), kept):
+        assert 1 <= len(prediction.rationale) <= n

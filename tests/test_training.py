@@ -4,7 +4,6 @@ import random
 
 import orjson
 import pytest
-from click.testing import CliRunner
 
 from affectstream.model.config import SENTIMENT_LABELS
 from affectstream.model.deploy import load_deployed
@@ -61,16 +60,6 @@ def test_resume_continues_from_checkpoint(tmp_path, keyword_jsonl):
     assert resumed.history == first.history
     longer = train(cfg.replace(epochs=3), progress=False)  # a different config never resumes someone else's run
     assert [r["epoch"] for r in longer.history] == [1, 2, 3]
-
-
-def test_ablation_command_prints_one_table(tmp_path, keyword_jsonl):
-    from affectstream.cli import main
-
-    result = CliRunner().invoke(main, ["ablate", "--preset", "tiny", "--dataset", "jsonl", "--data-path", str(keyword_jsonl),
-                                       "--epochs", "1", "--run-dir", str(tmp_path / "abl")])
-    assert result.exit_code == 0, result.output
-    for variant in ("full method", "text only", "no token selection", "no uniformity"):
-        assert variant in result.output
 
 
 def test_target_level_training_marks_targets_and_exports_a_target_aware_model(tmp_path):

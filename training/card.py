@@ -113,19 +113,31 @@ def render_card(*, config: dict[str, Any], metrics: dict[str, Any], dataset: dic
         add(f"   Target-level (`{config['target_format']}`): the label is the sentiment toward one target, which "
             f"the text side carries marked (`{example}`, or `{absent}` first when the text does not name it; "
             "`model.targets.mark_target`); marker tokens are never selected.")
-    add("3. A small MLP token scorer gives every token a score; the top-K tokens are kept "
-        f"(K = {top_k}, pooling `{pooling}`).")
-    add("4. The kept tokens' hidden states are averaged with softmax-normalised score weights; linear heads "
-        "classify the pooled vector.")
+    ratio, share = config.get("top_k_ratio", 0.0) or 0.0, config.get("min_weight_share", 0.0) or 0.0
+    k_rule = (f"K = ceil({ratio}·n) for a post of n tokens, between {config.get('top_k_min', 1)} and {top_k}"
+              if ratio else f"K = {top_k}")
+    add(f"3. A small MLP token scorer gives every token a score; the top-K tokens are kept ({k_rule}"
+        + (f"; of those, only tokens whose pooling weight is at least {share} × the top token's" if share else "")
+        + "). The kept tokens are the rationale, merged into words.")
+    if pooling == "hybrid":
+        add("4. The kept tokens' hidden states are averaged with softmax-normalised score weights; the heads "
+            "classify the mean of that vector and the plain mean of every real token (`hybrid` pooling).")
+    elif pooling == "all":
+        add("4. Ablation: the heads classify the plain mean of every real token; the scorer is not used.")
+    else:
+        add("4. The kept tokens' hidden states are averaged with softmax-normalised score weights; linear heads "
+            "classify the pooled vector.")
     add(f"5. Loss: cross-entropy + λ·uniformity, the mean off-diagonal cosine similarity of a batch's pooled "
         f"vectors, which pushes them apart (λ = {lam}).\n")
 
     add("| setting | value |\n|---|---|")
-    for key, label in (("encoder", "encoder"), ("captioner", "captioner"), ("top_k", "K"),
+    for key, label in (("encoder", "encoder"), ("captioner", "captioner"), ("top_k", "K (at most)"),
+                       ("top_k_ratio", "K per post, ρ"), ("top_k_min", "K at least"),
+                       ("min_weight_share", "rationale weight share"), ("text_normalization", "text normalisation"),
                        ("uniformity_weight", "λ"), ("max_length", "max length"), ("pooling", "pooling"),
                        ("sentiment_labels", "sentiment labels"), ("emotion_labels", "emotion labels"),
                        ("target_format", "target format")):
-        if key in config and config[key] not in ("", (), []):
+        if key in config and config[key] not in ("", (), [], 0.0) and not (key == "top_k_min" and not config.get("top_k_ratio")):
             value = config[key]
             shown = ", ".join(value) if isinstance(value, (list, tuple)) else value
             add(f"| {label} | `{shown}` |")
@@ -214,3 +226,40 @@ def render_card(*, config: dict[str, Any], metrics: dict[str, Any], dataset: dic
     add("\nConfig:\n")
     add("```json\n" + json.dumps(config, indent=2, sort_keys=True, default=str) + "\n```")
     return "\n".join(out) + "\n"
+
+
+def attach_section(model_dir: str | Path, title: str, body: str, metrics_key: str, value: Any) -> None:
+    """Write `## title` with `body` into a model's card.md (replacing an earlier section of that title, in
+    place) and `value` under `metrics_key` in its metrics.json."""
+    model_dir = Path(model_dir)
+    card_path = model_dir / "card.md"
+    heading = f"## {title}\n"
+    card = card_path.read_text()
+    section = f"{heading}\n{body.rstrip()}\n"
+    if f"\n{heading}" in card:
+        before, _, after = card.partition(f"\n{heading}")
+        rest = after[after.index("\n## ") + 1:] if "\n## " in after else ""
+        card = before.rstrip("\n") + "\n\n" + section + ("\n" + rest if rest else "")
+    else:
+        card = card.rstrip("\n") + "\n\n" + section
+    card_path.write_text(card)
+    metrics_path = model_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics[metrics_key] = value
+    metrics_path.write_text(json.dumps(metrics, indent=2, ensure_ascii=False, default=str))
+
+
+def faithfulness_body(report: dict[str, Any], split: str) -> str:
+    """The card's rationale section: what the numbers mean, the table, a few examples."""
+    from affectstream.training.faithfulness import render
+
+    lines = [f"Measured on the {split} split with `affectstream evaluate MODEL_DIR --faithfulness` "
+             "(`training/faithfulness.py`). ERASER's metrics (DeYoung et al., 2020), for the predicted class ŷ: "
+             "**comprehensiveness** = p(ŷ | post) − p(ŷ | post without the rationale words) (higher: the "
+             "prediction needed them); **sufficiency** = p(ŷ | post) − p(ŷ | the rationale words alone) (lower: "
+             "they carry it). Random-K and attention (last-layer attention from the first token, averaged over "
+             "heads) choose the same number of words per post.",
+             "", "```text", render(report).rstrip("\n"), "```", "", "Examples (predicted label: rationale words):", ""]
+    for ex in report.get("examples", [])[:6]:
+        lines.append(f"- `{ex['text'][:120]}` → **{ex['label']}**: " + ", ".join(f"`{w}`" for w in ex["rationale"]))
+    return "\n".join(lines)

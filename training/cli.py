@@ -12,7 +12,9 @@ from affectstream.training.config import PRESETS, TrainConfig
 OPTIONS = [  # (flag, TrainConfig field, type)
     ("--dataset", "dataset", str), ("--data-path", "data_path", str), ("--split-file", "split_file", str),
     ("--encoder", "encoder", str), ("--captioner", "captioner", str), ("--top-k", "top_k", int),
-    ("--pooling", "pooling", click.Choice(["topk", "all"])), ("--lambda", "uniformity_weight", float),
+    ("--pooling", "pooling", click.Choice(["topk", "all", "hybrid"])), ("--lambda", "uniformity_weight", float),
+    ("--top-k-ratio", "top_k_ratio", float), ("--top-k-min", "top_k_min", int),
+    ("--min-weight-share", "min_weight_share", float),
     ("--max-length", "max_length", int), ("--epochs", "epochs", int), ("--batch-size", "batch_size", int),
     ("--lr", "lr", float), ("--head-lr", "head_lr", float), ("--seed", "seed", int), ("--out", "out_dir", str),
     ("--run-dir", "run_dir", str), ("--max-train-samples", "max_train_samples", int),
@@ -59,23 +61,46 @@ def train(ablations: bool, seeds: str | None, **flags) -> None:
     result = run_train(cfg)
     print_summary(result.metrics)
     if ablations:
-        from affectstream.training.ablations import attach_to_model, rows_of, run_ablations
+        from affectstream.training.ablations import DEFAULT_VARIANTS, attach_to_model, run_study, save_study
 
-        rows = rows_of("full method", result.metrics) + run_ablations(cfg, skip_full=True)
-        click.echo("\nAblations\n" + attach_to_model(result.out_dir, rows))
+        study = run_study(cfg, list(DEFAULT_VARIANTS), [cfg.seed], Path(cfg.run_dir) / "ablations", log=click.echo)
+        save_study(study, Path(cfg.run_dir) / "ablations" / "study.json")
+        click.echo("\nAblations\n" + attach_to_model(result.out_dir, study))
     click.echo(f"exported {result.out_dir}  (card: {result.out_dir / 'card.md'})")
 
 
 @click.command()
 @train_options
-def ablate(**flags) -> None:
-    """Full method vs text only vs all tokens pooled vs λ = 0, printed as one table."""
-    from affectstream.training.ablations import run_ablations
-    from affectstream.training.evaluate import format_table
+@click.option("--seeds", "seeds_spec", default="1", show_default=True,
+              help="N (N seeds from the preset's) or a comma-separated list, e.g. 13,14,15.")
+@click.option("--variant", "variants", multiple=True, help="Run only these variants (repeatable; see --list).")
+@click.option("--list", "list_variants", is_flag=True, help="List the variants and their changes, then exit.")
+@click.option("--json", "json_path", default=None, help="Where to save the study [default: <run-dir>/ablations/study.json].")
+@click.option("--attach", "attach_dir", default=None, type=click.Path(file_okay=False),
+              help="Also write the tables into this model directory's card.md and metrics.json.")
+def ablate(seeds_spec: str, variants: tuple[str, ...], list_variants: bool, json_path: str | None,
+           attach_dir: str | None, **flags) -> None:
+    """Every variant × seed on the same splits: mean ± sd per variant, paired differences against the full
+    method. Runs already done with the same configuration are read back, not retrained."""
+    from affectstream.training.ablations import (DEFAULT_VARIANTS, VARIANTS, attach_to_model, parse_seeds, render,
+                                                 run_study, save_study)
 
+    if list_variants:
+        for name, changes in VARIANTS.items():
+            click.echo(f"{name}: {changes}")
+        return
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise click.BadParameter(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}", param_hint="--variant")
     logging.basicConfig(level=logging.WARNING)
-    rows = run_ablations(config_from(**flags))
-    click.echo(format_table(rows, ["variant", "test set", "accuracy", "weighted_f1", "macro_f1"]))
+    cfg = config_from(**flags)
+    root = Path(cfg.run_dir) / "ablations"
+    study = run_study(cfg, list(variants or DEFAULT_VARIANTS), parse_seeds(seeds_spec, cfg.seed), root, log=click.echo)
+    saved = save_study(study, json_path or root / "study.json")
+    click.echo(render(study))
+    if attach_dir:
+        attach_to_model(attach_dir, study)
+    click.echo(f"saved {saved}")
 
 
 @click.command()
@@ -84,8 +109,13 @@ def ablate(**flags) -> None:
 @click.option("--data-path", default=None)
 @click.option("--split", default="test", type=click.Choice(["train", "dev", "test"]), show_default=True)
 @click.option("--seed", default=13, show_default=True)
-def evaluate(model_dir: str, dataset: str, data_path: str | None, split: str, seed: int) -> None:
-    """Score a deployed model directory on a dataset split."""
+@click.option("--faithfulness", "with_faithfulness", is_flag=True,
+              help="Also measure rationale length and ERASER comprehensiveness/sufficiency against random-K and attention.")
+@click.option("--draws", default=5, show_default=True, help="Random-K draws per post (with --faithfulness).")
+@click.option("--attach", is_flag=True, help="Write the rationale section into MODEL_DIR's card.md and metrics.json.")
+def evaluate(model_dir: str, dataset: str, data_path: str | None, split: str, seed: int, with_faithfulness: bool,
+             draws: int, attach: bool) -> None:
+    """Score a deployed model directory on a dataset split (and, with --faithfulness, its rationales)."""
     from affectstream.model.captioners import build_captioner
     from affectstream.model.deploy import load_deployed
     from affectstream.model.device import pick_device
@@ -101,6 +131,17 @@ def evaluate(model_dir: str, dataset: str, data_path: str | None, split: str, se
     descriptions, _ = describe_samples([s for s in samples if s.has_image], build_captioner(model_cfg.captioner), cfg.cache_dir)
     metrics = evaluate_split(model, tokenizer, samples, descriptions, cfg, pick_device("cpu"))
     click.echo(format_report(metrics, title=f"{Path(model_dir).name} on {data.name} {split}"))
+    if with_faithfulness:
+        from affectstream.training.card import attach_section, faithfulness_body
+        from affectstream.training.faithfulness import faithfulness, render
+
+        report = faithfulness(model.float(), tokenizer, [(s.text, descriptions.get(s.id, "")) for s in samples], draws=draws)
+        report["data"] = f"{data.name} {split}"
+        click.echo("Rationales\n" + render(report))
+        if attach:
+            attach_section(model_dir, "Rationales: length and faithfulness", faithfulness_body(report, f"{data.name} {split}"),
+                           "faithfulness", report)
+            click.echo(f"attached to {Path(model_dir) / 'card.md'}")
 
 
 def print_summary(metrics: dict) -> None:

@@ -24,7 +24,10 @@ class TrainConfig:
     encoder: str = "offline"                  # hub id, path, "offline" (packaged MiniLM) or "tiny-random"
     captioner: str = "offline"                # offline | offline:no-ocr | none | vlm:<id>
     top_k: int = 16
-    pooling: str = "topk"                     # topk | all (ablation)
+    pooling: str = "topk"                     # topk | all (ablation) | hybrid (top-K pool and mean of all tokens)
+    top_k_ratio: float = 0.0                  # > 0: K per post = clamp(ceil(ρ·n), top_k_min, top_k)
+    top_k_min: int = 1
+    min_weight_share: float = 0.0             # top-K tokens kept (pooled, shown) only above this share of the top weight
     uniformity_weight: float = 0.1            # λ
     max_length: int = 96
     text_normalization: str = "social-v1"     # model.normalize scheme for the post text (exported in config.json)

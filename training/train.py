@@ -192,6 +192,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
     model_cfg = AlignedConfig(
         encoder=cfg.encoder, emotion_labels=EMOTION_LABELS if has_emotion else (), top_k=cfg.top_k,
         max_length=cfg.max_length, pooling=cfg.pooling, uniformity_weight=cfg.uniformity_weight,
+        top_k_ratio=cfg.top_k_ratio, top_k_min=cfg.top_k_min, min_weight_share=cfg.min_weight_share,
         captioner=captioner.name, version=cfg.version or default_version(cfg), trained=True,
         target_format=TARGET_FORMAT if any(s.target is not None for s in train_samples) else "",
         text_normalization=cfg.text_normalization, training_data="+".join(d.name for d in datasets))
