@@ -79,3 +79,17 @@ def test_every_variant_changes_only_known_training_options():
     fields = set(PRESETS["default"].__dataclass_fields__)
     for name, changes in VARIANTS.items():
         assert set(changes) <= fields, name
+
+
+def test_a_variant_equal_to_another_is_read_back_not_trained_twice(tmp_path, keyword_jsonl):  # noqa: F811
+    from affectstream.training.ablations import V1, run_study
+
+    base = PRESETS["tiny"].replace(**V1, dataset="jsonl", data_path=str(keyword_jsonl), epochs=1,
+                                   run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
+    lines: list[str] = []
+    study = run_study(base, ["full", "v1 (fixed K=16 top-K, λ 0.1)"], [13], tmp_path / "abl", log=lines.append)
+    assert len(lines) == 1  # the first trains; the second has the same configuration
+    full, v1 = study["runs"]["full"][0], study["runs"]["v1 (fixed K=16 top-K, λ 0.1)"][0]
+    assert full["out_dir"] == v1["out_dir"] and full["test"] == v1["test"]
+    (paired,) = study["paired"]
+    assert (paired["macro_f1_diff_mean"], paired["ties"]) == (0.0, 1)

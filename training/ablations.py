@@ -39,7 +39,7 @@ VARIANTS: dict[str, dict] = {
 DEFAULT_VARIANTS = ("full", "all tokens mean-pooled", "λ = 0", "text only", "plain fine-tune (baseline)")
 METRICS = ("accuracy", "macro_f1", "weighted_f1")
 # run-specific fields that do not change what is trained
-_BOOKKEEPING = ("out_dir", "run_dir", "version", "resume", "ablations", "threads", "cache_dir")
+_BOOKKEEPING = ("out_dir", "run_dir", "version", "resume", "ablations", "threads", "cache_dir", "export_dtype")
 
 
 def parse_seeds(value: str, first: int) -> list[int]:
