@@ -1,87 +1,199 @@
-"""End to end through the real broker and real Redis: posts produced to ``posts-enriched`` (text posts
-with their image description already attached, as the caption agent would forward them: that topic is
-the internal, trusted one, written by the caption stage and tools standing in for it, never by
-producers; a caption a producer puts on ``posts`` is dropped), one classify
-worker (`affectstream worker --role classify`, a separate process), results read back from Redis's live
-channel (`as:live`, published by the Redis sink once the result is stored and counted).
+"""End to end through both stages, on the real broker and real Redis: posts produced into ``posts`` (as a
+producer would), a caption worker (`affectstream worker --role caption`, the offline describer) and a
+classify worker (`--role classify`), each a separate process, results observed in Redis and on the
+``sentiment`` topic.
 
-- maximum sustained rate: a burst of posts produced as fast as the broker takes them; rate = posts /
-  (last result − first result), which excludes the worker's start-up;
-- latency at 25%, 50%, 80% of that rate: posts paced at the target rate, each stamped with
-  ``created_at`` = the moment it is handed to the producer; latency = the moment its result arrives on
-  ``as:live`` − created_at (so it includes producing, the broker, batching, the model, the Redis write),
-  split at the result's ``processed_at`` (stamped right after inference): ``to_processed`` = producing,
-  fetching, the batch window, queueing behind the previous batch and the model; the rest is the Redis
-  write and the live channel.
+Three workloads, one after the other on the same workers:
+
+- ``text``: text-only posts (the caption stage passes them straight through);
+- ``images-cold``: one post in ``image_every`` carries a real JPEG inline (base64; 640x480, one in four a
+  meme with text), each image never sent before, so the caption stage decodes and describes every one;
+- ``images-warm``: the same mix, every image one the cold pass sent already: the caption cache answers.
+
+For each: the maximum sustained rate (a burst produced as fast as the broker takes it; rate = posts /
+(last result in Redis - first)), then posts paced at 25%, 50%, 80% of that rate, each stamped with
+``created_at`` = the moment it is handed to the producer. Latency per post:
+
+- ``redis``: the moment its result arrives on the live channel (published by the Redis sink once the result
+  is stored and counted) - created_at;
+- ``topic``: the moment a consumer of ``sentiment`` (kafka-python, ``fetch_max_wait_ms`` 20) reads it -
+  created_at. Tansu has no LogAppendTime (it keeps the producer's timestamp whatever the topic config), so
+  the broker's acknowledgement itself is not visible to a consumer; this reading is at most ~20 ms after it.
+
+Where the time goes (``hops``, percentiles per load level): ``caption`` = created_at -> the enriched
+record's timestamp (stamped by the caption worker's producer when it takes the record: producing, the
+broker, the caption worker's fetch, its batch window and work); ``classify`` = that -> the result's
+``processed_at`` (stamped right after inference: the broker, the classify worker's fetch, its batch window,
+queueing behind the previous batch, the model); ``redis`` / ``topic`` = processed_at -> the two arrivals.
+
+``batch_compute_ms`` is the model alone on one full micro-batch of the workload's texts, timed in this
+process before the workers start (same machine, same run), for the goal p99 at 50% load <= windows + 2 x
+batch compute (``budget_ms``: the classify stage's window; the caption stage's window is not added,
+though a post crosses both). Peak resident memory (VmHWM) of both workers is read at the end.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import statistics
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import orjson
 
+from affectstream.bench.workload import Workload
+from affectstream.streaming.worker.kafka_config import bootstrap_servers, kafka_client_kwargs
 from affectstream.streaming.worker.redis_client import sync_redis
 from affectstream.streaming.worker.result import Result
 from affectstream.streaming.worker.settings import Settings
 
+OBSERVER_FETCH_WAIT_MS = 20  # Tansu holds a waiting fetch ~half of this (FACTS.md): the observer's own delay
+CLASSIFY_LOG = re.compile(r"classified batch n=(\d+) .* in (\d+) ms")
+CAPTION_LOG = re.compile(r"captioned batch n=(\d+) .*described=(\d+) cache_hits=(\d+) in (\d+) ms")
+
 
 @dataclass
-class LiveResults:
-    """Subscribes to the live channel in a thread; records id -> (arrival ms, created_at ms, processed_at ms)."""
-    settings: Settings
-    arrivals: dict[str, tuple[float, int | None, int | None]] = field(default_factory=dict)
+class Seen:
+    """What the observers saw of one post (epoch ms)."""
+    created_ms: float | None = None
+    image: bool = False
+    redis_ms: float | None = None
+    redis_count: int = 0
+    processed_ms: float | None = None
+    caption: str | None = None
+    topic_ms: float | None = None
+    topic_count: int = 0
+    enriched_ts: float | None = None
 
-    def __post_init__(self) -> None:
-        self._client = sync_redis(self.settings)
-        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.subscribe(self.settings.keys.live)
+
+class Observers:
+    """Three threads: the Redis live channel, a consumer of ``sentiment`` and one of ``posts-enriched`` (apart:
+    enriched image posts are large, and the results must not queue behind them), both from the beginning.
+    ``seen[id]`` collects what each saw; a post produced again would be counted twice."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.seen: dict[str, Seen] = {}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bench-live", daemon=True)
-        self._thread.start()
+        self._redis = sync_redis(settings)
+        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(settings.keys.live)
+        self._consumers = [self._consumer(settings.topic_sentiment), self._consumer(settings.topic_enriched)]
+        self._threads = [threading.Thread(target=self._live, name="bench-live", daemon=True),
+                         *(threading.Thread(target=self._topic, args=(c,), name="bench-topic", daemon=True)
+                           for c in self._consumers)]
+        for thread in self._threads:
+            thread.start()
 
-    def _run(self) -> None:
+    def post(self, post_id: str, created_ms: float, image: bool) -> None:
+        with self._lock:
+            entry = self.seen.setdefault(post_id, Seen())
+            entry.created_ms, entry.image = created_ms, image
+
+    def _entry(self, post_id: str) -> Seen:
+        return self.seen.setdefault(post_id, Seen())
+
+    def _live(self) -> None:
         while not self._stop.is_set():
             message = self._pubsub.get_message(timeout=0.2)
             if message is None:
                 continue
             now_ms = time.time() * 1000
             result = Result.from_json(message["data"])
-            self.arrivals.setdefault(result.id, (now_ms, result.created_at, result.processed_at))
+            with self._lock:
+                entry = self._entry(result.id)
+                entry.redis_count += 1
+                if entry.redis_ms is None:
+                    entry.redis_ms, entry.processed_ms, entry.caption = now_ms, result.processed_at, result.caption
+
+    def _consumer(self, topic: str):
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers(self.settings), group_id=None,
+                                 enable_auto_commit=False, fetch_max_wait_ms=OBSERVER_FETCH_WAIT_MS,
+                                 check_crcs=False,  # kafka-python's CRC of 60 kB image posts is pure Python
+                                 client_id="affectstream-bench-observer", **kafka_client_kwargs(self.settings))
+        partitions = [TopicPartition(topic, p) for p in range(self.settings.partitions)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        return consumer
+
+    def _topic(self, consumer) -> None:
+        sentiment = self.settings.topic_sentiment
+        while not self._stop.is_set():
+            batches = consumer.poll(timeout_ms=200)
+            now_ms = time.time() * 1000
+            with self._lock:
+                for tp, records in batches.items():
+                    for record in records:
+                        if record.key is None:
+                            continue
+                        entry = self._entry(record.key.decode("utf-8", "replace"))
+                        if tp.topic == sentiment:
+                            entry.topic_count += 1
+                            entry.topic_ms = entry.topic_ms or now_ms
+                        elif entry.enriched_ts is None:
+                            entry.enriched_ts = record.timestamp
 
     def wait_for(self, ids: list[str], timeout_s: float) -> bool:
+        """True once every id has arrived in Redis and on the topic."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if all(i in self.arrivals for i in ids):
+            with self._lock:
+                done = all(i in self.seen and self.seen[i].redis_ms and self.seen[i].topic_ms for i in ids)
+            if done:
                 return True
             time.sleep(0.05)
         return False
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(2)
+        for thread in self._threads:
+            thread.join(2)
         self._pubsub.close()
-        self._client.close()
+        self._redis.close()
+        for consumer in self._consumers:
+            consumer.close()
 
 
-def _post(post_id: str, pair: tuple[str, str]) -> bytes:
-    text, description = pair
-    return orjson.dumps({"id": post_id, "text": text, "caption": description or None, "brands": ["bench"],
-                         "created_at": int(time.time() * 1000)})
+class WorkerLog:
+    """A worker's log file read from a mark: its per-batch lines (``log_batch``) for one phase."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.offset = 0
+
+    def mark(self) -> None:
+        self.offset = os.path.getsize(self.path)
+
+    def lines(self, pattern: re.Pattern) -> list[tuple[int, ...]]:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            text = f.read().decode("utf-8", "replace")
+        return [tuple(int(g) for g in m.groups()) for m in pattern.finditer(text)]
 
 
-def _produce(settings, pairs: list[tuple[str, str]], prefix: str, rate: float = 0.0) -> list[str]:
-    """Produce to the enriched topic; with a rate, pace sends (created_at stamped at each send)."""
+def produce(settings: Settings, observers: Observers, posts: list[tuple[str, str, str | None]],
+            rate: float = 0.0) -> None:
+    """Produce to ``posts``; with a rate, paced. created_at is stamped as each post is handed over."""
     from affectstream.streaming.tools.producer import produce_lines
 
-    ids = [f"{prefix}-{i}" for i in range(len(pairs))]
-    lines = (_post(i, pair) for i, pair in zip(ids, pairs))  # lazy: created_at is the send moment
-    produce_lines(settings, lines, topic=settings.topic_enriched, rate=rate)
-    return ids
+    def lines() -> Iterator[bytes]:
+        for post_id, text, image in posts:
+            now_ms = int(time.time() * 1000)
+            observers.post(post_id, now_ms, image is not None)
+            post = {"id": post_id, "text": text, "brands": ["bench"], "created_at": now_ms}
+            if image is not None:
+                post["image"] = {"b64": image}
+            yield orjson.dumps(post)
+
+    produce_lines(settings, lines(), topic=settings.topic_posts, rate=rate)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -90,6 +202,104 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return ordered[k]
+
+
+def _pcts(values: list[float]) -> dict[str, float]:
+    return {f"p{q}_ms": percentile(values, q) for q in (50, 95, 99)}
+
+
+def level_stats(observers: Observers, ids: list[str]) -> dict:
+    """Latency percentiles to Redis and to the topic, per-hop percentiles, and the invariants: lost,
+    duplicated, image posts without a caption."""
+    seen = [observers.seen.get(i, Seen()) for i in ids]
+    done = [s for s in seen if s.created_ms and s.redis_ms]
+    on_topic = [s for s in seen if s.created_ms and s.topic_ms]
+    images = [s for s in done if s.image]
+    out = {"n": len(done), "lost_redis": len(ids) - len(done), "lost_topic": len(ids) - len(on_topic),
+           "duplicates_redis": sum(s.redis_count > 1 for s in seen),
+           "duplicates_topic": sum(s.topic_count > 1 for s in seen),
+           "image_posts": len(images), "image_posts_without_caption": sum(not s.caption for s in images),
+           **_pcts([s.redis_ms - s.created_ms for s in done]),
+           "topic": _pcts([s.topic_ms - s.created_ms for s in on_topic])}
+    if images:  # a mixed workload: its image posts and its text-only posts apart
+        out["images_only"] = _pcts([s.redis_ms - s.created_ms for s in images])
+        out["texts_only"] = _pcts([s.redis_ms - s.created_ms for s in done if not s.image])
+    hops = {"caption": [s.enriched_ts - s.created_ms for s in done if s.enriched_ts],
+            "classify": [s.processed_ms - s.enriched_ts for s in done if s.enriched_ts and s.processed_ms],
+            "redis": [s.redis_ms - s.processed_ms for s in done if s.processed_ms],
+            "topic": [s.topic_ms - s.processed_ms for s in on_topic if s.processed_ms]}
+    out["hops"] = {name: {"p50_ms": percentile(v, 50), "p99_ms": percentile(v, 99)} for name, v in hops.items()}
+    return out
+
+
+def batch_logs(classify_log: WorkerLog, caption_log: WorkerLog) -> dict:
+    """Micro-batches the workers logged since their marks: sizes and times, cache hits and descriptions."""
+    classify = classify_log.lines(CLASSIFY_LOG)
+    caption = caption_log.lines(CAPTION_LOG)
+    return {"classify_batches": len(classify),
+            "classify_batch_mean": statistics.fmean([n for n, _ in classify]) if classify else 0.0,
+            "classify_batch_ms_p50": percentile([ms for _, ms in classify], 50),
+            "caption_batches": len(caption),
+            "caption_batch_ms_p50": percentile([ms for *_, ms in caption], 50),
+            "described": sum(d for _, d, _, _ in caption), "cache_hits": sum(h for _, _, h, _ in caption)}
+
+
+def run_workload(settings: Settings, observers: Observers, logs: tuple[WorkerLog, WorkerLog], work: Workload, *,
+                 burst: int, loads: tuple[float, ...], load_seconds: float, say: Callable[[str], None]) -> dict:
+    """The maximum sustained rate (a burst), then latency at each share of it."""
+    for log in logs:
+        log.mark()
+    posts = work.posts(f"{work.name}-burst", burst)
+    produce(settings, observers, posts)
+    ids = [p[0] for p in posts]
+    if not observers.wait_for(ids, 60 + burst / 2):
+        raise RuntimeError(f"{work.name}: burst incomplete")
+    arrivals = sorted(observers.seen[i].redis_ms for i in ids)
+    capacity = (len(ids) - 1) / max((arrivals[-1] - arrivals[0]) / 1000, 1e-3)
+    out: dict = {"max_posts_per_s": capacity, "burst": {**level_stats(observers, ids), **batch_logs(*logs)},
+                 "latency": {}}
+    say(f"  {work.name}: sustained maximum {capacity:.1f} posts/s over {len(ids)} posts (described "
+        f"{out['burst']['described']}, cache hits {out['burst']['cache_hits']})")
+    for share in loads:
+        for log in logs:
+            log.mark()
+        rate = share * capacity
+        n = max(10, int(rate * load_seconds))
+        posts = work.posts(f"{work.name}-load{int(share * 100)}", n)
+        produce(settings, observers, posts, rate=rate)
+        ids = [p[0] for p in posts]
+        observers.wait_for(ids, 30 + n / max(rate, 1))
+        level = {"rate": rate, **level_stats(observers, ids), **batch_logs(*logs)}
+        out["latency"][f"{int(share * 100)}%"] = level
+        hops = level["hops"]
+        say(f"  {work.name} {int(share * 100)}% ({rate:.1f} posts/s, {level['n']} posts): redis p50/p95/p99 "
+            f"{level['p50_ms']:.0f}/{level['p95_ms']:.0f}/{level['p99_ms']:.0f} ms, topic p99 "
+            f"{level['topic']['p99_ms']:.0f} ms; hops p50/p99: "
+            + ", ".join(f"{k} {v['p50_ms']:.0f}/{v['p99_ms']:.0f}" for k, v in hops.items())
+            + f"; classify batches {level['classify_batches']} (mean {level['classify_batch_mean']:.1f} posts, "
+              f"{level['classify_batch_ms_p50']:.0f} ms)")
+    return out
+
+
+def batch_compute_ms(model_dir: Path, texts: list[str], batch_max: int, device: str, threads: int,
+                     backend: str = "torch", rounds: int = 7) -> float:
+    """Median time of the model alone, on ``backend`` (model/serving.py), on one full micro-batch of
+    text-only posts (what the worker calls)."""
+    import gc
+
+    from affectstream.model.serving import load_predictor
+
+    predictor = load_predictor(str(model_dir), backend, device=device, threads=threads)
+    pairs = [(texts[(i * 7) % len(texts)], "") for i in range(batch_max)]
+    predictor.predict(pairs)
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        predictor.predict(pairs)
+        times.append(1000 * (time.perf_counter() - started))
+    del predictor
+    gc.collect()
+    return statistics.median(times)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -102,77 +312,87 @@ def peak_rss_mb(pid: int) -> float:
 
 def run(model_dir: Path, *, burst: int, load_seconds: float, loads: tuple[float, ...], batch_max: int,
         batch_window_s: float, device: str, threads: int, pairs: list[tuple[str, str]],
-        caption_images: int, say: Callable[[str], None]) -> dict:
+        caption_images: int, say: Callable[[str], None], image_burst: int | None = None, image_every: int = 3,
+        caption_batch_max: int | None = None, caption_window_s: float | None = None,
+        inference_backend: str = "torch") -> dict:
+    """The three workloads (module docstring); ``caption_images`` = 0 runs the text-only one alone. The
+    top-level ``max_posts_per_s`` / ``latency`` are the text-only workload's."""
     from affectstream.streaming.tools.services import EmbeddedServices
     from affectstream.streaming.tools.workers import WorkerProcess
 
+    texts = [text for text, _ in pairs]
+    defaults = Settings()
+    caption_window_s = defaults.caption_batch_window_s if caption_window_s is None else caption_window_s
+    caption_batch_max = caption_batch_max or defaults.caption_batch_max
     run_id = uuid.uuid4().hex[:8]
     requested = Settings(broker_url="", redis_url="", app_id=f"affectstream-bench-{run_id}",
                          redis_prefix=f"bench{run_id}:", model_dir=str(model_dir), captioner="offline",
-                         batch_max=batch_max, batch_window_s=batch_window_s, device=device, threads=threads,
-                         session_timeout_s=6.0, heartbeat_interval_s=1.0, web_enabled=False, partitions=4)
-    out: dict = {"batch_max": batch_max, "batch_window_s": batch_window_s}
-    with EmbeddedServices(requested) as services:
+                         batch_max=batch_max, batch_window_s=batch_window_s, caption_batch_max=caption_batch_max,
+                         caption_batch_window_s=caption_window_s, device=device, threads=threads,
+                         inference_backend=inference_backend, session_timeout_s=6.0, heartbeat_interval_s=1.0,
+                         web_enabled=False, partitions=4)
+    say(f"  model alone on one batch of {batch_max} ...")
+    compute_ms = [batch_compute_ms(model_dir, texts, batch_max, device, threads, inference_backend)]
+    out: dict = {"batch_max": batch_max, "batch_window_s": batch_window_s, "caption_batch_max": caption_batch_max,
+                 "caption_window_s": caption_window_s, "image_every": image_every,
+                 "inference_backend": inference_backend, "workloads": {}}
+    with EmbeddedServices(requested) as services, contextlib.ExitStack() as stack:
         s = services.settings
-        say(f"  broker {s.broker_url}, redis {s.redis_url}; starting a classify worker ...")
-        live = LiveResults(s)
-        worker = WorkerProcess(s, "classify", loglevel="warning")
-        caption_worker = None
-        try:
-            warm = _produce(s, pairs[:batch_max], "warm")
-            if not live.wait_for(warm, 120):
-                raise RuntimeError(f"classify worker gave no results in 120 s; log:\n{worker.log_tail()}")
-            # maximum sustained rate: a burst, timed from the first result to the last
-            ids = _produce(s, (pairs * (burst // len(pairs) + 1))[:burst], "burst")
-            if not live.wait_for(ids, 60 + burst / 5):
-                raise RuntimeError(f"burst incomplete; log:\n{worker.log_tail()}")
-            arrivals = sorted(live.arrivals[i][0] for i in ids)
-            max_rate = (len(ids) - 1) / max((arrivals[-1] - arrivals[0]) / 1000, 1e-3)
-            out["max_posts_per_s"] = max_rate
-            say(f"  sustained maximum {max_rate:.0f} posts/s over {len(ids)} posts")
-            out["latency"] = {}
-            for share in loads:
-                rate = share * max_rate
-                n = max(10, int(rate * load_seconds))
-                ids = _produce(s, (pairs * (n // len(pairs) + 1))[:n], f"load{int(share * 100)}", rate=rate)
-                live.wait_for(ids, 30 + n / max(rate, 1))
-                got = [live.arrivals[i] for i in ids if i in live.arrivals]
-                latencies = [arrival - created for arrival, created, _ in got]
-                to_processed = [processed - created for _, created, processed in got if processed is not None]
-                out["latency"][f"{int(share * 100)}%"] = {
-                    "rate": rate, "n": len(latencies), "lost": len(ids) - len(latencies),
-                    "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
-                    "p99_ms": percentile(latencies, 99),
-                    "to_processed_p50_ms": percentile(to_processed, 50),
-                    "to_processed_p99_ms": percentile(to_processed, 99)}
-                say(f"  {int(share * 100)}% load ({rate:.0f} posts/s): p50 {percentile(latencies, 50):.0f} ms, "
-                    f"p95 {percentile(latencies, 95):.0f} ms, p99 {percentile(latencies, 99):.0f} ms "
-                    f"(created -> after inference: p50 {percentile(to_processed, 50):.0f}, "
-                    f"p99 {percentile(to_processed, 99):.0f} ms)")
-            out["classify_worker_peak_rss_mb"] = peak_rss_mb(worker.pid)
-            # a caption worker (offline describer) on image posts, for its memory
-            if caption_images:
-                caption_worker = WorkerProcess(s, "caption", loglevel="warning")
-                from affectstream.bench.workload import images
-                import base64
-                import io
-
-                posts = []
-                for i, image in enumerate(images(caption_images)):
-                    buffer = io.BytesIO()
-                    image.save(buffer, format="JPEG", quality=85)
-                    posts.append(orjson.dumps({"id": f"img-{i}", "text": "look at this",
-                                               "image": {"b64": base64.b64encode(buffer.getvalue()).decode()}}))
-                from affectstream.streaming.tools.producer import produce_lines
-
-                produce_lines(s, posts, topic=s.topic_posts)
-                ok = live.wait_for([f"img-{i}" for i in range(caption_images)], 180)
-                out["caption_worker_peak_rss_mb"] = peak_rss_mb(caption_worker.pid)
-                out["caption_worker_complete"] = ok
-                say(f"  caption worker: {caption_images} image posts {'done' if ok else 'INCOMPLETE'}")
-        finally:
-            live.close()
-            worker.stop()
-            if caption_worker is not None:
-                caption_worker.stop()
+        say(f"  broker {s.broker_url}, redis {s.redis_url}; starting a caption and a classify worker ...")
+        observers = Observers(s)
+        stack.callback(observers.close)
+        classify = WorkerProcess(s, "classify", loglevel="info")
+        stack.callback(classify.stop)
+        caption = WorkerProcess(s, "caption", loglevel="info")
+        stack.callback(caption.stop)
+        logs = (WorkerLog(classify.log_path), WorkerLog(caption.log_path))
+        # warm-up: both workers joined, the models loaded (the describer's too), nothing of it measured
+        warm = Workload("warmup", texts, image_every=4 if caption_images else 0, first_image=1_000_000)
+        posts = warm.posts("warmup", max(batch_max, 8))
+        produce(s, observers, posts)
+        if not observers.wait_for([p[0] for p in posts], 180):
+            raise RuntimeError(f"workers gave no results in 180 s; classify log:\n{classify.log_tail()}\n"
+                               f"caption log:\n{caption.log_tail()}")
+        kwargs = dict(loads=loads, load_seconds=load_seconds, say=say)
+        text = run_workload(s, observers, logs, Workload("text", texts), burst=burst, **kwargs)
+        out["workloads"]["text"] = text
+        out["max_posts_per_s"], out["latency"] = text["max_posts_per_s"], text["latency"]
+        if caption_images:
+            n = image_burst or max(3 * image_every, burst // 4)
+            cold = Workload("images-cold", texts, image_every=image_every)
+            out["workloads"]["images-cold"] = run_workload(s, observers, logs, cold, burst=n, **kwargs)
+            warm_pass = Workload("images-warm", texts, image_every=image_every, fresh_images=False,
+                                 images=cold.images)
+            out["workloads"]["images-warm"] = run_workload(s, observers, logs, warm_pass, burst=n, **kwargs)
+        out["classify_worker_peak_rss_mb"] = peak_rss_mb(classify.pid)
+        out["caption_worker_peak_rss_mb"] = peak_rss_mb(caption.pid)
+        say(f"  peak RSS: classify worker {out['classify_worker_peak_rss_mb']:.0f} MB, caption worker "
+            f"{out['caption_worker_peak_rss_mb']:.0f} MB")
+    # timed again with the workers gone; the better of the two (the host is shared: noise only adds time)
+    compute_ms.append(batch_compute_ms(model_dir, texts, batch_max, device, threads, inference_backend))
+    out["batch_compute_ms"] = min(compute_ms)
+    out["budget_ms"] = 1000 * batch_window_s + 2 * out["batch_compute_ms"]  # the issue's goal (one window)
+    say(f"  model alone on a batch of {batch_max}: {' / '.join(f'{ms:.0f}' for ms in compute_ms)} ms (before / after "
+        f"the run); budget: classify window {1000 * batch_window_s:.0f} ms + 2 x {out['batch_compute_ms']:.0f} ms "
+        f"= {out['budget_ms']:.0f} ms")
     return out
+
+
+def table(e: dict) -> str:
+    """The end-to-end rows as markdown: one line per workload and load."""
+    lines = [f"end to end through both stages — batch {e['batch_max']} / window {1000 * e['batch_window_s']:.0f} ms "
+             f"(classify), {e['caption_batch_max']} / {1000 * e['caption_window_s']:.0f} ms (caption), "
+             f"{e['inference_backend']}; model alone on a batch: {e['batch_compute_ms']:.0f} ms; budget "
+             f"(classify window + 2 x compute) {e['budget_ms']:.0f} ms",
+             "| workload | max posts/s | load | posts/s | posts | p50 ms | p95 ms | p99 ms | topic p99 ms | "
+             "image posts p99 ms | text posts p99 ms |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, w in e["workloads"].items():
+        for level, v in w["latency"].items():
+            image_p99 = v.get("images_only", {}).get("p99_ms")
+            text_p99 = v.get("texts_only", {}).get("p99_ms")
+            lines.append(f"| {name} | {w['max_posts_per_s']:.1f} | {level} | {v['rate']:.1f} | {v['n']} | "
+                         f"{v['p50_ms']:.0f} | {v['p95_ms']:.0f} | {v['p99_ms']:.0f} | {v['topic']['p99_ms']:.0f} | "
+                         + " | ".join(f"{p:.0f}" if p is not None else "–" for p in (image_p99, text_p99)) + " |")
+    lines.append(f"peak resident set (VmHWM): classify worker {e['classify_worker_peak_rss_mb']:.0f} MB, caption worker "
+                 f"(offline describer) {e['caption_worker_peak_rss_mb']:.0f} MB")
+    return "\n".join(lines)

@@ -1,8 +1,9 @@
 """What the benchmarks feed the models: realistic posts, images, and models of the real shapes.
 
 Posts are the bundled sample's tweets; one in three carries an image description in the offline
-describer's format (the classify agent sees exactly such pairs; the bench writes them to the trusted
-``posts-enriched`` topic, standing in for the caption stage, see bench/e2e.py). Models are the packaged MiniLM and
+describer's format (the classify agent sees exactly such pairs: the model-only rows feed them straight to
+the predictor). The end-to-end bench (bench/e2e.py) sends real images instead (``encoded_images``), which
+the caption stage decodes and describes. Models are the packaged MiniLM and
 roberta-base's architecture with random weights (no RoBERTa weights ship in any package; the speed of a
 network does not depend on its weights).
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import random
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -66,9 +67,9 @@ def photo(seed: int, size: tuple[int, int] = (640, 480)) -> Image.Image:
     return img
 
 
-def meme(text: str, size: tuple[int, int] = (640, 480)) -> Image.Image:
-    """A photo with large capitals on it: the describer's OCR path."""
-    img = photo(len(text), size)
+def meme(text: str, size: tuple[int, int] = (640, 480), seed: int | None = None) -> Image.Image:
+    """A photo with large capitals on it: the describer's OCR path (``seed``: the photo under the text)."""
+    img = photo(len(text) if seed is None else seed, size)
     font = ImageFont.truetype(FONT, 44) if Path(FONT).exists() else ImageFont.load_default()
     ImageDraw.Draw(img).text((30, 30), text, font=font, fill="white", stroke_width=3, stroke_fill="black")
     return img
@@ -78,6 +79,56 @@ def images(n: int) -> list[Image.Image]:
     """n images, one in four a meme with text (social media mix)."""
     captions = ["WORST MONDAY EVER", "BEST DAY", "NEVER AGAIN", "LOVE IT"]
     return [meme(captions[i % 4]) if i % 4 == 3 else photo(i) for i in range(n)]
+
+
+def encoded_images(n: int, first: int = 0, size: tuple[int, int] = (640, 480)) -> list[str]:
+    """n distinct images as base64 JPEG (quality 85), ready for a post's ``{"image": {"b64": ...}}``: image
+    ``first + i`` is a photo, one in four a meme with text, each drawn from its own seed, so no two share
+    bytes (a caption cache keyed by sha256 never hits across them)."""
+    import base64
+    import io
+
+    captions = ["WORST MONDAY EVER", "BEST DAY", "NEVER AGAIN", "LOVE IT"]
+    out = []
+    for k in range(first, first + n):
+        img = meme(captions[k % 4], size, seed=k) if k % 4 == 3 else photo(k, size)
+        buffer = io.BytesIO()
+        img.save(buffer, format="JPEG", quality=85)
+        out.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+    return out
+
+
+@dataclass
+class Workload:
+    """The end-to-end bench's posts (bench/e2e.py): sample texts; with ``image_every`` > 0 every such post
+    carries a real image, ``fresh_images``: one never sent before (the caption cache is cold for it), else
+    one of ``images``, those an earlier (cold) workload sent (warm)."""
+    name: str
+    texts: list[str]
+    image_every: int = 0
+    fresh_images: bool = True
+    images: list[str] = field(default_factory=list)  # base64 JPEGs sent so far (the warm pass reuses them)
+    first_image: int = 10_000  # seed of the first fresh image (workloads that must not share images differ)
+    _next: int = 0
+
+    def posts(self, prefix: str, n: int) -> list[tuple[str, str, str | None]]:
+        """n (id, text, base64 image or None); cold: images never sent before, warm: the cold pass's."""
+        out = []
+        n_images = sum(1 for i in range(n) if self.image_every and i % self.image_every == 0)
+        if self.fresh_images and n_images:
+            fresh = encoded_images(n_images, first=self.first_image + len(self.images))
+            self.images.extend(fresh)
+            pool = iter(fresh)
+        for i in range(n):
+            image = None
+            if self.image_every and i % self.image_every == 0:
+                if self.fresh_images:
+                    image = next(pool)
+                else:
+                    image = self.images[self._next % len(self.images)]
+                    self._next += 1
+            out.append((f"{prefix}-{i}", self.texts[(i * 7) % len(self.texts)], image))
+        return out
 
 
 # --- models of the real shapes -----------------------------------------------------------------------

@@ -25,9 +25,10 @@ Per micro-batch:
    ``RELOAD_CHECK_S`` seconds, like the model in the classify stage: a changed file is reloaded; a bad new
    file keeps the previous brands and is logged once.
 
-Offsets (``stage.register_stage``): events are taken with ``noack_take`` and acked only after every
-forward and DLQ send of the batch has been acknowledged by the broker (at least once; the classify stage
-is idempotent in Redis).
+Offsets (``stage.register_stage``): events are taken in micro-batches (``stage.MicroBatches``: at once
+when the stage is idle) and acked only after every forward and DLQ send of the batch has been
+acknowledged by the broker (at least once; the classify stage is idempotent in Redis). Each batch is
+logged on one line (``captioned batch n=… described=… cache_hits=…``), which the end-to-end bench reads.
 """
 from __future__ import annotations
 
@@ -113,6 +114,10 @@ class Captioning(Stage):
 
     def observe(self, batch: CaptionBatch, n_events: int, seconds: float) -> None:
         metrics.observe_caption_batch(batch, n_events, seconds)
+
+    def log_batch(self, batch: CaptionBatch, n_events: int, seconds: float) -> None:
+        log.info("captioned batch n=%d forwarded=%d dlq=%d described=%d cache_hits=%d in %.0f ms", n_events,
+                 len(batch.enriched), len(batch.dlq), batch.described, batch.cache_hits, 1000 * seconds)
 
     def close(self) -> None:
         if self._watcher is not None:
