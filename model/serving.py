@@ -177,12 +177,16 @@ def load_predictor(model_dir: str | Path, backend: str = "torch", *, device: str
     backend = str(backend).strip().lower()
     if backend not in BACKENDS:
         raise ValueError(f"unknown inference backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    reason = "set explicitly"
     if backend == "auto":
-        backend, _ = choose_backend(model_dir, device)
+        backend, reason = choose_backend(model_dir, device)
     if backend == "torch":
-        return BatchPredictor.from_directory(model_dir, device=device, threads=threads, top_k=top_k, dtype=dtype,
-                                             batch_size=batch_size)
-    if str(device).strip().lower() not in ("auto", "cpu"):
+        predictor: PairPredictor = BatchPredictor.from_directory(model_dir, device=device, threads=threads, top_k=top_k,
+                                                                 dtype=dtype, batch_size=batch_size)
+    elif str(device).strip().lower() not in ("auto", "cpu"):
         raise ValueError(f"inference backend {backend!r} runs on the CPU; got device {device!r} (use backend torch)")
-    return OnnxPredictor.from_directory(model_dir, precision=backend.split("-", 1)[1], threads=threads, top_k=top_k,
-                                        batch_size=batch_size)
+    else:
+        predictor = OnnxPredictor.from_directory(model_dir, precision=backend.split("-", 1)[1], threads=threads,
+                                                 top_k=top_k, batch_size=batch_size)
+    predictor.backend_reason = reason  # one line for the stage's start-up log
+    return predictor

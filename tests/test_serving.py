@@ -103,7 +103,8 @@ def test_auto_serves_int8_only_behind_a_passing_gate_for_these_weights(tmp_path,
     assert backend == "torch" and "gate" in reason                               # passed on other weights
     (model_dir / serving.GATE_FILE).write_text(json.dumps(gate(model_dir, passed=True)))
     assert serving.choose_backend(model_dir, "cpu")[0] == "onnx-int8"
-    assert serving.load_predictor(model_dir, "auto", device="cpu").backend == "onnx-int8"
+    chosen = serving.load_predictor(model_dir, "auto", device="cpu")
+    assert chosen.backend == "onnx-int8" and "gate passed" in chosen.backend_reason
 
 
 def test_auto_without_int8_units_never_serves_int8(tmp_path, cache, monkeypatch):
