@@ -177,6 +177,7 @@ def commands(settings_options: Callable) -> list[click.Command]:
         from affectstream.training.retrain import RetrainOptions
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("kafka").setLevel(logging.WARNING)   # its INFO is every connection's life story
         given = dict(correction_weight=correction_weight, holdout_share=holdout_share, tolerance=tolerance,
                      max_class_flip=max_class_flip)
         options = RetrainOptions(**{k: v for k, v in given.items() if v is not None}, sabotage=sabotage)
