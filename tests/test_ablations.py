@@ -93,3 +93,13 @@ def test_a_variant_equal_to_another_is_read_back_not_trained_twice(tmp_path, key
     assert full["out_dir"] == v1["out_dir"] and full["test"] == v1["test"]
     (paired,) = study["paired"]
     assert (paired["macro_f1_diff_mean"], paired["ties"]) == (0.0, 1)
+
+
+def test_read_back_only_leaves_out_runs_not_done(tmp_path):
+    from affectstream.training.ablations import run_study
+
+    lines: list[str] = []
+    study = run_study(PRESETS["tiny"], ["full", "λ = 0"], [13, 14], tmp_path / "abl", log=lines.append,
+                      train_missing=False)
+    assert study["runs"] == {} and study["rows"] == [] and study["paired"] == []
+    assert len(lines) == 4 and all(line.startswith("not done yet") for line in lines)

@@ -87,8 +87,9 @@ def finished_run(cfg: TrainConfig, root: str | Path | None = None) -> tuple[str,
 
 
 def run_study(base: TrainConfig, variants: list[str], seeds: list[int], root: str | Path,
-              progress: bool = False, log=print) -> dict:
-    """Train (or read back) every variant × seed; returns the study document (see `summarise`)."""
+              progress: bool = False, log=print, train_missing: bool = True) -> dict:
+    """Train (or read back) every variant × seed; returns the study document (see `summarise`).
+    `train_missing=False` only reads back: a run not done yet is left out (and said so)."""
     from affectstream.training.train import train
 
     root = Path(root)
@@ -97,6 +98,9 @@ def run_study(base: TrainConfig, variants: list[str], seeds: list[int], root: st
         for variant in variants:
             cfg = variant_config(base, variant, seed, root)
             found = finished_run(cfg, root)
+            if found is None and not train_missing:
+                log(f"not done yet, left out: {variant!r} seed {seed}")
+                continue
             if found is None:
                 log(f"training {variant!r} seed {seed} -> {cfg.out_dir}")
                 found = cfg.out_dir, train(cfg, progress=progress).metrics

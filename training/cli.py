@@ -78,8 +78,9 @@ def train(ablations: bool, seeds: str | None, **flags) -> None:
 @click.option("--json", "json_path", default=None, help="Where to save the study [default: <run-dir>/ablations/study.json].")
 @click.option("--attach", "attach_dir", default=None, type=click.Path(file_okay=False),
               help="Also write the tables into this model directory's card.md and metrics.json.")
+@click.option("--no-train", is_flag=True, help="Only read back finished runs; leave out the others.")
 def ablate(seeds_spec: str, variants: tuple[str, ...], list_variants: bool, json_path: str | None,
-           attach_dir: str | None, **flags) -> None:
+           attach_dir: str | None, no_train: bool, **flags) -> None:
     """Every variant × seed on the same splits: mean ± sd per variant, paired differences against the full
     method. Runs already done with the same configuration are read back, not retrained."""
     from affectstream.training.ablations import (DEFAULT_VARIANTS, VARIANTS, attach_to_model, parse_seeds, render,
@@ -95,7 +96,8 @@ def ablate(seeds_spec: str, variants: tuple[str, ...], list_variants: bool, json
     logging.basicConfig(level=logging.WARNING)
     cfg = config_from(**flags)
     root = Path(cfg.run_dir) / "ablations"
-    study = run_study(cfg, list(variants or DEFAULT_VARIANTS), parse_seeds(seeds_spec, cfg.seed), root, log=click.echo)
+    study = run_study(cfg, list(variants or DEFAULT_VARIANTS), parse_seeds(seeds_spec, cfg.seed), root, log=click.echo,
+                      train_missing=not no_train)
     saved = save_study(study, json_path or root / "study.json")
     click.echo(render(study))
     if attach_dir:
