@@ -111,10 +111,10 @@ class AlignedClassifier(PreTrainedModel):
         if ratio > 0:  # K follows the post's length
             n_real = selectable.sum(dim=1, keepdim=True)                                 # (B, 1)
             k_post = (ratio * n_real).ceil().clamp(min=self.config.top_k_min, max=k)  # (B, 1)
-            selected_valid &= torch.arange(k, device=hidden.device) < k_post           # (B, K)
+            selected_valid = selected_valid & (torch.arange(k, device=hidden.device) < k_post)  # (B, K)
         share = self.config.min_weight_share
-        if share > 0:  # weight_j / weight_top = exp(s_j - s_top) >= share; the top token always passes
-            selected_valid &= selected_scores >= selected_scores[:, :1] + math.log(share)
+        if share > 0:  # (out of place: ONNX has no in-place and) weight_j / weight_top = exp(s_j - s_top) >= share; the top token always passes
+            selected_valid = selected_valid & (selected_scores >= selected_scores[:, :1] + math.log(share))
         kept_scores = selected_scores.masked_fill(~selected_valid, float("-inf"))    # (B, K)
 
         # 4. pooling: the method (score-weighted top-K), the ablation (plain mean of all real tokens) or both
