@@ -2,9 +2,8 @@
 
 The same posts go through the classify stage itself (``Classifying.process``: parse, train/serve check,
 predict, targets, Result JSON, and with shadow on the hash pick, the candidate's one extra call on the
-shadowed subset and its Results) with shadow off and with shadow at ``share``, interleaved round after round;
-each variant keeps its best round (``bench.classify.interleaved``: on a shared host the least disturbed
-round). The candidate is a second, separately loaded copy of the deployed model, so it costs what a
+shadowed subset and its Results) with shadow off and with shadow at ``share``, alternating batch by batch,
+for several rounds (``bench_shadow``). The candidate is a second, separately loaded copy of the deployed model, so it costs what a
 retrained candidate of the same architecture costs. Kafka, the sinks and the shadow's Redis/topic writes
 are left out: the sinks are the same for both variants, and the shadow writes run off the batch's path
 (a background task per batch), not in the inference thread that bounds throughput.
@@ -12,11 +11,11 @@ are left out: the sinks are the same for both variants, and the shadow writes ru
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import orjson
 
-from affectstream.bench.classify import interleaved
 from affectstream.bench.workload import posts as workload_posts
 from affectstream.streaming.worker.rollout import Candidate
 from affectstream.streaming.worker.settings import Settings
@@ -38,47 +37,71 @@ def enriched_posts(n: int, seed: int = 0) -> list[bytes]:
 
 
 def bench_shadow(model_dir: str | Path, *, share: float = 0.1, n_posts: int = 1024, batch: int = 32,
-                 rounds: int = 5, device: str = "cpu") -> dict:
-    """Posts/s of the classify stage with shadow off and at ``share``, and the cost (1 - on/off)."""
+                 rounds: int = 5, device: str = "cpu", threads: int = 0) -> dict:
+    """Posts/s of the classify stage with shadow off and at ``share``, and the cost (1 - on/off).
+
+    The two variants alternate batch by batch (the order flips every batch), so a neighbour's burst lands
+    on both alike; each is timed in wall seconds and in this process's CPU seconds (all threads). The cost
+    is taken from CPU seconds per post, which a neighbour's load disturbs least; the wall figures are
+    reported next to it, and per round, so a disturbed run shows. ``threads``: torch intra-op threads (0:
+    torch's default; on an oversubscribed host 1 avoids measuring the threads' spin-waiting, the worker's
+    ``threads`` setting)."""
     from affectstream.model.predictor import BatchPredictor
     from affectstream.streaming.worker.classify import Classifying
 
-    deployed = BatchPredictor.from_directory(model_dir, device=device)
-    candidate = BatchPredictor.from_directory(model_dir, device=device)
+    deployed = BatchPredictor.from_directory(model_dir, device=device, threads=threads)
+    candidate = BatchPredictor.from_directory(model_dir, device=device, threads=threads)
     stage = Classifying(Settings(captioner="none", batch_max=batch), lambda: deployed, watch=False)
     raws = enriched_posts(n_posts)
     batches = [raws[i:i + batch] for i in range(0, len(raws), batch)]
     loop = asyncio.new_event_loop()
-    shadow_results = 0
+    shadow_on = Candidate(candidate, "shadow", share)
+    per_round = []
 
-    def run(with_shadow: bool) -> int:
-        nonlocal shadow_results
-        stage.candidate = Candidate(candidate, "shadow", share) if with_shadow else None
-        done = 0
-        for chunk in batches:
-            out = loop.run_until_complete(stage.process(chunk))
-            done += len(out.sink_items)
-            shadow_results += len(out.shadow) if with_shadow else 0
-        return done
+    def timed(chunk: list[bytes], with_shadow: bool) -> tuple[float, float, int]:
+        stage.candidate = shadow_on if with_shadow else None
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = loop.run_until_complete(stage.process(chunk))
+        return time.perf_counter() - wall, time.process_time() - cpu, len(out.shadow)
 
     try:
         loop.run_until_complete(stage.start())
-        run(True)  # warm-up: both models' first calls
-        shadow_results = 0
-        best = interleaved({"off": lambda: run(False), "shadow": lambda: run(True)}, rounds)
+        for chunk in batches[:4]:  # warm-up: both models' first calls
+            timed(chunk, True)
+            timed(chunk, False)
+        for r in range(rounds):
+            totals = {False: [0.0, 0.0, 0], True: [0.0, 0.0, 0]}
+            for k, chunk in enumerate(batches):
+                for with_shadow in ((False, True) if (k + r) % 2 == 0 else (True, False)):
+                    wall, cpu, shadowed_n = timed(chunk, with_shadow)
+                    totals[with_shadow][0] += wall
+                    totals[with_shadow][1] += cpu
+                    totals[with_shadow][2] += shadowed_n
+            per_round.append(totals)
     finally:
         stage.close()
         loop.close()
+    wall_off, cpu_off = (sum(t[False][i] for t in per_round) for i in (0, 1))
+    wall_on, cpu_on = (sum(t[True][i] for t in per_round) for i in (0, 1))
+    n = n_posts * rounds
+    cost = 1.0 - cpu_off / cpu_on
     ids = [orjson.loads(r)["id"] for r in raws]
-    cost = 1.0 - best["shadow"].posts_per_s / best["off"].posts_per_s
     return {
-        "model": str(model_dir), "device": device, "posts": n_posts, "batch": batch, "rounds": rounds,
-        "share": share, "shadowed_posts": sum(shadowed(i, share) for i in ids),
-        "shadow_results_per_round": shadow_results // rounds,
-        "off_posts_per_s": round(best["off"].posts_per_s, 1),
-        "shadow_posts_per_s": round(best["shadow"].posts_per_s, 1),
+        "model": str(model_dir), "device": device, "torch_threads": torch_threads(), "posts": n_posts,
+        "batch": batch, "rounds": rounds, "share": share, "shadowed_posts": sum(shadowed(i, share) for i in ids),
+        "shadow_results_per_round": per_round[0][True][2],
+        "off_cpu_s_per_1k_posts": round(1000 * cpu_off / n, 3), "shadow_cpu_s_per_1k_posts": round(1000 * cpu_on / n, 3),
+        "off_posts_per_s": round(n / wall_off, 1), "shadow_posts_per_s": round(n / wall_on, 1),
+        "wall_cost_per_round": [round(1.0 - t[False][0] / t[True][0], 4) for t in per_round],
+        "wall_cost": round(1.0 - wall_off / wall_on, 4),
         "cost": round(cost, 4), "goal": COST_GOAL, "met": cost <= COST_GOAL,
     }
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 if __name__ == "__main__":
@@ -90,6 +113,7 @@ if __name__ == "__main__":
     parser.add_argument("--posts", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
     print(orjson.dumps(bench_shadow(args.model_dir, share=args.share, n_posts=args.posts, batch=args.batch,
-                                    rounds=args.rounds), option=orjson.OPT_INDENT_2).decode())
+                                    rounds=args.rounds, threads=args.threads), option=orjson.OPT_INDENT_2).decode())

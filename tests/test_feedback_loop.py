@@ -20,6 +20,7 @@ from affectstream.model.registry import Registry
 from affectstream.streaming.tools.producer import produce_lines
 from affectstream.streaming.tools.workers import settings_env
 from affectstream.streaming.worker.classify import RELOAD_CHECK_S
+from affectstream.streaming.worker.feedback import intake_group
 from affectstream.streaming.worker.shadow import parse_agreement
 from affectstream.streaming.worker.sinks.redis import RedisSink
 from affectstream.streaming.worker.stage import run_stage
@@ -29,6 +30,7 @@ from tests.servers import settings_for
 from tests.test_faults import assert_exact, audit, log_lines
 from tests.test_feedback import stream_settings
 from tests.test_pipeline import BRANDS, lines_of, read_topic, redis_client, stored_ids, wait_for, workers
+from tests.test_retrain import committed_total
 from tests.test_shadow import posts, registry_with, stage_for, words_label
 from tests.test_sinks import _Stream
 
@@ -168,7 +170,9 @@ def test_corrections_retrain_shadow_promote_and_bad_candidates_are_refused_or_ro
             for i, p in enumerate(corrected)) + b"\n")
         cli(env, "feedback", str(feedback))
         r = redis_client(s)
-        wait_for(lambda: r.zcard(s.keys.feedback_index()) == len(corrected), 90, procs, "the intake")
+        wait_for(lambda: r.zcard(s.keys.feedback_index()) == len(corrected)
+                 and committed_total(s, intake_group(s)) == len(corrected), 90, procs,
+                 "the intake to take in and commit every correction")  # the job reads up to the intake's commit
 
         # a sabotaged candidate (zero learning rates) is refused and never registered
         refused = cli(env, *retrain_args, "--sabotage", expect=3)

@@ -42,13 +42,14 @@ class StandIn:
 
     def __init__(self, version: str, behaviour: str):
         self.version, self.behaviour = version, behaviour
-        self.calls = 0
+        self.calls = self.posts = 0
 
     def label(self, text: str) -> str:
         return words_label(text) if self.behaviour == "words" else self.behaviour
 
     def predict(self, pairs):
         self.calls += 1
+        self.posts += len(pairs)
         if self.behaviour == "fail":
             raise RuntimeError("candidate broken")
         return [{"label": (label := self.label(text)), "scores": {label: 1.0}, "emotion": None, "rationale": []}
@@ -105,6 +106,7 @@ async def run_batches(stage: Classifying, sink: RedisSink, batches: list[list[by
         sent.append(records)
 
     await run_stage(_Stream(batches), stage, [sink], send, batch_max=64, within=0.01)
+    await stage.flush_shadow()  # what the timer does
     if stage._shadow_write is not None:
         await stage._shadow_write
 
@@ -240,6 +242,7 @@ def test_a_shadow_write_that_fails_is_counted_and_the_batch_goes_on(redis_server
         stage.shadow_writer.send = broken_topic
         stream = _Stream([posts(10, prefix="w")])
         await run_stage(stream, stage, [sink], nothing, batch_max=64, within=0.01)
+        await stage.flush_shadow()
         await stage._shadow_write
         await stage.aclose()
         await sink.close()
@@ -251,21 +254,27 @@ def test_a_shadow_write_that_fails_is_counted_and_the_batch_goes_on(redis_server
 
 
 @pytest.mark.parametrize("share", [0.0, 0.1])
-def test_shadow_off_or_a_small_share_calls_the_candidate_at_most_once_per_batch(redis_server, tmp_path, share):
+def test_shadowed_posts_are_gathered_across_batches_into_few_candidate_calls(redis_server, tmp_path, share):
+    """At 10 % a batch of 32 holds about 3 shadowed posts; the candidate scores them 16 or more at a time
+    (and what is left when the timer fires), never once per batch. Shadow off: never called."""
     settings = settings_for(redis=redis_server, captioner="none")
     registry = registry_with(tmp_path, "words", "negative", "shadow" if share else "off", share)
+    batch = posts(640, prefix=f"c{share}")
+    expected = sum(shadowed(orjson.loads(p)["id"], share) for p in batch)
 
     async def run():
         stage = stage_for(settings, registry, [])
         sink = RedisSink(settings)
         await stage.start()
-        await run_batches(stage, sink, [posts(64, prefix=f"c{share}")], [])
-        calls = stage.candidate.predictor.calls if stage.candidate else 0
+        await run_batches(stage, sink, [batch[i:i + 32] for i in range(0, len(batch), 32)], [])
+        predictor = stage.candidate.predictor if stage.candidate else None
         await stage.aclose()
         await sink.close()
-        return calls
+        return (predictor.calls, predictor.posts) if predictor else (0, 0)
 
-    assert asyncio.run(run()) == (1 if share else 0)
+    calls, scored = asyncio.run(run())
+    assert scored == expected, "every shadowed post scored once"
+    assert calls <= expected // 16 + 1 and (calls > 0) == (share > 0)
 
 
 def test_shadow_keys_inputs_and_the_analyst_measure_work_on_a_redis_cluster(redis_cluster, tmp_path):

@@ -80,6 +80,25 @@ class Candidate:
         return frozenset(range(min(math.ceil(self.share * self.partitions - 1e-9), self.partitions)))
 
 
+def canary_posts(candidate: Candidate, parsed: list[tuple[Any, bytes]], raws: list[bytes],
+                 partitions: list[int | None]) -> list[int]:
+    """Indexes into ``parsed`` (post, raw value) of the posts whose event came from a canary partition."""
+    part_of = {id(raw): p for raw, p in zip(raws, partitions)}
+    return [i for i, (_, raw) in enumerate(parsed) if part_of.get(id(raw)) in candidate.canary_partitions]
+
+
+def tally_canary(candidate: Candidate, stats: "CandidateStats | None", failed_ids: list[str], served: int,
+                 deployed: str) -> None:
+    """Count a batch's canary posts (``served`` routed to the candidate, ``failed_ids`` it could not classify,
+    left to ``deployed``) in the watch's stats, the metrics and the log."""
+    for post_id in failed_ids:
+        log.warning("canary %s could not classify id=%s; served by %s", candidate.version, post_id, deployed)
+    if stats is not None:
+        stats.canary_posts += served
+        stats.canary_dlq += len(failed_ids)
+    metrics.observe_canary(candidate.version, results=served - len(failed_ids), dlq=len(failed_ids))
+
+
 def wanted(rollout: Rollout) -> str | None:
     """The candidate version the rollout asks workers to hold (None when off)."""
     return rollout.candidate if rollout.mode in ("shadow", "canary") and rollout.candidate else None

@@ -3,7 +3,11 @@ are kept apart — the ``sentiment-shadow`` topic, ``shadow_result(id)`` and ``s
 the counts, the live channel or the ``sentiment`` topic.
 
 Which posts: ``shadowed(post_id, share)``, a hash of the post id (not Python's salted ``hash``), so every
-worker and every redelivery of a post agree on whether it is shadowed.
+worker and every redelivery of a post agree on whether it is shadowed. The classify stage gathers them,
+with the deployed model's results, across micro-batches and has the candidate score them in one call once
+``SHADOW_CALL_MIN`` (16) are waiting, or when its 5 s timer fires: at a 10 % share a batch of 32 holds about
+three, and one call per batch that small cost more per post than the batch itself (``bench/shadow.py``).
+Posts still waiting when the worker stops or the candidate leaves shadow are not scored (best effort).
 
 What is written, per shadowed post, by ``ShadowWriter.write`` (best effort: a failure is logged and counted
 in ``affectstream_shadow_total{outcome="write_failed"}``, and never fails or delays the real batch):
