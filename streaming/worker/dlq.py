@@ -8,7 +8,7 @@ import time
 
 import orjson
 
-STAGES = frozenset({"parse", "caption", "classify"})
+STAGES = frozenset({"parse", "caption", "classify", "feedback"})  # feedback: the monitor's intake of analysts' corrections
 MAX_RAW_BYTES = 64 * 1024      # one huge message cannot blow up the DLQ
 MAX_ERROR_CHARS = 1000
 MAX_ID_CHARS = 256
