@@ -251,9 +251,10 @@ def _add_commands() -> None:
     # train / evaluate / ablate live with the trainer, bench with the benchmarks; the CLI only wires them in
     from affectstream.bench.cli import bench
     from affectstream.bench.reliability import reliability
+    from affectstream.predict import predict
     from affectstream.training.cli import COMMANDS
 
-    for command in (*COMMANDS, bench, reliability):
+    for command in (*COMMANDS, bench, reliability, predict):
         main.add_command(command)
     # corrections and model versions: feedback FILE, retrain, model list|promote|rollback|shadow|canary|off|history
     from affectstream.streaming.tools.feedback_cli import commands as feedback_commands
