@@ -4,21 +4,21 @@ classify worker (`--role classify`), each a separate process, results observed i
 ``sentiment`` topic.
 
 Three workloads, one after the other on the same workers:
-
 - ``text``: text-only posts (the caption stage passes them straight through);
 - ``images-cold``: one post in ``image_every`` carries a real JPEG inline (base64; 640x480, one in four a
   meme with text), each image never sent before, so the caption stage decodes and describes every one;
 - ``images-warm``: the same mix, every image one the cold pass sent already: the caption cache answers.
 
 For each: the maximum sustained rate (a burst produced as fast as the broker takes it; rate = posts /
-(last result in Redis - first)), then posts paced at 25%, 50%, 80% of that rate, each stamped with
+(last result in Redis - first post sent)), then posts paced at 25%, 50%, 80% of that rate, each stamped with
 ``created_at`` = the moment it is handed to the producer. Latency per post:
 
 - ``redis``: the moment its result arrives on the live channel (published by the Redis sink once the result
   is stored and counted) - created_at;
 - ``topic``: the moment a consumer of ``sentiment`` (kafka-python, ``fetch_max_wait_ms`` 20) reads it -
   created_at. Tansu has no LogAppendTime (it keeps the producer's timestamp whatever the topic config), so
-  the broker's acknowledgement itself is not visible to a consumer; this reading is at most ~20 ms after it.
+  the broker's acknowledgement itself is not visible to a consumer; this reading comes some 10-20 ms after it
+  (Tansu holds the observer's own fetch too).
 
 Where the time goes (``hops``, percentiles per load level): ``caption`` = created_at -> the enriched
 record's timestamp (stamped by the caption worker's producer when it takes the record: producing, the
@@ -26,10 +26,11 @@ broker, the caption worker's fetch, its batch window and work); ``classify`` = t
 ``processed_at`` (stamped right after inference: the broker, the classify worker's fetch, its batch window,
 queueing behind the previous batch, the model); ``redis`` / ``topic`` = processed_at -> the two arrivals.
 
-``batch_compute_ms`` is the model alone on one full micro-batch of the workload's texts, timed in this
-process before the workers start (same machine, same run), for the goal p99 at 50% load <= windows + 2 x
-batch compute (``budget_ms``: the classify stage's window; the caption stage's window is not added,
-though a post crosses both). Peak resident memory (VmHWM) of both workers is read at the end.
+``batch_compute_ms`` is the model alone (the run's ``inference_backend``) on one full micro-batch of the
+workload's texts, timed in this process before the workers start and again after they stop, the better of
+the two (same machine, same run), for the goal p99 at 50% load <= window + 2 x batch compute
+(``budget_ms``: the classify stage's window; the caption stage's window is not added, though a post
+crosses both). Peak resident memory (VmHWM) of both workers is read at the end.
 """
 from __future__ import annotations
 
@@ -152,6 +153,11 @@ class Observers:
             time.sleep(0.05)
         return False
 
+    def missing(self, ids: list[str]) -> str:
+        seen = [self.seen.get(i, Seen()) for i in ids]
+        return (f"of {len(ids)}, {sum(not s.redis_ms for s in seen)} not in Redis, "
+                f"{sum(not s.topic_ms for s in seen)} not on the topic")
+
     def close(self) -> None:
         self._stop.set()
         for thread in self._threads:
@@ -173,9 +179,7 @@ class WorkerLog:
         self.offset = os.path.getsize(self.path)
 
     def lines(self, pattern: re.Pattern) -> list[tuple[int, ...]]:
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            text = f.read().decode("utf-8", "replace")
+        text = Path(self.path).read_bytes()[self.offset:].decode("utf-8", "replace")
         return [tuple(int(g) for g in m.groups()) for m in pattern.finditer(text)]
 
 
@@ -198,10 +202,7 @@ def produce(settings: Settings, observers: Observers, posts: list[tuple[str, str
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[k]
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))] if ordered else float("nan")
 
 
 def _pcts(values: list[float]) -> dict[str, float]:
@@ -253,9 +254,9 @@ def run_workload(settings: Settings, observers: Observers, logs: tuple[WorkerLog
     produce(settings, observers, posts)
     ids = [p[0] for p in posts]
     if not observers.wait_for(ids, 60 + burst / 2):
-        raise RuntimeError(f"{work.name}: burst incomplete")
-    arrivals = sorted(observers.seen[i].redis_ms for i in ids)
-    capacity = (len(ids) - 1) / max((arrivals[-1] - arrivals[0]) / 1000, 1e-3)
+        raise RuntimeError(f"{work.name}: burst incomplete: {observers.missing(ids)}")
+    seen = [observers.seen[i] for i in ids]
+    capacity = len(ids) / max((max(s.redis_ms for s in seen) - min(s.created_ms for s in seen)) / 1000, 1e-3)
     out: dict = {"max_posts_per_s": capacity, "burst": {**level_stats(observers, ids), **batch_logs(*logs)},
                  "latency": {}}
     say(f"  {work.name}: sustained maximum {capacity:.1f} posts/s over {len(ids)} posts (described "
@@ -268,7 +269,7 @@ def run_workload(settings: Settings, observers: Observers, logs: tuple[WorkerLog
         posts = work.posts(f"{work.name}-load{int(share * 100)}", n)
         produce(settings, observers, posts, rate=rate)
         ids = [p[0] for p in posts]
-        observers.wait_for(ids, 30 + n / max(rate, 1))
+        observers.wait_for(ids, 60 + 2 * n / max(rate, 1))  # a backlog left here would slow the next level
         level = {"rate": rate, **level_stats(observers, ids), **batch_logs(*logs)}
         out["latency"][f"{int(share * 100)}%"] = level
         hops = level["hops"]
@@ -346,24 +347,25 @@ def run(model_dir: Path, *, burst: int, load_seconds: float, loads: tuple[float,
         caption = WorkerProcess(s, "caption", loglevel="info")
         stack.callback(caption.stop)
         logs = (WorkerLog(classify.log_path), WorkerLog(caption.log_path))
-        # warm-up: both workers joined, the models loaded (the describer's too), nothing of it measured
-        warm = Workload("warmup", texts, image_every=4 if caption_images else 0, first_image=1_000_000)
-        posts = warm.posts("warmup", max(batch_max, 8))
-        produce(s, observers, posts)
-        if not observers.wait_for([p[0] for p in posts], 180):
-            raise RuntimeError(f"workers gave no results in 180 s; classify log:\n{classify.log_tail()}\n"
-                               f"caption log:\n{caption.log_tail()}")
         kwargs = dict(loads=loads, load_seconds=load_seconds, say=say)
-        text = run_workload(s, observers, logs, Workload("text", texts), burst=burst, **kwargs)
-        out["workloads"]["text"] = text
-        out["max_posts_per_s"], out["latency"] = text["max_posts_per_s"], text["latency"]
-        if caption_images:
-            n = image_burst or max(3 * image_every, burst // 4)
-            cold = Workload("images-cold", texts, image_every=image_every)
-            out["workloads"]["images-cold"] = run_workload(s, observers, logs, cold, burst=n, **kwargs)
-            warm_pass = Workload("images-warm", texts, image_every=image_every, fresh_images=False,
-                                 images=cold.images)
-            out["workloads"]["images-warm"] = run_workload(s, observers, logs, warm_pass, burst=n, **kwargs)
+        try:  # warm-up first: both workers joined, the models loaded (the describer's too), nothing measured
+            posts = Workload("warmup", texts, image_every=4 if caption_images else 0, first_image=1_000_000).posts(
+                "warmup", max(batch_max, 8))
+            produce(s, observers, posts)
+            if not observers.wait_for([p[0] for p in posts], 180):
+                raise RuntimeError(f"warm-up: no results in 180 s: {observers.missing([p[0] for p in posts])}")
+            text = out["workloads"]["text"] = run_workload(s, observers, logs, Workload("text", texts), burst=burst,
+                                                           **kwargs)
+            out["max_posts_per_s"], out["latency"] = text["max_posts_per_s"], text["latency"]
+            if caption_images:
+                n = image_burst or max(3 * image_every, burst // 4)
+                cold = Workload("images-cold", texts, image_every=image_every)
+                out["workloads"]["images-cold"] = run_workload(s, observers, logs, cold, burst=n, **kwargs)
+                warm = Workload("images-warm", texts, image_every=image_every, fresh_images=False, images=cold.images)
+                out["workloads"]["images-warm"] = run_workload(s, observers, logs, warm, burst=n, **kwargs)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}\nclassify worker log:\n{classify.log_tail()}\ncaption worker log:\n"
+                               f"{caption.log_tail()}") from e
         out["classify_worker_peak_rss_mb"] = peak_rss_mb(classify.pid)
         out["caption_worker_peak_rss_mb"] = peak_rss_mb(caption.pid)
         say(f"  peak RSS: classify worker {out['classify_worker_peak_rss_mb']:.0f} MB, caption worker "
@@ -393,6 +395,6 @@ def table(e: dict) -> str:
             lines.append(f"| {name} | {w['max_posts_per_s']:.1f} | {level} | {v['rate']:.1f} | {v['n']} | "
                          f"{v['p50_ms']:.0f} | {v['p95_ms']:.0f} | {v['p99_ms']:.0f} | {v['topic']['p99_ms']:.0f} | "
                          + " | ".join(f"{p:.0f}" if p is not None else "–" for p in (image_p99, text_p99)) + " |")
-    lines.append(f"peak resident set (VmHWM): classify worker {e['classify_worker_peak_rss_mb']:.0f} MB, caption worker "
-                 f"(offline describer) {e['caption_worker_peak_rss_mb']:.0f} MB")
+    lines.append(f"peak resident set (VmHWM): classify worker {e['classify_worker_peak_rss_mb']:.0f} MB, "
+                 f"caption worker (offline describer) {e['caption_worker_peak_rss_mb']:.0f} MB")
     return "\n".join(lines)
