@@ -13,7 +13,8 @@ Scheme ``social-v1`` (the model's ``AlignedConfig.text_normalization``; ``none``
 
 A text written by ``model.targets.mark_target`` is normalised around its markers: the markers, the
 mention between them (``« @acme »`` keeps ``@acme``: the target is what the model is asked about) and a
-``«=Name»`` prefix are kept verbatim. The function is idempotent, so normalising twice (an upstream
+``«=Name»`` prefix are kept verbatim (a mention that itself holds ``»`` is ambiguous once marked: the
+markers are still kept, the rest of it may be normalised). The function is idempotent, so normalising twice (an upstream
 producer that already did it, a retry) changes nothing; the rationale's character offsets are offsets
 into the normalised text, which the predictor slices its words from.
 """

