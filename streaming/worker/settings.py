@@ -43,6 +43,14 @@ class Settings:
     threads: int = 0                    # 0: torch default
     inference_backend: str = "torch"    # how the classify stage runs the model (model.serving)
     model_registry: str = ""            # versioned model registry root (model.registry); "" = serve model_dir only
+    # automatic rollback of a candidate in shadow or canary (streaming/worker/rollout.py)
+    rollback_min_calls: int = 50                     # candidate predict calls before its error rate is judged
+    rollback_max_error_rate: float = 0.05            # share of candidate predict calls that raised
+    rollback_min_posts: int = 200                    # candidate-scored posts before DLQ rate / disagreement are judged
+    rollback_max_dlq_rate: float = 0.02              # canary posts the candidate could not classify
+    rollback_max_disagreement: float = 0.5           # shadowed posts whose label differs from the deployed model's
+    rollback_min_corrections: int = 20               # corrected posts scored by the candidate before judging
+    rollback_max_analyst_disagreement: float = 0.5   # of those, share where it differs from the analyst
     sinks: str = "redis,topic"          # where results go: built-in names and/or package.module:ClassName (sinks/)
 
     # brand-level sentiment
