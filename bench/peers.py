@@ -217,7 +217,14 @@ print(json.dumps({"peak_rss_mb": int(status["VmHWM"].split()[0]) / 1024, "rss_mb
 
 def serving_rss(model_dir: Path, backends: tuple[str, ...] = SERVING_BACKENDS, posts: int = 512) -> dict[str, dict]:
     """Peak RSS (VmHWM) of a process that loads the model on `backend` and serves `posts` posts at batch 32.
-    The ONNX graphs must already be in the cache (run_peers exports them), so no export is counted."""
+    The graphs are put in the cache first, so no export is counted (a serving process exports in a child
+    anyway: model.serving.export_in_child)."""
+    from affectstream.model.config import AlignedConfig
+    from affectstream.model.onnx_export import ensure_onnx
+
+    k = AlignedConfig.from_pretrained(str(model_dir)).top_k
+    for precision in ("fp32", "int8"):
+        ensure_onnx(model_dir, precision, k)
     out = {}
     for backend in backends:
         proc = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(model_dir), backend, str(posts)],

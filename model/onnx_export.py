@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -135,8 +136,14 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> Path:
     keep_fp32 = [node.name for node in graph.node if node.name.startswith(FP32_MODULES)]
     # the quantiser first rewrites a Gemm (a head) as "<name>_MatMul" + "<name>_Add": exclude that name too
     keep_fp32 += [f"{node.name}_MatMul" for node in graph.node if node.op_type == "Gemm" and node.name in keep_fp32]
-    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul"], nodes_to_exclude=keep_fp32)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser advises its shape pre-processing, which fails on this graph
+    try:
+        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul"], nodes_to_exclude=keep_fp32)
+    finally:
+        root.setLevel(level)
     return int8_path
 
 
@@ -149,6 +156,16 @@ def _write_atomically(directory: Path, name: str, build) -> Path:
     return final
 
 
+def graph_paths(model_dir: str | Path, top_k: int) -> dict[str, Path]:
+    directory = cache_root() / "onnx" / export_key(model_dir, top_k)
+    return {"fp32": directory / "model-fp32.onnx", "int8": directory / "model-int8.onnx"}
+
+
+def cached_onnx(model_dir: str | Path, precision: str, top_k: int) -> Path | None:
+    path = graph_paths(model_dir, top_k)[precision]
+    return path if path.is_file() else None
+
+
 def ensure_onnx(model_dir: str | Path, precision: str = "fp32", top_k: int | None = None) -> Path:
     """The cached ONNX graph of a deployed directory at `precision`, exported (and quantised) on a miss.
 
@@ -159,8 +176,9 @@ def ensure_onnx(model_dir: str | Path, precision: str = "fp32", top_k: int | Non
     from affectstream.model.config import AlignedConfig
 
     k = top_k or AlignedConfig.from_pretrained(str(model_dir)).top_k
-    directory = cache_root() / "onnx" / export_key(model_dir, k)
-    fp32, int8 = directory / "model-fp32.onnx", directory / "model-int8.onnx"
+    paths = graph_paths(model_dir, k)
+    fp32, int8 = paths["fp32"], paths["int8"]
+    directory = fp32.parent
     wanted = fp32 if precision == "fp32" else int8
     if wanted.is_file():
         return wanted
@@ -177,7 +195,8 @@ def ensure_onnx(model_dir: str | Path, precision: str = "fp32", top_k: int | Non
     return wanted
 
 
-if __name__ == "__main__":  # python -m affectstream.model.onnx_export MODEL_DIR [fp32|int8]: fill the cache
+if __name__ == "__main__":  # python -m affectstream.model.onnx_export MODEL_DIR [fp32|int8 [K]]: fill the cache
     import sys
 
-    print(ensure_onnx(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "int8"))
+    print(ensure_onnx(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "int8",
+                      int(sys.argv[3]) if len(sys.argv) > 3 else None))

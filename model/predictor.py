@@ -23,6 +23,7 @@ import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -156,6 +157,14 @@ def length_buckets(lengths: list[int], batch_size: int, min_size: int = MIN_BUCK
     return ranges
 
 
+def softmax_rows(logits: torch.Tensor) -> list[list[float]]:
+    """Row-wise softmax of a small (B, classes) tensor in numpy: torch's op wakes its thread pool, which
+    cost ~2 ms per call on a busy 2-core host (measured), several times the whole decode of a post."""
+    x = logits.float().numpy()
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).tolist()
+
+
 @dataclass
 class ForwardOutputs:
     """What a backend's forward pass hands the shared decoding, as CPU tensors (AlignedOutput's fields)."""
@@ -171,6 +180,7 @@ class PairPredictor:
     pre/post-processing every backend shares; a backend implements `_forward`."""
 
     backend = ""
+    min_bucket = MIN_BUCKET   # a backend with a cheaper call (ONNX Runtime) splits batches finer
 
     def __init__(self, tokenizer, config: AlignedConfig, *, top_k: int | None = None, batch_size: int = 64,
                  version: str | None = None):
@@ -214,7 +224,7 @@ class PairPredictor:
         lengths = [len(text) + len(description) + SPECIAL_CHARS for text, description in pairs]
         order = sorted(range(len(pairs)), key=lengths.__getitem__)
         results: list[Prediction | None] = [None] * len(pairs)
-        for start, end in length_buckets([lengths[i] for i in order], self.batch_size):
+        for start, end in length_buckets([lengths[i] for i in order], self.batch_size, self.min_bucket):
             chunk = order[start:end]
             for i, prediction in zip(chunk, self._predict_batch([pairs[i] for i in chunk], marked)):
                 results[i] = prediction
@@ -228,9 +238,8 @@ class PairPredictor:
     def _predict_batch(self, pairs: list[tuple[str, str]], marked: str = "") -> list[Prediction]:
         batch = self.encode(pairs, marked)
         out = self._forward(batch)
-        probs = torch.softmax(out.sentiment_logits.float(), dim=-1).tolist()                # (B, n_sentiment)
-        emotion_probs = (torch.softmax(out.emotion_logits.float(), dim=-1).tolist()
-                         if out.emotion_logits is not None else None)
+        probs = softmax_rows(out.sentiment_logits)                                          # (B, n_sentiment)
+        emotion_probs = softmax_rows(out.emotion_logits) if out.emotion_logits is not None else None
         selected_idx = out.selected_idx                                                         # (B, K)
         token_relevance = torch.sigmoid(out.selected_scores.float()).tolist()                  # (B, K) in 0..1
         valid = out.selected_valid.tolist()

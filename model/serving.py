@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import functools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from affectstream.model.config import AlignedConfig
-from affectstream.model.onnx_export import cache_root, ensure_onnx, weights_hash
+from affectstream.model.onnx_export import cache_root, cached_onnx, ensure_onnx, weights_hash
 from affectstream.model.predictor import BatchPredictor, ForwardOutputs, PairPredictor
 from affectstream.model.tokenization import EncodedPairs
 
@@ -35,6 +37,8 @@ GATE_FILE = "int8_gate.json"
 GATE_TOLERANCE = 0.005        # int8 macro-F1 at most 0.5 points below the torch model's on every gate set
 INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+# an ONNX Runtime call costs well under a millisecond, so length buckets may be smaller than torch's
+ONNX_MIN_BUCKET = 4
 
 
 @functools.cache
@@ -57,6 +61,8 @@ def cpu_isa() -> dict[str, bool]:
 class OnnxPredictor(PairPredictor):
     """The aligned model's ONNX graph (fp32 or dynamic int8) in an ONNX Runtime CPU session."""
 
+    min_bucket = ONNX_MIN_BUCKET
+
     def __init__(self, session, tokenizer, config: AlignedConfig, *, precision: str, top_k: int, batch_size: int,
                  version: str, graph: Path):
         super().__init__(tokenizer, config, top_k=top_k, batch_size=batch_size, version=version)
@@ -76,7 +82,7 @@ class OnnxPredictor(PairPredictor):
 
         config = AlignedConfig.from_pretrained(str(path))
         k = top_k or config.top_k
-        graph = ensure_onnx(path, precision, k)
+        graph = export_in_child(path, precision, k)
         options = ort.SessionOptions()
         if threads > 0:
             options.intra_op_num_threads = threads
@@ -108,6 +114,19 @@ class OnnxPredictor(PairPredictor):
             selected_scores=torch.from_numpy(out["selected_scores"]),
             selected_valid=torch.from_numpy(out["selected_valid"]),
         )
+
+
+def export_in_child(model_dir: str | Path, precision: str, top_k: int) -> Path:
+    """The cached graph; on a miss it is exported by a child process, so the serving process never holds
+    the torch model and the tracer's copies (its peak RSS stays that of serving)."""
+    cached = cached_onnx(model_dir, precision, top_k)
+    if cached is not None:
+        return cached
+    proc = subprocess.run([sys.executable, "-m", "affectstream.model.onnx_export", str(model_dir), precision,
+                           str(top_k)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ONNX export of {model_dir} failed: {proc.stderr.strip()[-800:]}")
+    return ensure_onnx(model_dir, precision, top_k)
 
 
 # --- the int8 quality gate --------------------------------------------------------------------------
