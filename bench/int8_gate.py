@@ -21,7 +21,7 @@ from typing import Callable
 
 from affectstream.model.config import SENTIMENT_LABELS
 from affectstream.model.serving import GATE_TOLERANCE, cpu_isa, load_predictor, write_gate
-from affectstream.model.onnx_export import weights_hash
+from affectstream.model.onnx_export import EXPORT_RECIPE, weights_hash
 from affectstream.model.targets import TargetInput
 from affectstream.training.datasets import load_dataset
 from affectstream.training.evaluate import classification_metrics
@@ -75,6 +75,7 @@ def run_gate(model_dir: str | Path, data_root: str | Path = DEFAULT_DATA_ROOT, s
         "rule": "int8 macro-F1 >= reference macro-F1 - tolerance on every set",
         "sets": sets,
         "weights_hash": weights_hash(model_dir),
+        "recipe": EXPORT_RECIPE,
         "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {"cpu": platform.processor() or _cpu_model(), **cpu_isa()},
     }

@@ -13,8 +13,8 @@ the predictor's own code (model/predictor.py); a backend only supplies the forwa
 
 The int8 quality gate (written by `affectstream bench --int8-gate MODEL_DIR`, bench/int8_gate.py) is a
 JSON file, `int8_gate.json` in the model directory (or, when that is read-only, under
-``$AFFECTSTREAM_CACHE/gates/``), holding the weights' hash it was measured on: a gate measured on other
-weights does not count.
+``$AFFECTSTREAM_CACHE/gates/``), holding the weights' hash and the export recipe it was measured with: a
+gate measured on other weights or another int8 recipe does not count.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from affectstream.model.config import AlignedConfig
-from affectstream.model.onnx_export import cache_root, cached_onnx, ensure_onnx, weights_hash
+from affectstream.model.onnx_export import EXPORT_RECIPE, cache_root, cached_onnx, ensure_onnx, weights_hash
 from affectstream.model.predictor import BatchPredictor, ForwardOutputs, PairPredictor
 from affectstream.model.tokenization import EncodedPairs
 
@@ -137,14 +137,14 @@ def gate_paths(model_dir: str | Path) -> list[Path]:
 
 
 def read_gate(model_dir: str | Path) -> dict | None:
-    """The gate result measured on these very weights, or None."""
+    """The gate result measured on these very weights with this export recipe, or None."""
     current = weights_hash(model_dir)
     for path in gate_paths(model_dir):
         try:
             gate = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(gate, dict) and gate.get("weights_hash") == current:
+        if isinstance(gate, dict) and gate.get("weights_hash") == current and gate.get("recipe") == EXPORT_RECIPE:
             return gate
     return None
 

@@ -89,7 +89,8 @@ def test_new_weights_get_a_new_graph(tmp_path, cache):
 
 
 def gate(model_dir, passed: bool, weights: str | None = None) -> dict:
-    return {"passed": passed, "weights_hash": weights or serving.weights_hash(model_dir), "sets": {}}
+    return {"passed": passed, "weights_hash": weights or serving.weights_hash(model_dir), "sets": {},
+            "recipe": serving.EXPORT_RECIPE}
 
 
 def test_auto_serves_int8_only_behind_a_passing_gate_for_these_weights(tmp_path, cache, monkeypatch):
@@ -101,6 +102,8 @@ def test_auto_serves_int8_only_behind_a_passing_gate_for_these_weights(tmp_path,
     (model_dir / serving.GATE_FILE).write_text(json.dumps(gate(model_dir, passed=True, weights="0" * 64)))
     backend, reason = serving.choose_backend(model_dir, "cpu")
     assert backend == "torch" and "gate" in reason                               # passed on other weights
+    (model_dir / serving.GATE_FILE).write_text(json.dumps(gate(model_dir, passed=True) | {"recipe": "aligned-onnx-v0"}))
+    assert serving.choose_backend(model_dir, "cpu")[0] == "torch"                 # passed with another int8 recipe
     (model_dir / serving.GATE_FILE).write_text(json.dumps(gate(model_dir, passed=True)))
     assert serving.choose_backend(model_dir, "cpu")[0] == "onnx-int8"
     chosen = serving.load_predictor(model_dir, "auto", device="cpu")
