@@ -107,13 +107,14 @@ class AlignedClassifier(PreTrainedModel):
         k = min(top_k or self.config.top_k, hidden.shape[1])
         selected_scores, selected_idx = token_scores.topk(k, dim=1)  # (B, K), best first
         selected_valid = torch.isfinite(selected_scores)             # (B, K)
+        # (the masks are combined out of place: ONNX export has no in-place `and`)
         ratio = self.config.top_k_ratio
         if ratio > 0:  # K follows the post's length
             n_real = selectable.sum(dim=1, keepdim=True)                                 # (B, 1)
             k_post = (ratio * n_real).ceil().clamp(min=self.config.top_k_min, max=k)  # (B, 1)
             selected_valid = selected_valid & (torch.arange(k, device=hidden.device) < k_post)  # (B, K)
         share = self.config.min_weight_share
-        if share > 0:  # (out of place: ONNX has no in-place and) weight_j / weight_top = exp(s_j - s_top) >= share; the top token always passes
+        if share > 0:  # weight_j / weight_top = exp(s_j - s_top) >= share; the top token always passes
             selected_valid = selected_valid & (selected_scores >= selected_scores[:, :1] + math.log(share))
         kept_scores = selected_scores.masked_fill(~selected_valid, float("-inf"))    # (B, K)
 

@@ -25,18 +25,15 @@ V1 = {"pooling": "topk", "top_k": 16, "top_k_ratio": 0.0, "min_weight_share": 0.
 VARIANTS: dict[str, dict] = {
     "full": {},
     "v1 (fixed K=16 top-K, λ 0.1)": V1,
-    "hybrid (top-K + mean, K ∝ length, share 0.25)": {"pooling": "hybrid", "top_k_ratio": 0.25, "top_k_min": 2,
-                                                      "min_weight_share": 0.25},
-    "hybrid, λ = 0": {"pooling": "hybrid", "top_k_ratio": 0.25, "top_k_min": 2, "min_weight_share": 0.25,
-                      "uniformity_weight": 0.0},
     "all tokens mean-pooled": {"pooling": "all"},
     "λ = 0": {"uniformity_weight": 0.0},
     "text only": {"captioner": "none"},
     "normalisation off": {"text_normalization": "none"},
     "plain fine-tune (baseline)": PLAIN,
 }
-# what `affectstream ablate` runs when no --variants are named
-DEFAULT_VARIANTS = ("full", "all tokens mean-pooled", "λ = 0", "text only", "plain fine-tune (baseline)")
+# what `affectstream ablate` runs when no --variant is named
+DEFAULT_VARIANTS = ("full", "v1 (fixed K=16 top-K, λ 0.1)", "all tokens mean-pooled", "λ = 0", "text only",
+                    "plain fine-tune (baseline)")
 METRICS = ("accuracy", "macro_f1", "weighted_f1")
 # run-specific fields that do not change what is trained
 _BOOKKEEPING = ("out_dir", "run_dir", "version", "resume", "ablations", "threads", "cache_dir", "export_dtype")
