@@ -1,10 +1,22 @@
 """Rationales: the selected top-K tokens merged back into whole words of the post text or description."""
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 # stripped from the ends of a word; '#' and '@' stay, they carry meaning on social media
 EDGE_PUNCTUATION = "\"'`.,;:!?()[]{}<>«»“”‘’…-_*~|/\\"
+# a whole word that is an emoticon is shown as it is: it is often what the model read the sentiment from
+# (":'(" alone made "bad mood. :'(" negative), and stripping its punctuation would leave nothing
+EMOTICON = re.compile(r"""(?:[<>]?[:;=8][-'^o*]?[()\[\]dDpPoO/\\|{}@*3xX$]+|[()\[\]dD/\\|{}@]+[-'^o*]?[:;=8]|</?3+|\^_*\^|[-T>]_+[-T<])""")
+
+
+def display_word(word: str) -> str:
+    """What a rationale shows for a whitespace-delimited word: an emoticon whole, else the word without its
+    edge punctuation ("" for punctuation only: not shown)."""
+    if EMOTICON.fullmatch(word):
+        return word
+    return word.strip(EDGE_PUNCTUATION)
 
 
 @dataclass(frozen=True)
@@ -51,7 +63,7 @@ def merge_to_words(spans: list[TokenSpan], sides: dict[str, str]) -> list[Ration
     for span in spans:
         side = sides.get(span.source, "")
         start, end = word_at(side, span.start, span.end)
-        word = side[start:end].strip(EDGE_PUNCTUATION)
+        word = display_word(side[start:end])
         if not word:
             continue
         key = (span.source, word.lower())

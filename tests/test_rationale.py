@@ -51,6 +51,21 @@ def test_punctuation_only_tokens_are_dropped():
     assert words == []
 
 
+@pytest.mark.parametrize("emoticon", [":)", ":'(", ":-(", ";)", ":D", "<3", "^_^", "-_-", ":/"])
+def test_an_emoticon_the_model_kept_is_shown_whole(emoticon):
+    text = f"bad mood. {emoticon}"
+    start = text.index(emoticon)
+    words = merge_to_words([TokenSpan("text", start, start + 1, 0.9)], {"text": text, "image": ""})
+    assert words == [RationaleWord(emoticon, 0.9, "text")]
+
+
+def test_display_word_strips_punctuation_but_keeps_emoticons():
+    from affectstream.model.rationale import display_word
+
+    assert [display_word(w) for w in ("(yes)", "hi!", "#fail!", "!!!", "...", ":)", "</3")] == \
+        ["yes", "hi", "#fail", "", "", ":)", "</3"]
+
+
 @given(st.text(max_size=60), st.integers(-5, 80), st.integers(-5, 80))
 def test_word_at_always_returns_a_valid_span_containing_the_token(text, start, end):
     lo, hi = word_at(text, start, end)

@@ -12,7 +12,8 @@ words left, joined by single spaces. The model's rationale is the words of the t
 words the streamed result shows. It is compared with two rationales of the same number of words:
 random-K (uniform draws among the post's words, averaged over draws) and attention (the words with the
 highest last-layer attention from the first token, averaged over heads; a word scores its best token).
-Only words holding a selectable token that is not all punctuation are candidates, for every method.
+Only words holding a selectable token that a rationale can show (`display_word`: not punctuation only,
+emoticons whole) are candidates, for every method.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from affectstream.model.rationale import EDGE_PUNCTUATION, TokenSpan, merge_to_words
+from affectstream.model.rationale import TokenSpan, display_word, merge_to_words
 from affectstream.model.tokenization import SOURCE_NAMES, encode_pairs
 
 WORD = re.compile(r"\S+")
@@ -134,7 +135,8 @@ def _last_layer_attention(encoder, inputs: dict) -> torch.Tensor:
 
 
 def _token_words(batch, row: int, sides: tuple[str, str]) -> dict[int, Position | None]:
-    """Every selectable token position -> the (side, word index) it lies in, None for a punctuation-only word."""
+    """Every selectable token position -> the (side, word index) it lies in, None for a word a rationale
+    does not show (punctuation only)."""
     spans = [word_spans(side) for side in sides]
     starts = [[s for s, _ in side_spans] for side_spans in spans]
     out: dict[int, Position | None] = {}
@@ -146,7 +148,7 @@ def _token_words(batch, row: int, sides: tuple[str, str]) -> dict[int, Position 
         if index < 0:
             continue
         lo, hi = spans[side][index]
-        out[t] = (side, index) if sides[side][lo:hi].strip(EDGE_PUNCTUATION) else None
+        out[t] = (side, index) if display_word(sides[side][lo:hi]) else None
     return out
 
 
