@@ -101,5 +101,5 @@ def test_read_back_only_leaves_out_runs_not_done(tmp_path):
     lines: list[str] = []
     study = run_study(PRESETS["tiny"], ["full", "λ = 0"], [13, 14], tmp_path / "abl", log=lines.append,
                       train_missing=False)
-    assert study["runs"] == {} and study["rows"] == [] and study["paired"] == []
+    assert study["runs"] == {} and study["rows"] == [] and study["paired"] == [] and study["seeds"] == []
     assert len(lines) == 4 and all(line.startswith("not done yet") for line in lines)

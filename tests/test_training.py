@@ -109,3 +109,18 @@ def test_seed_summary_gives_mean_sd_and_the_published_rows(tmp_path):
     attach_seeds(dirs[0], dirs)  # again: the section is replaced, not repeated
     assert (dirs[0] / "card.md").read_text().count(SECTION) == 1
     assert json.loads((dirs[0] / "metrics.json").read_text())["seeds"]["twitter2015"]["per_seed"][2]["seed"] == 3
+
+
+def test_evaluate_reads_the_models_own_split_and_warns_about_another(tmp_path, keyword_jsonl):
+    from click.testing import CliRunner
+
+    from affectstream.cli import main
+
+    out = train(tiny_cfg(tmp_path, keyword_jsonl, seed=14, epochs=1), progress=False).out_dir
+    args = ["evaluate", str(out), "--dataset", "jsonl", "--data-path", str(keyword_jsonl)]
+    own = CliRunner().invoke(main, args)
+    assert own.exit_code == 0, own.output
+    assert "warning" not in own.output
+    other = CliRunner().invoke(main, args + ["--seed", "13"])
+    assert other.exit_code == 0, other.output
+    assert "trained on the seed-14 split" in other.output

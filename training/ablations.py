@@ -137,7 +137,8 @@ def summarise(runs: dict[str, list[dict]], base: TrainConfig, seeds: list[int], 
                                "macro_f1_diff_mean": mean, "macro_f1_diff_sd": sd,
                                "wins": sum(d > 0 for d in diffs), "losses": sum(d < 0 for d in diffs),
                                "ties": sum(d == 0 for d in diffs)})
-    return {"base": comparable(base), "seeds": seeds, "variants": {v: VARIANTS.get(v, {}) for v in runs},
+    present = sorted({r["seed"] for records in runs.values() for r in records})  # seeds left out are not claimed
+    return {"base": comparable(base), "seeds": present, "variants": {v: VARIANTS.get(v, {}) for v in runs},
             "runs": runs, "rows": rows, "paired": paired}
 
 

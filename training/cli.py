@@ -110,13 +110,14 @@ def ablate(seeds_spec: str, variants: tuple[str, ...], list_variants: bool, json
 @click.option("--dataset", default="vader", show_default=True)
 @click.option("--data-path", default=None)
 @click.option("--split", default="test", type=click.Choice(["train", "dev", "test"]), show_default=True)
-@click.option("--seed", default=13, show_default=True)
+@click.option("--seed", default=None, type=int,
+              help="Split seed [default: the seed the model was trained with, from its metrics.json; else 13].")
 @click.option("--faithfulness", "with_faithfulness", is_flag=True,
               help="Also measure rationale length and ERASER comprehensiveness/sufficiency against random-K and attention.")
 @click.option("--draws", default=5, show_default=True, help="Random-K draws per post (with --faithfulness).")
 @click.option("--attach", is_flag=True, help="Write the rationale section into MODEL_DIR's card.md and metrics.json.")
-def evaluate(model_dir: str, dataset: str, data_path: str | None, split: str, seed: int, with_faithfulness: bool,
-             draws: int, attach: bool) -> None:
+def evaluate(model_dir: str, dataset: str, data_path: str | None, split: str, seed: int | None,
+             with_faithfulness: bool, draws: int, attach: bool) -> None:
     """Score a deployed model directory on a dataset split (and, with --faithfulness, its rationales)."""
     from affectstream.model.captioners import build_captioner
     from affectstream.model.deploy import load_deployed
@@ -127,6 +128,13 @@ def evaluate(model_dir: str, dataset: str, data_path: str | None, split: str, se
     from affectstream.training.train import evaluate_split
 
     model, tokenizer, model_cfg = load_deployed(model_dir)
+    # the seed also draws the stratified split: another seed's test split holds this model's training posts
+    trained_seed = training_seed(model_dir)
+    if seed is None:
+        seed = trained_seed if trained_seed is not None else 13
+    elif trained_seed is not None and seed != trained_seed:
+        click.echo(f"warning: {model_dir} was trained on the seed-{trained_seed} split; the seed-{seed} {split} "
+                   "split shares posts with its training split, so these scores are inflated", err=True)
     data = load_dataset(dataset, data_path, seed=seed)
     samples = data.split(split)
     cfg = TrainConfig(max_length=model_cfg.max_length)
@@ -144,6 +152,14 @@ def evaluate(model_dir: str, dataset: str, data_path: str | None, split: str, se
             attach_section(model_dir, "Rationales: length and faithfulness", faithfulness_body(report, f"{data.name} {split}"),
                            "faithfulness", report)
             click.echo(f"attached to {Path(model_dir) / 'card.md'}")
+
+
+def training_seed(model_dir: str | Path) -> int | None:
+    path = Path(model_dir) / "metrics.json"
+    try:
+        return int(json.loads(path.read_text())["reproducibility"]["seed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def print_summary(metrics: dict) -> None:
