@@ -1,4 +1,4 @@
-"""Ablations over seeds: every variant × seed on the same splits, mean ± sd and a paired comparison per seed.
+"""Ablations over seeds: every variant × seed, each variant on the same split as the others within a seed;
 
 A variant is a set of TrainConfig changes applied to the base (a preset): the method's parts switched off
 one at a time, the changed method candidates, and `plain` — the issue's plain fine-tune baseline through
@@ -161,7 +161,7 @@ def render(study: dict) -> str:
                                 "macro-F1 − full": f"{p['macro_f1_diff_mean']:+.4f} ± {p['macro_f1_diff_sd']:.4f}",
                                 "wins/losses/ties": f"{p['wins']}/{p['losses']}/{p['ties']}"} for p in study["paired"]],
                               ["variant", "test set", "seeds", "macro-F1 − full", "wins/losses/ties"])
-        out += f"\npaired per seed against the full method (same seed, same splits)\n\n{paired}"
+        out += f"\npaired per seed against the full method (same seed: same split, same test set)\n\n{paired}"
     return out
 
 
@@ -183,7 +183,9 @@ def attach_to_model(out_dir: str | Path, study: dict) -> str:
     tables = render(study)
     variants = "\n".join(f"- **{name}**: `{json.dumps(changes, ensure_ascii=False, default=str)}`"
                           for name, changes in study["variants"].items())
-    body = (f"Every variant and seed on the same splits (`affectstream ablate --seeds …`); a variant is the full "
-            f"method's configuration with these changes:\n\n{variants}\n\n```text\n{tables}```")
+    body = (f"`affectstream ablate --seeds …`: within a seed every variant trains and is tested on the same split; "
+            f"the seed draws both the initialisation and the stratified 8:1:1 split, so different seeds are also "
+            f"different splits (and test sets). A variant is the full method's configuration with these changes:"
+            f"\n\n{variants}\n\n```text\n{tables}```")
     attach_section(out_dir, SECTION, body, "ablations", {k: study[k] for k in ("seeds", "variants", "rows", "paired")})
     return tables

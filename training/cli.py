@@ -72,7 +72,7 @@ def train(ablations: bool, seeds: str | None, **flags) -> None:
 @click.command()
 @train_options
 @click.option("--seeds", "seeds_spec", default="1", show_default=True,
-              help="N (N seeds from the preset's) or a comma-separated list, e.g. 13,14,15.")
+              help="N (N seeds from the preset's) or a comma-separated list, e.g. 13,14,15 (one seed: 13,).")
 @click.option("--variant", "variants", multiple=True, help="Run only these variants (repeatable; see --list).")
 @click.option("--list", "list_variants", is_flag=True, help="List the variants and their changes, then exit.")
 @click.option("--json", "json_path", default=None, help="Where to save the study [default: <run-dir>/ablations/study.json].")
