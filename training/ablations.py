@@ -1,7 +1,8 @@
-"""Ablations over seeds: every variant × seed, each variant on the same split as the others within a seed;
+"""Ablations over seeds: every variant × seed; within a seed all variants share the split (the seed draws the
+initialisation and the stratified split); mean ± sd per variant and a paired comparison per seed.
 
 A variant is a set of TrainConfig changes applied to the base (a preset): the method's parts switched off
-one at a time, the changed method candidates, and `plain` — the issue's plain fine-tune baseline through
+one at a time, the first deployed method (`v1`), and `plain` — the issue's plain fine-tune baseline through
 the same loop (mean of all tokens, linear head, AdamW 5e-5 for every weight, batch 32, 3 epochs, best dev
 epoch, bf16 autocast, text only, the primary data set only). Each run writes its own model directory;
 a run whose metrics.json was made with the same configuration is read back instead of trained again, so
