@@ -111,8 +111,8 @@ async def classify(settings, predictor, batches: list[list[bytes]]) -> tuple[lis
     items, dead, sent = [], [], []
     original = stage.process
 
-    async def process(raws):
-        batch = await original(raws)
+    async def process(raws, partitions=None):  # run_stage -> process_events -> process(values, partitions)
+        batch = await original(raws, partitions)
         items.extend(batch.sink_items)
         dead.extend(batch.dlq)
         return batch

@@ -374,11 +374,12 @@ def serving_dir(settings: Settings) -> str:
 
 
 def load_model(settings: Settings, model_dir: str):
-    """Every model the stage serves (deployed or candidate) is loaded here."""
-    from affectstream.model.predictor import BatchPredictor  # torch: imported by register(), before the loop runs
-
-    return BatchPredictor.from_directory(model_dir, device=settings.device, threads=settings.threads,
-                                         top_k=settings.top_k or None)
+    """Every model the stage serves (deployed or candidate) is loaded here, on ``settings.inference_backend``."""
+    from affectstream.model.serving import load_predictor  # torch: imported by register(), before the loop runs
+    predictor = load_predictor(model_dir, settings.inference_backend, device=settings.device, threads=settings.threads,
+                               top_k=settings.top_k or None)
+    log.info("model %s served on %s (%s)", predictor.version, predictor.backend, predictor.backend_reason)
+    return predictor
 
 
 def build_stage(settings: Settings, app: faust.App | None = None) -> Classifying:
@@ -391,7 +392,7 @@ def register(app: faust.App, settings: Settings) -> str:
     """Attach the classify agent to ``app``; returns its name. An unknown sink in ``settings.sinks`` raises
     ``SinkConfigError`` here, at start-up."""
     classes = sink_classes(settings)
-    import affectstream.model.predictor  # noqa: F401 - import torch now: importing it inside the agent blocks the loop
+    import affectstream.model.serving  # noqa: F401 - import torch now: importing it inside the agent blocks the loop
 
     return register_stage(app, settings, name="classify", source="enriched",
                           build=lambda: build_stage(settings, app),
