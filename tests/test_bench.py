@@ -32,8 +32,13 @@ def test_quick_bench_runs_and_reports_every_figure(tmp_path):
     assert cap["offline_images_per_s"] > 0 and cap["vlm_images_per_s"] > 0
     assert all(v > 0 for v in cap["cache_hits_per_s"].values())
     assert {t["target"] for t in r["targets"]} >= {"offline describer images/s"}
-    for heading in ("classify, model only", "end to end", "captioning", "memory", "targets"):
+    for heading in ("classify, model only", "end to end through both stages", "captioning",
+                    "peak resident set (VmHWM): classify worker", "shadow scoring", "mpnet serving", "targets"):
         assert heading in result.output
+    # the model-lifecycle rows: shadow's cost measured with its goal; MPNet served or skipped with its reason
+    assert r["shadow"]["shadowed_posts"] > 0 and r["shadow"]["off_cpu_s_per_1k_posts"] > 0
+    assert "shadow at 10%: classify CPU cost" in {t["target"] for t in r["targets"]}
+    assert r["mpnet"].get("skipped") or r["mpnet"]["serving_posts_per_s"] > 0
     assert ("GPU section: skipped" in result.output) == (r["device"] != "cuda")
     assert r["brands"]["mentions"]["posts_per_s"] > 0 and "brands" in result.output
 
