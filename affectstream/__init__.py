@@ -10,14 +10,14 @@ One import namespace for the repository's folders (pyproject maps them in):
 - ``affectstream.cli``                      the ``affectstream`` command, on top of all of them
 """
 
+import importlib
+
 __all__ = ["Analyzer"]
 
 
 def __getattr__(name: str):
-    # ``from affectstream import Analyzer``: loaded on first use, so ``import affectstream`` stays cheap
-    # (no torch) and the namespace imports nothing of ours until asked (PEP 562)
+    # ``from affectstream import Analyzer``: loaded on first use (PEP 562), so ``import affectstream`` stays
+    # cheap (no torch) and the namespace root imports nothing of ours: the CLI layer's analyzer sits above it
     if name == "Analyzer":
-        from affectstream.analyzer import Analyzer
-
-        return Analyzer
+        return importlib.import_module("affectstream.analyzer").Analyzer
     raise AttributeError(f"module 'affectstream' has no attribute {name!r}")

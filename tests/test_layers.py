@@ -152,16 +152,9 @@ def layer_of(module: str) -> tuple[int, str] | None:
     return None
 
 
-# the namespace's PEP 562 re-export (``from affectstream import Analyzer``): imported inside ``__getattr__`` on
-# first use only, so ``import affectstream`` loads nothing of ours (tests/test_analyzer.py checks it)
-LAZY_EXPORTS = {("affectstream", "affectstream.analyzer")}
-
-
 def layer_violations(edges: list[Edge]) -> list[str]:
     problems = []
     for e in edges:
-        if (e.source, e.target) in LAZY_EXPORTS:
-            continue
         src, dst = layer_of(e.source), layer_of(e.target)
         if src is None or dst is None:
             problems.append(f"{e}: module outside every layer")
