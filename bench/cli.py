@@ -68,18 +68,12 @@ QUICK = Sizes(posts=64, naive_posts=8, batch_sizes=(1, 8, 32, 64), rounds=1, rob
 def machine() -> dict:
     import torch
 
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    from affectstream.model.device import cpu_has_bf16_units
+    from affectstream.model.device import cpu_has_bf16_units, cpu_model
     from affectstream.model.serving import cpu_isa
 
     info = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "bf16_units": cpu_has_bf16_units(), "torch": torch.__version__, "python": platform.python_version(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),

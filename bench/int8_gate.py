@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from affectstream.model.config import SENTIMENT_LABELS
+from affectstream.model.device import cpu_model
 from affectstream.model.serving import GATE_TOLERANCE, cpu_isa, load_predictor, write_gate
 from affectstream.model.onnx_export import EXPORT_RECIPE, weights_hash
 from affectstream.model.targets import TargetInput
@@ -77,7 +78,7 @@ def run_gate(model_dir: str | Path, data_root: str | Path = DEFAULT_DATA_ROOT, s
         "weights_hash": weights_hash(model_dir),
         "recipe": EXPORT_RECIPE,
         "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": {"cpu": platform.processor() or _cpu_model(), **cpu_isa()},
+        "machine": {"cpu": cpu_model() or platform.processor(), **cpu_isa()},
     }
     gate["card_line"] = card_line(gate)
     if write:
@@ -94,11 +95,3 @@ def card_line(gate: dict) -> str:
             f"passes when int8 is at most {gate['tolerance_points']:.1f} points below on every set: {verdict}.")
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""

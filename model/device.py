@@ -19,14 +19,31 @@ DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.floa
           "fp32": torch.float32, "float32": torch.float32}
 
 
+def _cpuinfo_field(name: str) -> str:
+    """The first ``name : value`` line of /proc/cpuinfo ("" where there is none, e.g. not Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(name):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 @functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's ISA flags (amx_bf16, amx_int8, avx512_bf16, avx512_vnni, ...): what bf16 and int8 run on."""
+    return frozenset(_cpuinfo_field("flags").split())
+
+
+@functools.cache
+def cpu_model() -> str:
+    return _cpuinfo_field("model name")
+
+
 def cpu_has_bf16_units() -> bool:
     """AMX or AVX512-BF16: bf16 matrix products run several times faster than fp32 on these CPUs."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,7 +176,7 @@ class ForwardOutputs:
     selected_valid: torch.Tensor            # (B, K) bool
 
 
-class PairPredictor:
+class PairPredictor(ABC):
     """The serving interface (`predict`, `predict_targets`, `target_aware`, `config`, `version`) and the
     pre/post-processing every backend shares; a backend implements `_forward`."""
 
@@ -190,8 +191,9 @@ class PairPredictor:
         self.batch_size = batch_size
         self.version = version or config.version
 
+    @abstractmethod
     def _forward(self, batch: EncodedPairs) -> ForwardOutputs:
-        raise NotImplementedError
+        """One encoded micro-batch through the backend's model."""
 
     @property
     def target_aware(self) -> bool:

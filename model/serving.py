@@ -18,7 +18,6 @@ gate measured on other weights or another int8 recipe does not count.
 """
 from __future__ import annotations
 
-import functools
 import json
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from affectstream.model.config import AlignedConfig
+from affectstream.model.device import cpu_flags
 from affectstream.model.onnx_export import EXPORT_RECIPE, cache_root, cached_onnx, ensure_onnx, weights_hash
 from affectstream.model.predictor import BatchPredictor, ForwardOutputs, PairPredictor
 from affectstream.model.tokenization import EncodedPairs
@@ -39,17 +39,6 @@ INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 # an ONNX Runtime call costs well under a millisecond, so length buckets may be smaller than torch's
 ONNX_MIN_BUCKET = 4
-
-
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
 
 
 def cpu_isa() -> dict[str, bool]:
