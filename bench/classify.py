@@ -23,6 +23,7 @@ bench needs nothing beyond the project's runtime dependencies.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,15 @@ import torch
 
 from affectstream.bench.workload import Shape
 
+
+
+def serve_in_micro_batches(predictor, pairs: list[tuple[str, str]], batch: int) -> int:
+    """What the classify stage does with a backlog: one micro-batch per call, every result serialised."""
+    predictor.batch_size = batch
+    for start in range(0, len(pairs), batch):
+        for prediction in predictor.predict(pairs[start:start + batch]):
+            orjson.dumps(prediction.to_dict())
+    return len(pairs)
 
 @dataclass
 class Timed:
@@ -173,14 +183,7 @@ def model_only(shape: Shape, root: Path, *, pairs: list[tuple[str, str]], batch_
         return len(naive_pairs)
 
     def run_serving(batch: int) -> Callable[[], int]:
-        def run() -> int:
-            # the classify agent hands the predictor one micro-batch at a time
-            serving.batch_size = batch
-            for start in range(0, len(pairs), batch):
-                for prediction in serving.predict(pairs[start:start + batch]):
-                    orjson.dumps(prediction.to_dict())
-            return len(pairs)
-        return run
+        return lambda: serve_in_micro_batches(serving, pairs, batch)
 
     variants = {"naive": run_naive, "pipeline": run_pipeline}
     variants.update({f"serving@{b}": run_serving(b) for b in batch_sizes})
@@ -281,12 +284,10 @@ def bpe_corpus() -> list[str]:
     from affectstream.bench.workload import DESCRIPTIONS, sample_texts
 
     corpus = sample_texts() + DESCRIPTIONS
-    try:
-        from affectstream.training.datasets import load_dataset
+    from affectstream.training.datasets import load_dataset
 
+    with contextlib.suppress(OSError, RuntimeError, ValueError):  # offline with no cached VADER: sample text only
         corpus += [s.text for s in load_dataset("vader").samples]
-    except (OSError, RuntimeError, ValueError):
-        pass
     return corpus
 
 

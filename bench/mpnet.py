@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 from typing import Callable
 
-import orjson
 
 from affectstream.bench import classify, workload
 
@@ -43,10 +42,7 @@ def mpnet_row(root: Path, *, posts: int = 256, batch: int = 32, rounds: int = 3,
     pairs = workload.posts(posts)
 
     def run() -> int:
-        for start in range(0, len(pairs), batch):
-            for prediction in serving.predict(pairs[start:start + batch]):
-                orjson.dumps(prediction.to_dict())
-        return len(pairs)
+        return classify.serve_in_micro_batches(serving, pairs, batch)
 
     serving.predict(pairs[:batch])              # warm-up: first calls allocate and pick kernels
     load_before = os.getloadavg()[0]

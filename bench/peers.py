@@ -32,7 +32,7 @@ import numpy as np
 import orjson
 import torch
 
-from affectstream.bench.classify import interleaved
+from affectstream.bench.classify import interleaved, serve_in_micro_batches
 
 SERVING_BACKENDS = ("torch", "onnx-fp32", "onnx-int8")
 LABELS = ("negative", "neutral", "positive")
@@ -142,13 +142,7 @@ def ort_runner(session, tokenizer, texts: list[str], batch: int) -> Runner:
 
 def serving_runner(predictor, texts: list[str], batch: int) -> Runner:
     def run(subset: list[str] | None = None) -> int:
-        pairs = [(text, "") for text in (texts if subset is None else subset)]
-        # the classify stage hands the predictor one micro-batch at a time
-        predictor.batch_size = batch
-        for start in range(0, len(pairs), batch):
-            for prediction in predictor.predict(pairs[start:start + batch]):
-                orjson.dumps(prediction.to_dict())
-        return len(pairs)
+        return serve_in_micro_batches(predictor, [(text, "") for text in (texts if subset is None else subset)], batch)
     return run
 
 

@@ -9,6 +9,7 @@ AMX / AVX512-BF16 flags in /proc/cpuinfo (without them bf16 matmuls are emulated
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 
@@ -21,12 +22,10 @@ DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.floa
 
 def _cpuinfo_field(name: str) -> str:
     """The first ``name : value`` line of /proc/cpuinfo ("" where there is none, e.g. not Linux)."""
-    try:
+    with contextlib.suppress(OSError):  # no /proc (not Linux): no flags, so no bf16/int8 assumptions
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(name):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return ""
 
 
