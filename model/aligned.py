@@ -17,6 +17,9 @@ Options (AlignedConfig; each default keeps directories written before it behavin
 - `pooling = "hybrid"`: the heads see the mean of the top-K pool and the plain mean of all real tokens.
   The top-K part adds weight to the chosen tokens on top of the context every token gives; measured
   against both pure forms with `affectstream ablate`.
+- `sentiment_bias` b: added to the sentiment logits (logit adjustment), fitted on dev after training to
+  maximise macro-F1 (`training/calibrate.py`). It is part of forward, so every backend (torch, the ONNX
+  graphs traced from forward) predicts with it; empty (the default) adds nothing.
 """
 from __future__ import annotations
 
@@ -131,6 +134,9 @@ class AlignedClassifier(PreTrainedModel):
         # 5. heads
         features = self.dropout(pooled)
         sentiment_logits = self.sentiment_head(features)              # (B, n_sentiment)
+        if self.config.sentiment_bias:  # a constant per model: the ONNX trace bakes it into the graph
+            bias = torch.tensor(self.config.sentiment_bias, dtype=sentiment_logits.dtype, device=sentiment_logits.device)
+            sentiment_logits = sentiment_logits + bias                # (B, n_sentiment) + (n_sentiment,)
         emotion_logits = self.emotion_head(features) if self.emotion_head is not None else None
         return AlignedOutput(
             sentiment_logits=sentiment_logits,

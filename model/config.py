@@ -37,6 +37,8 @@ class AlignedConfig(PreTrainedConfig):
     top_k_ratio: float = 0.0                 # > 0: K per post = clamp(ceil(ρ·n tokens), top_k_min, top_k); 0: K = top_k
     top_k_min: int = 1
     min_weight_share: float = 0.0            # keep (pool and show) a top-K token only if its weight >= share × the top one's
+    sentiment_bias: tuple[float, ...] | list[float] = ()  # per sentiment label, added to the logits (fitted on dev
+                                             # by training.calibrate); empty: none, as in directories from before it
     scorer_hidden: int = 256
     dropout: float = 0.1
     uniformity_weight: float = 0.1           # λ in  L = CE + λ·L_uni
@@ -51,6 +53,7 @@ class AlignedConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs: Any) -> None:
         self.sentiment_labels = tuple(self.sentiment_labels)
         self.emotion_labels = tuple(self.emotion_labels)
+        self.sentiment_bias = tuple(float(b) for b in self.sentiment_bias)
         if isinstance(self.encoder_config, dict):
             self.encoder_config = AutoConfig.for_model(**self.encoder_config)
         if self.top_k < 1:
@@ -65,6 +68,9 @@ class AlignedConfig(PreTrainedConfig):
             raise ValueError(f"text_normalization must be one of {NORMALIZATION_SCHEMES}, got {self.text_normalization!r}")
         if len(self.sentiment_labels) < 2:
             raise ValueError("need at least two sentiment labels")
+        if self.sentiment_bias and len(self.sentiment_bias) != len(self.sentiment_labels):
+            raise ValueError(f"sentiment_bias needs one value per sentiment label {self.sentiment_labels}, "
+                             f"got {self.sentiment_bias}")
         super().__post_init__(**kwargs)
 
     @property

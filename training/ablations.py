@@ -4,7 +4,8 @@ initialisation and the stratified split); mean ± sd per variant and a paired co
 A variant is a set of TrainConfig changes applied to the base (a preset): the method's parts switched off
 one at a time, the first deployed method (`v1`), and `plain` — the issue's plain fine-tune baseline through
 the same loop (mean of all tokens, linear head, AdamW 5e-5 for every weight, batch 32, 3 epochs, best dev
-epoch, bf16 autocast, text only, the primary data set only). Each run writes its own model directory;
+epoch, bf16 autocast, text only, the primary data set only) — with the same dev-fitted class bias as every
+variant (`class_bias`; the "no class bias" variant switches it off). Each run writes its own model directory;
 a run whose metrics.json was made with the same configuration is read back instead of trained again, so
 an interrupted study resumes and several processes can share one. The result is one JSON document
 (`save_study`) that `attach_to_model` writes into a model's card and metrics.
@@ -30,11 +31,12 @@ VARIANTS: dict[str, dict] = {
     "λ = 0": {"uniformity_weight": 0.0},
     "text only": {"captioner": "none"},
     "normalisation off": {"text_normalization": "none"},
+    "no class bias": {"class_bias": False},
     "plain fine-tune (baseline)": PLAIN,
 }
 # what `affectstream ablate` runs when no --variant is named
 DEFAULT_VARIANTS = ("full", "v1 (fixed K=16 top-K, λ 0.1)", "all tokens mean-pooled", "λ = 0", "text only",
-                    "plain fine-tune (baseline)")
+                    "no class bias", "plain fine-tune (baseline)")
 METRICS = ("accuracy", "macro_f1", "weighted_f1")
 # run-specific fields that do not change what is trained
 _BOOKKEEPING = ("out_dir", "run_dir", "version", "resume", "ablations", "threads", "cache_dir", "export_dtype")
@@ -64,8 +66,12 @@ def variant_config(base: TrainConfig, variant: str, seed: int, root: Path) -> Tr
                         version=f"{base.dataset}-{encoder}-{tag_of(variant)}-s{seed}")
 
 
+# fields added to TrainConfig later, with the value every run made before them had
+_LEGACY = {"class_bias": False}
+
+
 def comparable(cfg: TrainConfig | dict) -> dict:
-    values = dataclasses.asdict(cfg) if isinstance(cfg, TrainConfig) else dict(cfg)
+    values = dataclasses.asdict(cfg) if isinstance(cfg, TrainConfig) else {**_LEGACY, **cfg}
     return json.loads(json.dumps({k: v for k, v in values.items() if k not in _BOOKKEEPING}, default=str))
 
 

@@ -128,18 +128,26 @@ def render_card(*, config: dict[str, Any], metrics: dict[str, Any], dataset: dic
         add("4. The kept tokens' hidden states are averaged with softmax-normalised score weights; linear heads "
             "classify the pooled vector.")
     add(f"5. Loss: cross-entropy + λ·uniformity, the mean off-diagonal cosine similarity of a batch's pooled "
-        f"vectors, which pushes them apart (λ = {lam}).\n")
+        f"vectors, which pushes them apart (λ = {lam}).")
+    bias = config.get("sentiment_bias") or ()
+    if any(bias):
+        labels = config.get("sentiment_labels", ("negative", "neutral", "positive"))
+        add("6. A per-class bias is added to the sentiment logits (" + ", ".join(
+            f"{lab} {b:+.2f}" for lab, b in zip(labels, bias)) + "), fitted after training on the dev split to "
+            "maximise macro-F1 (`training/calibrate.py`); it moves the decision boundary toward the minority class.")
+    add("")
 
     add("| setting | value |\n|---|---|")
     for key, label in (("encoder", "encoder"), ("captioner", "captioner"), ("top_k", "K (at most)"),
                        ("top_k_ratio", "K per post, ρ"), ("top_k_min", "K at least"),
                        ("min_weight_share", "rationale weight share"), ("text_normalization", "text normalisation"),
-                       ("uniformity_weight", "λ"), ("max_length", "max length"), ("pooling", "pooling"),
+                       ("uniformity_weight", "λ"), ("sentiment_bias", "sentiment logit bias"),
+                       ("max_length", "max length"), ("pooling", "pooling"),
                        ("sentiment_labels", "sentiment labels"), ("emotion_labels", "emotion labels"),
                        ("target_format", "target format")):
         if key in config and config[key] not in ("", (), [], 0.0) and not (key == "top_k_min" and not config.get("top_k_ratio")):
             value = config[key]
-            shown = ", ".join(value) if isinstance(value, (list, tuple)) else value
+            shown = ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
             add(f"| {label} | `{shown}` |")
     add("")
 
@@ -228,21 +236,63 @@ def render_card(*, config: dict[str, Any], metrics: dict[str, Any], dataset: dic
     return "\n".join(out) + "\n"
 
 
+def build_card(config: dict[str, Any], metrics: dict[str, Any], datasets: list[Dataset], plots: list[str],
+               ablations: list[dict[str, Any]] | None = None) -> str:
+    """The whole card of a trained model: `render_card` for the primary data set, a section per extra one."""
+    primary = datasets[0]
+    baseline = metrics["baselines"].get(primary.name, {}).get("vader_rule")
+    card = render_card(config=config, metrics=metrics["test"].get(primary.name, {}), dataset=dataset_info(primary),
+                       baseline=baseline, ablations=ablations, plots=plots,
+                       reproducibility={**metrics["reproducibility"], "data_fingerprint": primary.fingerprint()})
+    for extra in datasets[1:]:
+        if extra.name in metrics["test"]:
+            card += (f"\n## Also trained on: {extra.name}\n\n{extra.summary()}\n\n```text\n"
+                     f"{format_report(metrics['test'][extra.name], title=f'{extra.name} test')}\n```\n")
+    return card
+
+
+def section_body(card: str, title: str) -> str | None:
+    """The text under `## title` up to the next `## ` heading (None when the card has no such section)."""
+    heading = f"## {title}\n"
+    if not card.startswith(heading) and f"\n{heading}" not in card:
+        return None
+    after = card.split(heading, 1)[1]
+    return after[:after.index("\n## ")] if "\n## " in after else after
+
+
+def replace_section(card: str, title: str, body: str) -> str:
+    """`card` with `## title` holding `body`: in place when the section exists, else appended."""
+    heading = f"## {title}\n"
+    section = f"{heading}\n{body.strip()}\n"
+    if f"\n{heading}" in card:
+        before, _, after = card.partition(f"\n{heading}")
+        rest = after[after.index("\n## ") + 1:] if "\n## " in after else ""
+        return before.rstrip("\n") + "\n\n" + section + ("\n" + rest if rest else "")
+    return card.rstrip("\n") + "\n\n" + section
+
+
+REFRESHED = ("Method", "Results (test split)", "Reproducibility")
+
+
+def refresh_card(model_dir: str | Path, config: dict[str, Any], metrics: dict[str, Any], datasets: list[Dataset]) -> None:
+    """After a change that keeps the weights (a fitted class bias): re-render the sections that depend on the
+    config and the test scores, in place; sections attached later (ablations, rationales) stay as they were."""
+    card_path = Path(model_dir) / "card.md"
+    card, fresh = card_path.read_text(), build_card(config, metrics, datasets, plots=[])
+    titles = REFRESHED + tuple(f"Also trained on: {d.name}" for d in datasets[1:])
+    for title in titles:
+        body = section_body(fresh, title)
+        if body is not None:
+            card = replace_section(card, title, body)
+    card_path.write_text(card)
+
+
 def attach_section(model_dir: str | Path, title: str, body: str, metrics_key: str, value: Any) -> None:
     """Write `## title` with `body` into a model's card.md (replacing an earlier section of that title, in
     place) and `value` under `metrics_key` in its metrics.json."""
     model_dir = Path(model_dir)
     card_path = model_dir / "card.md"
-    heading = f"## {title}\n"
-    card = card_path.read_text()
-    section = f"{heading}\n{body.rstrip()}\n"
-    if f"\n{heading}" in card:
-        before, _, after = card.partition(f"\n{heading}")
-        rest = after[after.index("\n## ") + 1:] if "\n## " in after else ""
-        card = before.rstrip("\n") + "\n\n" + section + ("\n" + rest if rest else "")
-    else:
-        card = card.rstrip("\n") + "\n\n" + section
-    card_path.write_text(card)
+    card_path.write_text(replace_section(card_path.read_text(), title, body))
     metrics_path = model_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     metrics[metrics_key] = value

@@ -1,4 +1,4 @@
-"""`affectstream train | evaluate | ablate`: wire flags to TrainConfig and the training functions."""
+"""`affectstream train | evaluate | ablate | calibrate`: wire flags to TrainConfig and the training functions."""
 from __future__ import annotations
 
 import json
@@ -154,6 +154,19 @@ def evaluate(model_dir: str, dataset: str, data_path: str | None, split: str, se
             click.echo(f"attached to {Path(model_dir) / 'card.md'}")
 
 
+@click.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+def calibrate(model_dir: str, device: str) -> None:
+    """Fit the per-class logit bias of a trained MODEL_DIR on its dev split (no retraining): rewrites its
+    config.json (`sentiment_bias`; weights unchanged), metrics.json's test scores and card.md."""
+    from affectstream.training.calibrate import calibrate_directory, describe_record
+
+    logging.basicConfig(level=logging.WARNING)
+    record = calibrate_directory(model_dir, device)
+    click.echo(f"{model_dir}: {describe_record(record)}")
+
+
 def training_seed(model_dir: str | Path) -> int | None:
     path = Path(model_dir) / "metrics.json"
     try:
@@ -171,4 +184,4 @@ def print_summary(metrics: dict) -> None:
     click.echo(f"trained in {metrics['train_seconds']:.0f} s")
 
 
-COMMANDS = [train, ablate, evaluate]
+COMMANDS = [train, ablate, evaluate, calibrate]

@@ -41,6 +41,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     patience: int = 2                         # epochs without dev improvement before stopping
     metric: str = "macro_f1"                  # dev metric for early stopping / best checkpoint
+    class_bias: bool = True                   # after the best epoch, fit a per-class logit bias on the primary dev
+                                              # split for macro-F1 (training.calibrate); stored in config.json
     bf16: bool = True                         # autocast where the device supports it
     seed: int = 13
     threads: int = 0

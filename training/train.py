@@ -260,12 +260,18 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
             break
     log_file.close()
 
-    # best weights → test metrics per dataset → export
+    # best weights → class bias on the primary dev split → test metrics per dataset → export
     model.load_state_dict(load_file(str(best_state_path)))
+    class_bias = None
+    if cfg.class_bias:  # move the argmax boundary toward dev macro-F1 (the minority class, e.g. neutral, gains)
+        from affectstream.training.calibrate import calibrate_model
+
+        class_bias = calibrate_model(model, tokenizer, datasets[0].split("dev"), descriptions, cfg.max_length, device,
+                                     cfg.bf16, fitted_on=f"{datasets[0].name} dev")
     tests = {d.name: evaluate_split(model, tokenizer, d.split("test"), descriptions, cfg, device)
              for d in datasets if d.split("test")}
     metrics = {
-        "version": model_cfg.version, "test": tests, "dev_best": best, "history": history,
+        "version": model_cfg.version, "test": tests, "dev_best": best, "class_bias": class_bias, "history": history,
         "baselines": baselines_for(datasets),
         "data": {d.name: {"counts": d.counts(), "fingerprint": d.fingerprint(), "skipped": d.skipped,
                           "source": d.source, "citation": d.citation} for d in datasets},
@@ -297,23 +303,14 @@ def export(model, tokenizer, out_dir: Path, metrics: dict, datasets: list[Datase
            dtype: str = "fp32") -> None:
     """Deployed directory: weights + tokenizer + config, metrics.json, card.md and its plots; bf16 weights
     when `dtype` says so (the model is cast in place: export is the last thing a run does)."""
-    from affectstream.training.card import dataset_info, render_card
-    from affectstream.training.evaluate import format_report
+    from affectstream.training.card import build_card
     from affectstream.training.plots import plot_confusion, plot_curves
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    primary = datasets[0]
     plots = [plot_curves(metrics["history"], out_dir / "curves.png").name]
     for name, test in metrics["test"].items():
         plots.append(plot_confusion(test, out_dir / f"confusion-{slug(name)}.png", title=f"{name} test").name)
-    baseline = metrics["baselines"].get(primary.name, {}).get("vader_rule")
-    card = render_card(config=model.config.method_options(), metrics=metrics["test"].get(primary.name, {}),
-                       dataset=dataset_info(primary), baseline=baseline, ablations=ablations, plots=plots,
-                       reproducibility={**metrics["reproducibility"], "data_fingerprint": primary.fingerprint()})
-    for extra in datasets[1:]:
-        if extra.name in metrics["test"]:
-            card += (f"\n## Also trained on: {extra.name}\n\n{extra.summary()}\n\n```text\n"
-                     f"{format_report(metrics['test'][extra.name], title=f'{extra.name} test')}\n```\n")
+    card = build_card(model.config.method_options(), metrics, datasets, plots, ablations)
     if dtype not in ("fp32", "bf16"):
         raise ValueError(f"export dtype must be fp32 or bf16, got {dtype!r}")
     save_deployed(model.to(torch.bfloat16) if dtype == "bf16" else model, tokenizer, out_dir, metrics=metrics, card=card)
