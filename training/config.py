@@ -41,6 +41,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     patience: int = 2                         # epochs without dev improvement before stopping
     metric: str = "macro_f1"                  # dev metric for early stopping / best checkpoint
+    distill_from: str = ""                    # a teacher model directory: distil its sentiment logits (training.distill)
+    distill_weight: float = 0.5               # α: the sentiment CE's share given to the distillation term
+    distill_temperature: float = 2.0          # T
     class_bias: bool = True                   # after the best epoch, fit a per-class logit bias on the primary dev
                                               # split for macro-F1 (training.calibrate); stored in config.json
     bf16: bool = True                         # autocast where the device supports it

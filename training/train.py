@@ -186,6 +186,12 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
     if cfg.max_train_samples:
         train_samples = random.Random(cfg.seed).sample(train_samples, min(cfg.max_train_samples, len(train_samples)))
     dev_samples = [s for s in samples if s.split == "dev"]
+    teacher = None
+    if cfg.distill_from:  # the teacher's logits for every training post, computed once (cached on disk)
+        from affectstream.training.distill import check_same_split, mix_distillation, teacher_logits
+
+        check_same_split(cfg.distill_from, datasets[0])
+        teacher = teacher_logits(cfg.distill_from, train_samples, descriptions, cfg.cache_dir, device)
 
     # model: pretrained encoder + fresh scorer and heads
     encoder, tokenizer = load_encoder(cfg.encoder)
@@ -231,6 +237,9 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
                 out = model(**{k: v.to(device) for k, v in encoded.model_inputs().items()})
             parts = aligned_objective(out.sentiment_logits, labels.to(device), out.pooled, cfg.uniformity_weight,
                                       out.emotion_logits, emotions.to(device) if has_emotion else None)
+            if teacher is not None:
+                parts = mix_distillation(parts, out.sentiment_logits, torch.stack([teacher[s.id] for s in batch]).to(device),
+                                         cfg.distill_weight, cfg.distill_temperature)
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
