@@ -135,8 +135,9 @@ class AlignedClassifier(PreTrainedModel):
         features = self.dropout(pooled)
         sentiment_logits = self.sentiment_head(features)              # (B, n_sentiment)
         if self.config.sentiment_bias:  # a constant per model: the ONNX trace bakes it into the graph
-            bias = torch.tensor(self.config.sentiment_bias, dtype=sentiment_logits.dtype, device=sentiment_logits.device)
-            sentiment_logits = sentiment_logits + bias                # (B, n_sentiment) + (n_sentiment,)
+            # added in fp32: under bf16 a sum of logits ~3 and a bias of 0.3 rounds, flipping near-ties the fit saw apart
+            bias = torch.tensor(self.config.sentiment_bias, dtype=torch.float32, device=sentiment_logits.device)
+            sentiment_logits = sentiment_logits.float() + bias        # (B, n_sentiment) + (n_sentiment,)
         emotion_logits = self.emotion_head(features) if self.emotion_head is not None else None
         return AlignedOutput(
             sentiment_logits=sentiment_logits,

@@ -68,6 +68,16 @@ def test_forward_adds_the_stored_bias_and_old_configs_load_without_one(tmp_path)
         model.config.sentiment_bias = (0.0, 2.0, -1.0)
         biased = model(**batch.model_inputs()).sentiment_logits
     assert torch.allclose(biased - plain, torch.tensor([0.0, 2.0, -1.0]).expand_as(plain), atol=1e-6)
+    # a bf16 model adds the bias in fp32, exactly as the fit did (a bf16 sum would round near-ties)
+    model.to(torch.bfloat16)
+    model.config.sentiment_bias = ()
+    with torch.no_grad():
+        plain16 = model(**batch.model_inputs()).sentiment_logits
+        model.config.sentiment_bias = (0.0, 0.3, -0.1)
+        biased16 = model(**batch.model_inputs()).sentiment_logits
+    assert biased16.dtype == torch.float32
+    assert torch.equal(biased16, plain16.float() + torch.tensor([0.0, 0.3, -0.1]))
+    model.config.sentiment_bias = (0.0, 2.0, -1.0)
     # a config.json written before the field existed has no key: no bias
     model.config.save_pretrained(tmp_path)
     stored = json.loads((tmp_path / "config.json").read_text())
