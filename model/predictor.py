@@ -15,6 +15,12 @@ Fast on CPUs by construction:
   `F.linear` reaches 60-215 GFLOP/s on the encoder's shapes, because it copies the broadcast bias into
   the output and re-lays out the weight on every call; the packed primitive reaches 110-430 GFLOP/s on
   the same shapes, which made bf16 serving barely faster than fp32 before and ~2x faster after.
+- a packed primitive's rows (batch x tokens) are padded up to a few fixed sizes (`padded_rows`): oneDNN
+  builds and caches a kernel per shape, and a worker sees every batch size times every bucket length. Unpadded,
+  a long-running worker's RSS grew by ~500 MB past its loaded size, and once its shapes outnumbered oneDNN's
+  primitive cache (1,024) every call rebuilt kernels and serving fell from ~500 to 13 posts/s. Padded, at
+  most 8 sizes per doubling exist, padding adds at most 31 rows or 1/8 of them, and the RSS stays within ~160 MB
+  of the loaded size (measured, bench/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -64,6 +70,16 @@ def _exact_gelu(module: nn.Module) -> bool:
     return type(module).__name__ == "GELUActivation" and getattr(module, "act", None) is F.gelu
 
 
+ROW_QUANTUM = 32   # the smallest padding step of a packed primitive's rows
+
+
+def padded_rows(rows: int) -> int:
+    """`rows` rounded up to a multiple of max(32, 2^(bit_length - 4)): at most 8 sizes per doubling, so a
+    worker meets a bounded set of shapes whatever its batches; the padding is under max(32, rows / 8)."""
+    quantum = max(ROW_QUANTUM, 1 << max(0, rows.bit_length() - 4))
+    return -(-rows // quantum) * quantum
+
+
 class PackedLinear(nn.Module):
     """`nn.Linear` (+ optional exact GELU) as one oneDNN primitive over a pre-packed weight. CPU only;
     built from a Linear whose weights already have the serving dtype; inference only (no autograd)."""
@@ -78,9 +94,12 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, self.in_features).contiguous(), self.packed_weight,
-                                                self.bias, self.attr, [], self.algorithm)
-        return y.view(*lead, self.out_features)
+        rows = x.reshape(-1, self.in_features)
+        n = rows.shape[0]
+        rows = F.pad(rows, (0, 0, 0, padded_rows(n) - n))  # one of a bounded set of shapes (module docstring)
+        y = torch.ops.mkldnn._linear_pointwise(rows.contiguous(), self.packed_weight, self.bias, self.attr, [],
+                                                self.algorithm)
+        return y[:n].view(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, fused={self.attr}"
