@@ -13,7 +13,7 @@ from affectstream.model.tokenization import encode_pairs
 from affectstream.training.calibrate import calibrate_directory, fit_bias, macro_f1
 from affectstream.training.config import PRESETS
 from affectstream.training.evaluate import classification_metrics
-from affectstream.training.train import train
+from affectstream.training.train import evaluate_split, load_datasets, train
 from tests.tiny_models import tiny_classifier
 
 
@@ -107,8 +107,12 @@ def test_training_records_the_bias_and_a_directory_calibrates_without_retraining
     result = train(cfg, progress=False)
     record = result.metrics["class_bias"]
     assert record["fitted_on"] == "posts dev" and record["dev_macro_f1_after"] >= record["dev_macro_f1_before"]
-    _, _, config = load_deployed(result.out_dir)
+    model, tokenizer, config = load_deployed(result.out_dir)
     assert config.sentiment_bias == tuple(record["bias"].values())
+    # the fit saw the dev logits evaluation sees: its score is the one the exported model gets on dev
+    dev = load_datasets(cfg)[0].split("dev")
+    assert evaluate_split(model, tokenizer, dev, {}, cfg, torch.device("cpu"))["macro_f1"] == pytest.approx(
+        record["dev_macro_f1_after"], abs=1e-9)
     # an uncalibrated directory (as written before the option) is calibrated in place; weights stay as they were
     plain = train(cfg.replace(class_bias=False, out_dir=str(tmp_path / "plain"), run_dir=str(tmp_path / "run2")),
                   progress=False)

@@ -82,16 +82,22 @@ def sentiment_logits(model, tokenizer, samples, descriptions: dict[str, str], ma
     from affectstream.training.train import encode_batch
 
     model.eval()
+    # batched as training.train.predict_labels batches (by length, 64 a batch): under bf16 autocast the padding
+    # of a batch moves logits in the last digits, and the fit should see the logits evaluation will see
+    order = sorted(range(len(samples)), key=lambda i: len(samples[i].text) + len(descriptions.get(samples[i].id, "")))
     rows = []
-    for start in range(0, len(samples), 64):
-        batch = samples[start:start + 64]
+    for start in range(0, len(order), 64):
+        batch = [samples[i] for i in order[start:start + 64]]
         encoded, _, _ = encode_batch(tokenizer, batch, descriptions, max_length,
                                      getattr(model.config, "target_format", "") or TARGET_FORMAT,
                                      normalization=getattr(model.config, "text_normalization", "none"))
         with autocast(device, bf16):
             out = model(**{k: v.to(device) for k, v in encoded.model_inputs().items()})
         rows.append(out.sentiment_logits.float().cpu())
-    return torch.cat(rows)
+    logits = torch.empty(len(samples), rows[0].shape[1]) if rows else torch.empty(0, len(model.config.sentiment_labels))
+    if rows:
+        logits[torch.tensor(order)] = torch.cat(rows)                  # back to the order of `samples`
+    return logits
 
 
 def label_indices(samples, labels: tuple[str, ...]) -> torch.Tensor:
