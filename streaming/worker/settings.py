@@ -41,7 +41,7 @@ class Settings:
     top_k: int = 0                      # 0: use the model's own K
     device: str = "auto"                # auto | cpu | cuda
     threads: int = 0                    # 0: torch default
-    inference_backend: str = "torch"    # torch | onnx-fp32 | onnx-int8 | auto (model.serving: int8 only behind its gate)
+    inference_backend: str = "auto"     # auto | torch | onnx-fp32 | onnx-int8 (model.serving: int8 only behind its gate)
     model_registry: str = ""            # versioned model registry root (model.registry); "" = serve model_dir only
     # automatic rollback of a candidate in shadow or canary (streaming/worker/rollout.py)
     rollback_min_calls: int = 50                     # candidate predict calls before its error rate is judged
