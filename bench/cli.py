@@ -92,7 +92,7 @@ def run_bench(sizes: Sizes, *, shapes: tuple[str, ...], e2e: bool, caption: bool
               retrain: bool = False, say=print) -> dict:
     import torch
 
-    from affectstream.bench import classify, peers, workload
+    from affectstream.bench import classify, workload
     from affectstream.model.device import pick_device
 
     dev = pick_device(device)
@@ -168,7 +168,7 @@ def peer_rows(sizes: Sizes, served, root: Path, peaks: dict, say=print) -> dict:
 
     gate = None
     if sizes.int8_gate:
-        from affectstream.bench.int8_gate import run_gate
+        from affectstream.training.int8_gate import run_gate
 
         from affectstream.model.serving import read_gate
 
@@ -366,7 +366,7 @@ def bench(quick: bool, json_path: str | None, skip_e2e: bool, skip_caption: bool
           rounds: int | None, gate_dir: str | None, gate_data: str, retrain_bench: bool) -> None:
     """Speed of every path, side by side: naive vs peers vs serving, MFU, end to end, captioning, memory."""
     if gate_dir:
-        from affectstream.bench.int8_gate import run_gate
+        from affectstream.training.int8_gate import run_gate
 
         gate = run_gate(gate_dir, gate_data, say=lambda msg: click.echo(msg, err=True))
         click.echo(json.dumps(gate, indent=2))

@@ -16,7 +16,7 @@ Two details of the trace:
   labels than all the linear layers together (below).
 - Dynamic quantisation scales activations per tensor, over the whole batch: an int8 label can depend on
   which posts share the batch (as with any `quantize_dynamic` graph). The quality gate
-  (bench/int8_gate.py) measures it served the way the classify stage serves it.
+  (training/int8_gate.py) measures it served the way the classify stage serves it.
 
 Files are cached under ``$AFFECTSTREAM_CACHE/onnx/<key>/`` (deployed model directories may be read-only),
 keyed by the weights' and config's sha256, K, the exporter's versions and the forward's source: new weights

@@ -11,7 +11,7 @@
 Every backend is a `PairPredictor`: tokenisation, length bucketing, top-K decoding and the rationale are
 the predictor's own code (model/predictor.py); a backend only supplies the forward pass.
 
-The int8 quality gate (written by `affectstream bench --int8-gate MODEL_DIR`, bench/int8_gate.py) is a
+The int8 quality gate (written by `affectstream bench --int8-gate MODEL_DIR`, training/int8_gate.py) is a
 JSON file, `int8_gate.json` in the model directory (or, when that is read-only, under
 ``$AFFECTSTREAM_CACHE/gates/``), holding the weights' hash and the export recipe it was measured with: a
 gate measured on other weights or another int8 recipe does not count.

@@ -10,7 +10,8 @@ import torch
 from affectstream.model.config import SENTIMENT_LABELS, AlignedConfig
 from affectstream.model.deploy import load_deployed
 from affectstream.model.tokenization import encode_pairs
-from affectstream.training.calibrate import calibrate_directory, fit_bias, macro_f1
+from affectstream.training.calibrate import fit_bias, macro_f1
+from affectstream.training.calibrate_dir import calibrate_directory
 from affectstream.training.config import PRESETS
 from affectstream.training.evaluate import classification_metrics
 from affectstream.training.train import evaluate_split, load_datasets, train

@@ -13,7 +13,7 @@ from affectstream.model.encoders import load_encoder
 from affectstream.model.losses import aligned_objective
 from affectstream.model.predictor import BatchPredictor
 from affectstream.training.samples import Sample
-from affectstream.training.train import encode_batch
+from affectstream.training.batches import encode_batch
 from tests.tiny_models import FAMILIES, tiny_family_encoder
 
 # (post text, image description, the words a rationale over every token must show from each side)

@@ -162,7 +162,7 @@ def gate_samples():
 def test_int8_gate_records_its_sets_and_decides_what_auto_serves(tmp_path, cache, monkeypatch, int8_breaks):
     from click.testing import CliRunner
 
-    from affectstream.bench import int8_gate
+    from affectstream.training import int8_gate
     from affectstream.bench.cli import bench
 
     model_dir = save_tiny(tmp_path / "m", kind="bert", top_k=4)

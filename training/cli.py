@@ -162,7 +162,7 @@ def evaluate(model_dir: str, dataset: str, data_path: str | None, split: str, se
 def calibrate(model_dir: str, device: str) -> None:
     """Fit the per-class logit bias of a trained MODEL_DIR on its dev split (no retraining): rewrites its
     config.json (`sentiment_bias`; weights unchanged), metrics.json's test scores and card.md."""
-    from affectstream.training.calibrate import calibrate_directory, describe_record
+    from affectstream.training.calibrate_dir import calibrate_directory, describe_record
 
     logging.basicConfig(level=logging.WARNING)
     record = calibrate_directory(model_dir, device)

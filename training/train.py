@@ -27,9 +27,9 @@ from affectstream.model.device import autocast, pick_device
 from affectstream.model.encoders import load_encoder
 from affectstream.model.losses import aligned_objective
 from affectstream.model.targets import TARGET_FORMAT
-from affectstream.model.tokenization import encode_pairs
 from affectstream.training.config import TrainConfig
 from affectstream.training.datasets import KINDS, load_dataset
+from affectstream.training.batches import encode_batch, length_bucketed_batches
 from affectstream.training.descriptions import describe_samples
 from affectstream.training.samples import Dataset, Sample
 
@@ -55,33 +55,6 @@ def load_datasets(cfg: TrainConfig) -> list[Dataset]:
         kind, _, path = extra.partition("=")
         datasets.append(load_dataset(kind, path or None, seed=cfg.seed, **options(kind)))
     return datasets
-
-
-def length_bucketed_batches(samples: list[Sample], descriptions: dict[str, str], batch_size: int,
-                            rng: random.Random) -> list[list[Sample]]:
-    """Shuffle, sort within windows of 20 batches by length, cut, shuffle the batches: little padding, still random."""
-    order = samples[:]
-    rng.shuffle(order)
-    window = batch_size * 20
-    batches = []
-    for start in range(0, len(order), window):
-        chunk = sorted(order[start:start + window], key=lambda s: len(s.text) + len(descriptions.get(s.id, "")))
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def encode_batch(tokenizer, batch: list[Sample], descriptions: dict[str, str], max_length: int,
-                 target_format: str = TARGET_FORMAT, normalization: str = "none"):
-    """Samples with a target are read with it marked (`Sample.model_text`); marker tokens are never selected.
-    ``normalization``: the model's `text_normalization`, so training reads text as serving will."""
-    marked = target_format if any(s.target is not None for s in batch) else ""
-    encoded = encode_pairs(tokenizer, [s.model_text(target_format) for s in batch],
-                           [descriptions.get(s.id, "") for s in batch], max_length, marked=marked,
-                           normalization=normalization)
-    labels = torch.tensor([SENTIMENT_LABELS.index(s.label) for s in batch])
-    emotions = torch.tensor([EMOTION_LABELS.index(s.emotion) if s.emotion else -100 for s in batch])
-    return encoded, labels, emotions
 
 
 # ---------------------------------------------------------------- evaluation

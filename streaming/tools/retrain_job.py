@@ -14,6 +14,9 @@
    table), metrics (``retrain`` key) and lineage (base version, feedback offsets, data hashes, options).
    With ``MLFLOW_TRACKING_URI`` set, the run is also logged to MLflow and the version registered there
    (``mlflow`` imported only then). Promotion stays a decision: ``affectstream model shadow|canary|promote``.
+5. **Gate int8** for the registered version where the CPU has int8 units (``training.int8_gate``): a gate
+   is bound to the weights' hash, so without this a promoted candidate would fall back from int8 to torch
+   under ``AFFECTSTREAM_INFERENCE_BACKEND=auto``. Its result goes next to the version and into the report.
 
 An empty registry is bootstrapped from ``settings.model_dir`` (added as v1 and promoted), so the job has a
 deployed version to compare against and to name as the candidate's base.
@@ -38,6 +41,7 @@ from affectstream.streaming.worker.kafka_config import bootstrap_servers, kafka_
 from affectstream.streaming.worker.redis_client import sync_redis
 from affectstream.streaming.worker.settings import Settings
 from affectstream.training.config import TrainConfig
+from affectstream.training.int8_gate import DEFAULT_DATA_ROOT, run_gate
 from affectstream.training.retrain import CorrectedPost, RetrainOptions, RetrainResult, retrain
 
 log = logging.getLogger("affectstream.retrain")
@@ -67,10 +71,12 @@ class JobReport:
     result: RetrainResult | None = None
     mlflow: dict | None = None
     reason: str = ""                  # why nothing was trained, when nothing was
+    int8_gate: dict | None = None     # the registered version's int8 gate, where measured
 
     @property
     def table(self) -> str:
-        return self.result.table if self.result else self.reason + "\n"
+        text = self.result.table if self.result else self.reason + "\n"
+        return text + (self.int8_gate["card_line"] + "\n" if self.int8_gate else "")
 
 
 # --- 1 + 2: read the topic into the store -------------------------------------------------------------
@@ -217,9 +223,24 @@ def run_retrain(settings: Settings, cfg: TrainConfig, options: RetrainOptions = 
     attach_retrain(result)
     report.version = registry.add(result.candidate_dir, lineage)
     shutil.rmtree(result.candidate_dir, ignore_errors=True)   # the registry holds the copy
+    report.int8_gate = measure_int8_gate(registry.version_dir(report.version))
     if os.environ.get("MLFLOW_TRACKING_URI"):
         report.mlflow = log_to_mlflow(registry, report.version, result, lineage)
     return report
+
+
+def measure_int8_gate(model_dir: Path, data_root: str | Path = DEFAULT_DATA_ROOT) -> dict | None:
+    """Step 5 (module docstring): the version's int8 gate, written next to it; None where the CPU has no
+    int8 units (`auto` never serves int8 there) or the gate's test sets cannot be read."""
+    from affectstream.model.serving import INT8_FLAGS, cpu_flags
+
+    if not any(flag in cpu_flags() for flag in INT8_FLAGS):
+        return None
+    try:
+        return run_gate(model_dir, data_root, say=log.info)
+    except (OSError, RuntimeError, ValueError) as e:  # VADER neither cached nor fetchable, an export failure
+        log.warning("int8 gate not measured for %s: %s: %s", model_dir, type(e).__name__, e)
+        return None
 
 
 def attach_retrain(result: RetrainResult) -> None:

@@ -1,4 +1,5 @@
-"""The int8 quality gate: `affectstream bench --int8-gate MODEL_DIR`.
+"""The int8 quality gate: `affectstream bench --int8-gate MODEL_DIR`, and the retraining job for every
+candidate it registers (streaming/tools/retrain_job.py).
 
 int8 serves only where it classifies as well as the model itself: macro-F1 of the onnx-int8 backend
 against the torch backend (bf16 where the CPU has bf16 units, as served; else fp32) on the VADER test
