@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from affectstream.cli import main
 from affectstream.model.config import SENTIMENT_LABELS
 from affectstream.model.registry import Registry
+from affectstream.model.serving import INT8_FLAGS, cpu_flags, read_gate
 from affectstream.streaming.tools.workers import WorkerProcess, settings_env
 from affectstream.streaming.worker.feedback import intake_group
 from affectstream.streaming.worker.redis_client import sync_redis
@@ -204,6 +205,8 @@ def test_the_retrain_job_takes_what_the_intake_kept_registers_a_candidate_and_re
         assert lineage["feedback_store"]["records"] == 30 and len(lineage["data"]["corrections"]) == 64
         assert "## Retraining" in (reg.version_dir("v2") / "card.md").read_text()
         assert json.loads((reg.version_dir("v2") / "metrics.json").read_text())["retrain"]["decision"]["proposed"]
+        if any(flag in cpu_flags() for flag in INT8_FLAGS):   # the version's own int8 gate, bound to its weights
+            assert read_gate(reg.version_dir("v2")) is not None and "int8 serving gate" in run.output
 
         again = CliRunner().invoke(main, job, env=env, catch_exceptions=False)   # nothing new since v2
         assert again.exit_code == 0 and "read 0, kept 0" in again.output and "no new corrections since v2" in again.output
