@@ -7,6 +7,7 @@ import json
 import tarfile
 from pathlib import Path
 
+import orjson
 from PIL import Image
 
 # cp1252 smart quotes and é: invalid as UTF-8, the usual state of scraped MVSA texts.
@@ -125,3 +126,25 @@ def write_vader_sdist(path: Path, tweets: Path) -> Path:
         info.size = len(inner.getvalue())
         tar.addfile(info, io.BytesIO(inner.getvalue()))
     return path
+
+
+KEYWORD_WORDS = {"positive": ["love", "great", "awesome"], "negative": ["hate", "awful", "terrible"],
+                 "neutral": ["table", "monday", "blue"]}
+
+
+def write_keyword_jsonl(path: Path, n: int, prefix: str = "k", seed: int = 0) -> Path:
+    """`n` posts whose label is decided by one keyword (`KEYWORD_WORDS`), labels in turn: a task a tiny model
+    learns in seconds, in the JSONL layout `--dataset jsonl` reads."""
+    import random
+
+    from affectstream.model.config import SENTIMENT_LABELS
+
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n):
+        label = SENTIMENT_LABELS[i % 3]
+        text = f"{rng.choice(['so', 'the', 'my'])} {rng.choice(KEYWORD_WORDS[label])} {rng.choice(['phone', 'coffee', 'car'])}"
+        lines.append(orjson.dumps({"id": f"{prefix}{i}", "text": text, "label": label}))
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+

@@ -1,18 +1,14 @@
 """Distillation: the KD term is zero when the student matches the teacher and pulls it toward the teacher's
 soft labels; a student trains from a teacher directory and refuses a teacher trained on another split."""
 import json
-import random
 
-import orjson
 import pytest
 import torch
 
-from affectstream.model.config import SENTIMENT_LABELS
 from affectstream.training.config import PRESETS
 from affectstream.training.distill import distill_loss, mix_distillation
 from affectstream.training.train import train
-
-WORDS = {"positive": ["love", "great"], "negative": ["hate", "awful"], "neutral": ["table", "monday"]}
+from tests.dataset_fixtures import write_keyword_jsonl
 
 
 def test_distill_loss_is_zero_at_the_teacher_and_its_gradient_points_to_it():
@@ -36,14 +32,7 @@ def test_mix_moves_the_ce_share_to_the_kd_term():
 
 @pytest.fixture(scope="module")
 def posts(tmp_path_factory):
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("data") / "posts.jsonl"
-    rows = []
-    for i in range(180):
-        label = SENTIMENT_LABELS[i % 3]
-        rows.append(orjson.dumps({"id": f"d{i}", "text": f"my {rng.choice(WORDS[label])} phone", "label": label}))
-    path.write_bytes(b"\n".join(rows) + b"\n")
-    return path
+    return write_keyword_jsonl(tmp_path_factory.mktemp("data") / "posts.jsonl", 180, prefix="d")
 
 
 def test_student_trains_from_a_teacher_and_refuses_another_split(tmp_path, posts):

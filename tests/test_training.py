@@ -2,29 +2,18 @@
 import json
 import random
 
-import orjson
 import pytest
 
-from affectstream.model.config import SENTIMENT_LABELS
 from affectstream.model.deploy import load_deployed
 from affectstream.model.predictor import BatchPredictor
 from affectstream.training.config import PRESETS
 from affectstream.training.train import train
-
-WORDS = {"positive": ["love", "great", "awesome"], "negative": ["hate", "awful", "terrible"], "neutral": ["table", "monday", "blue"]}
+from tests.dataset_fixtures import write_keyword_jsonl
 
 
 @pytest.fixture(scope="module")
 def keyword_jsonl(tmp_path_factory):
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("data") / "posts.jsonl"
-    lines = []
-    for i in range(240):
-        label = SENTIMENT_LABELS[i % 3]
-        text = f"{rng.choice(['so', 'the', 'my'])} {rng.choice(WORDS[label])} {rng.choice(['phone', 'coffee', 'car'])}"
-        lines.append(orjson.dumps({"id": f"k{i}", "text": text, "label": label}))
-    path.write_bytes(b"\n".join(lines) + b"\n")
-    return path
+    return write_keyword_jsonl(tmp_path_factory.mktemp("data") / "posts.jsonl", 240)
 
 
 def tiny_cfg(tmp_path, data, **changes):
