@@ -1,12 +1,14 @@
 """Ablations over seeds: the summary math (mean ± sd, paired differences), seeds parsing, the command on the
 tiny preset (every variant × seed, JSON saved, runs read back instead of retrained) and the card section."""
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from affectstream.training.ablations import PLAIN, VARIANTS, attach_to_model, parse_seeds, summarise
 from affectstream.training.config import PRESETS
+from tests.dataset_fixtures import write_keyword_jsonl
 from tests.test_training import keyword_jsonl  # noqa: F401  (the shared keyword-task fixture)
 
 
@@ -61,6 +63,15 @@ def test_ablate_runs_every_variant_and_seed_then_reads_them_back(tmp_path, keywo
     assert again.exit_code == 0, again.output
     assert "training " not in again.output
     assert json.loads((tmp_path / "study.json").read_text())["rows"] == study["rows"]
+    # read back with a held-out set: every run is scored on it as one more test set, cached beside its model
+    held = write_keyword_jsonl(tmp_path / "held.jsonl", 90, prefix="h", seed=7)
+    scored = CliRunner().invoke(main, [*args, "--no-train", "--held-out", f"jsonl={held}"])
+    assert scored.exit_code == 0, scored.output
+    study = json.loads((tmp_path / "study.json").read_text())
+    name = "jsonl-test (held out)"
+    assert {r["variant"] for r in study["rows"] if r["test set"] == name} == set(variants)
+    assert all(0.0 <= r["test"][name]["macro_f1"] <= 1.0 for runs in study["runs"].values() for r in runs)
+    assert all((Path(r["out_dir"]) / "held_out.json").is_file() for runs in study["runs"].values() for r in runs)
 
 
 def test_attach_writes_one_section_and_replaces_it(tmp_path):

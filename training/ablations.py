@@ -91,9 +91,10 @@ def finished_run(cfg: TrainConfig, root: str | Path | None = None) -> tuple[str,
 
 
 def run_study(base: TrainConfig, variants: list[str], seeds: list[int], root: str | Path,
-              progress: bool = False, log=print, train_missing: bool = True) -> dict:
+              progress: bool = False, log=print, train_missing: bool = True, held_out: dict | None = None) -> dict:
     """Train (or read back) every variant × seed; returns the study document (see `summarise`).
-    `train_missing=False` only reads back: a run not done yet is left out (and said so)."""
+    `train_missing=False` only reads back: a run not done yet is left out (and said so). `held_out`: name ->
+    test samples no run trained or tuned on (training/held_out.py), scored as extra test sets of every run."""
     from affectstream.training.train import train
 
     root = Path(root)
@@ -108,7 +109,12 @@ def run_study(base: TrainConfig, variants: list[str], seeds: list[int], root: st
             if found is None:
                 log(f"training {variant!r} seed {seed} -> {cfg.out_dir}")
                 found = cfg.out_dir, train(cfg, progress=progress).metrics
-            runs.setdefault(variant, []).append(run_record(seed, found[0], found[1]))
+            record = run_record(seed, found[0], found[1])
+            if held_out:
+                from affectstream.training.held_out import score_held_out
+
+                record["test"].update(score_held_out(found[0], held_out))
+            runs.setdefault(variant, []).append(record)
     return summarise(runs, base, seeds)
 
 

@@ -81,8 +81,11 @@ def train(ablations: bool, seeds: str | None, **flags) -> None:
 @click.option("--attach", "attach_dir", default=None, type=click.Path(file_okay=False),
               help="Also write the tables into this model directory's card.md and metrics.json.")
 @click.option("--no-train", is_flag=True, help="Only read back finished runs; leave out the others.")
+@click.option("--held-out", "held_out", multiple=True, metavar="KIND=PATH",
+              help="Also score every run on this data set's test split, which no run trains or tunes on "
+                   "(repeatable), e.g. twitter2015=../shared/data/twitter2015.")
 def ablate(seeds_spec: str, variants: tuple[str, ...], list_variants: bool, json_path: str | None,
-           attach_dir: str | None, no_train: bool, **flags) -> None:
+           attach_dir: str | None, no_train: bool, held_out: tuple[str, ...], **flags) -> None:
     """Every variant × seed on the same splits: mean ± sd per variant, paired differences against the full
     method. Runs already done with the same configuration are read back, not retrained."""
     from affectstream.training.ablations import (DEFAULT_VARIANTS, VARIANTS, attach_to_model, parse_seeds, render,
@@ -98,8 +101,10 @@ def ablate(seeds_spec: str, variants: tuple[str, ...], list_variants: bool, json
     logging.basicConfig(level=logging.WARNING)
     cfg = config_from(**flags)
     root = Path(cfg.run_dir) / "ablations"
+    from affectstream.training.held_out import parse_held_out
+
     study = run_study(cfg, list(variants or DEFAULT_VARIANTS), parse_seeds(seeds_spec, cfg.seed), root, log=click.echo,
-                      train_missing=not no_train)
+                      train_missing=not no_train, held_out=parse_held_out(held_out))
     saved = save_study(study, json_path or root / "study.json")
     click.echo(render(study))
     if attach_dir:
