@@ -27,9 +27,9 @@ from affectstream.model.device import autocast, pick_device
 from affectstream.model.encoders import load_encoder
 from affectstream.model.losses import aligned_objective
 from affectstream.model.targets import TARGET_FORMAT
+from affectstream.training.batches import encode_batch, length_bucketed_batches
 from affectstream.training.config import TrainConfig
 from affectstream.training.datasets import KINDS, load_dataset
-from affectstream.training.batches import encode_batch, length_bucketed_batches
 from affectstream.training.descriptions import describe_samples
 from affectstream.training.samples import Dataset, Sample
 
