@@ -185,16 +185,24 @@ def load_predictor(model_dir: str | Path, backend: str = "torch", *, device: str
     backend = str(backend).strip().lower()
     if backend not in BACKENDS:
         raise ValueError(f"unknown inference backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    reason = "set explicitly"
-    if backend == "auto":
+    reason, automatic = "set explicitly", backend == "auto"
+    if automatic:
         backend, reason = choose_backend(model_dir, device)
-    if backend == "torch":
-        predictor: PairPredictor = BatchPredictor.from_directory(model_dir, device=device, threads=threads, top_k=top_k,
-                                                                 dtype=dtype, batch_size=batch_size)
-    elif str(device).strip().lower() not in ("auto", "cpu"):
+    if backend != "torch" and str(device).strip().lower() not in ("auto", "cpu"):
         raise ValueError(f"inference backend {backend!r} runs on the CPU; got device {device!r} (use backend torch)")
-    else:
-        predictor = OnnxPredictor.from_directory(model_dir, precision=backend.split("-", 1)[1], threads=threads,
-                                                 top_k=top_k, batch_size=batch_size)
+    if backend != "torch":
+        try:
+            predictor: PairPredictor = OnnxPredictor.from_directory(
+                model_dir, precision=backend.split("-", 1)[1], threads=threads, top_k=top_k, batch_size=batch_size)
+        except (RuntimeError, OSError, ImportError) as e:
+            if not automatic:  # asked for by name: the caller hears why it cannot be had
+                raise
+            # `auto` only chose it for speed: a failed export (a read-only cache, a broken ONNX Runtime) must
+            # not stop a worker that torch can serve
+            reason = f"{reason}; {backend} failed to load ({type(e).__name__}: {str(e)[:200]}), so torch"
+            backend = "torch"
+    if backend == "torch":
+        predictor = BatchPredictor.from_directory(model_dir, device=device, threads=threads, top_k=top_k, dtype=dtype,
+                                                  batch_size=batch_size)
     predictor.backend_reason = reason  # one line for the stage's start-up log
     return predictor

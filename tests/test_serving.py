@@ -110,6 +110,23 @@ def test_auto_serves_int8_only_behind_a_passing_gate_for_these_weights(tmp_path,
     assert chosen.backend == "onnx-int8" and "gate passed" in chosen.backend_reason
 
 
+def test_auto_falls_back_to_torch_when_the_onnx_backend_cannot_load_but_a_named_backend_fails(tmp_path, cache,
+                                                                                              monkeypatch):
+    model_dir = save_tiny(tmp_path / "m", kind="bert", top_k=4)
+    (model_dir / serving.GATE_FILE).write_text(json.dumps(gate(model_dir, passed=True)))
+    monkeypatch.setattr(serving, "cpu_flags", lambda: frozenset({"avx512_vnni"}))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("ONNX export of m failed: read-only file system")
+
+    monkeypatch.setattr(serving.OnnxPredictor, "from_directory", broken)
+    chosen = serving.load_predictor(model_dir, "auto", device="cpu")
+    assert chosen.backend == "torch" and "onnx-int8 failed to load" in chosen.backend_reason
+    assert chosen.predict([("great phone", "")])[0].label in chosen.config.sentiment_labels
+    with pytest.raises(RuntimeError, match="read-only"):
+        serving.load_predictor(model_dir, "onnx-int8", device="cpu")
+
+
 def test_auto_without_int8_units_never_serves_int8(tmp_path, cache, monkeypatch):
     model_dir = save_tiny(tmp_path / "m", kind="bert", top_k=4)
     (model_dir / serving.GATE_FILE).write_text(json.dumps(gate(model_dir, passed=True)))
