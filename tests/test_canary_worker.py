@@ -25,9 +25,8 @@ from affectstream.model.registry import Registry
 from affectstream.streaming.tools.producer import make_producer
 from affectstream.streaming.tools.workers import settings_env
 from affectstream.streaming.worker.classify import RELOAD_CHECK_S
-from affectstream.streaming.worker.kafka_config import create_topics
-from tests.servers import settings_for
 from tests.test_faults import assert_exact, audit, log_lines
+from tests.test_feedback import stream_settings
 from tests.test_feedback_loop import cli
 from tests.test_pipeline import BRANDS, assigned, brand_counts, read_topic, redis_client, wait_for, workers
 from tests.tiny_models import tiny_classifier
@@ -52,14 +51,8 @@ def biased_model_dir(directory: Path, label: str) -> Path:
 
 
 def canary_settings(broker, redis_server, registry: Registry):
-    s = settings_for(broker, redis_server, partitions=PARTITIONS, captioner="none", batch_max=16,
-                     batch_window_s=0.05, model_registry=str(registry.root), model_dir=str(registry.current_dir()))
-    run = s.app_id.rsplit("-", 1)[-1]
-    s = s.replace(topic_posts=f"posts-{run}", topic_enriched=f"enriched-{run}", topic_sentiment=f"sentiment-{run}",
-                  topic_dlq=f"dlq-{run}", topic_alerts=f"alerts-{run}", topic_feedback=f"feedback-{run}",
-                  topic_shadow=f"shadow-{run}")
-    create_topics(s)
-    return s
+    return stream_settings(broker, redis_server, partitions=PARTITIONS, captioner="none", batch_max=16,
+                           batch_window_s=0.05, model_registry=str(registry.root), model_dir=str(registry.current_dir()))
 
 
 def posts_on(partitions: list[int], n: int, tag: str) -> list[tuple[int, dict]]:
