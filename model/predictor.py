@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -177,6 +178,19 @@ def length_buckets(lengths: list[int], batch_size: int, min_size: int = MIN_BUCK
     return ranges
 
 
+def spread_chunks(chunks: list[list[int]], lanes: int) -> list[list[int]]:
+    """`chunks` with the largest split in halves until there are at least `lanes` of them (or none holds
+    two items), so each of a backend's parallel lanes gets a share of a micro-batch. Order is kept."""
+    chunks = [list(c) for c in chunks if c]
+    while len(chunks) < lanes:
+        largest = max(range(len(chunks)), key=lambda i: len(chunks[i]), default=None)
+        if largest is None or len(chunks[largest]) < 2:
+            break
+        c = chunks[largest]
+        chunks[largest:largest + 1] = [c[:len(c) // 2], c[len(c) // 2:]]
+    return chunks
+
+
 def softmax_rows(logits: torch.Tensor) -> list[list[float]]:
     """Row-wise softmax of a small (B, classes) tensor in numpy: torch's op wakes its thread pool, which
     cost ~2 ms per call on a busy 2-core host (measured), several times the whole decode of a post."""
@@ -201,6 +215,7 @@ class PairPredictor(ABC):
 
     backend = ""
     min_bucket = MIN_BUCKET   # a backend with a cheaper call (ONNX Runtime) splits batches finer
+    lanes = 1                 # chunks of a micro-batch a backend runs at once (`_run_chunks`)
 
     def __init__(self, tokenizer, config: AlignedConfig, *, top_k: int | None = None, batch_size: int = 64,
                  version: str | None = None):
@@ -244,21 +259,30 @@ class PairPredictor(ABC):
     def _predict_sorted(self, pairs: list[tuple[str, str]], marked: str) -> list[Prediction]:
         lengths = [len(text) + len(description) + SPECIAL_CHARS for text, description in pairs]
         order = sorted(range(len(pairs)), key=lengths.__getitem__)
+        chunks = [order[start:end]
+                  for start, end in length_buckets([lengths[i] for i in order], self.batch_size, self.min_bucket)]
+        if self.lanes > 1:
+            chunks = spread_chunks(chunks, self.lanes)
         results: list[Prediction | None] = [None] * len(pairs)
-        for start, end in length_buckets([lengths[i] for i in order], self.batch_size, self.min_bucket):
-            chunk = order[start:end]
-            for i, prediction in zip(chunk, self._predict_batch([pairs[i] for i in chunk], marked)):
+        for chunk, predictions in zip(chunks, self._run_chunks([[pairs[i] for i in c] for c in chunks], marked)):
+            for i, prediction in zip(chunk, predictions):
                 results[i] = prediction
         return results  # type: ignore[return-value]
+
+    def _run_chunks(self, chunks: list[list[tuple[str, str]]], marked: str) -> Iterable[list[Prediction]]:
+        """Each chunk's predictions, in order: one micro-batch call after another (a backend with
+        parallel lanes overrides this)."""
+        return (self._predict_batch(chunk, marked) for chunk in chunks)
 
     def encode(self, pairs: list[tuple[str, str]], marked: str = "") -> EncodedPairs:
         return encode_pairs(self.tokenizer, [text for text, _ in pairs], [description for _, description in pairs],
                             self.config.max_length, marked=marked, normalization=self.config.text_normalization)
 
     @torch.inference_mode()
-    def _predict_batch(self, pairs: list[tuple[str, str]], marked: str = "") -> list[Prediction]:
+    def _predict_batch(self, pairs: list[tuple[str, str]], marked: str = "",
+                       forward: Callable[[EncodedPairs], ForwardOutputs] | None = None) -> list[Prediction]:
         batch = self.encode(pairs, marked)
-        out = self._forward(batch)
+        out = (forward or self._forward)(batch)
         probs = softmax_rows(out.sentiment_logits)                                          # (B, n_sentiment)
         emotion_probs = softmax_rows(out.emotion_logits) if out.emotion_logits is not None else None
         selected_idx = out.selected_idx                                                         # (B, K)

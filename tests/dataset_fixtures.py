@@ -116,11 +116,25 @@ def write_vader_tweets(path: Path) -> Path:
     return path
 
 
-def write_vader_sdist(path: Path, tweets: Path) -> Path:
-    """An sdist-shaped tarball holding hutto_ICWSM_2014.tar.gz holding tweets_GroundTruth.txt."""
+def write_vader_snippets(directory: Path) -> Path:
+    """The three snippet files (amazon, movies, nyt), two rated lines each (one on a threshold) and a bad one."""
+    from affectstream.training.datasets.vader import SNIPPET_FILES
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for n, name in enumerate(SNIPPET_FILES.values()):
+        lines = [f"1\t{1.5 + n}\tA fine snippet number {n}.", f"2\t-0.5\tOn the line {n}.", "3\tbad\tbroken"]
+        (directory / name).write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    return directory
+
+
+def write_vader_sdist(path: Path, tweets: Path, snippets: Path | None = None) -> Path:
+    """An sdist-shaped tarball holding hutto_ICWSM_2014.tar.gz holding tweets_GroundTruth.txt (and the
+    snippet files in `snippets`)."""
     inner = io.BytesIO()
     with tarfile.open(fileobj=inner, mode="w:gz") as tar:
         tar.add(tweets, arcname="hutto_ICWSM_2014/tweets_GroundTruth.txt")
+        for f in sorted(snippets.iterdir()) if snippets else ():
+            tar.add(f, arcname=f"hutto_ICWSM_2014/{f.name}")
     with tarfile.open(path, mode="w:gz") as tar:
         info = tarfile.TarInfo("vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz")
         info.size = len(inner.getvalue())

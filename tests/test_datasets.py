@@ -16,7 +16,7 @@ from PIL import Image
 
 from affectstream.model.config import EMOTION_LABELS, SENTIMENT_LABELS
 from tests.dataset_fixtures import (NON_UTF8_TEXT, write_clmlf_split, write_msed, write_mvsa_multiple,
-                                    write_mvsa_single, write_vader_sdist, write_vader_tweets)
+                                    write_mvsa_single, write_vader_sdist, write_vader_snippets, write_vader_tweets)
 from affectstream.training.datasets import KINDS, load_dataset, render_meme
 from affectstream.training.datasets.jsonl import load_jsonl
 from affectstream.training.datasets.msed import join_title_caption
@@ -253,6 +253,20 @@ def test_vader_reads_nested_archives_and_directories(tmp_path: Path) -> None:
     from_txt = load_dataset("vader", str(tweets))
     assert load_dataset("vader", str(sdist)).fingerprint() == from_txt.fingerprint()
     assert load_dataset("vader", str(tmp_path / "dl")).fingerprint() == from_txt.fingerprint()
+
+
+def test_vader_snippets_come_from_the_same_archive_with_set_prefixed_ids(tmp_path: Path) -> None:
+    snippets = write_vader_snippets(tmp_path / "snippets")
+    sdist = write_vader_sdist(tmp_path / "vaderSentiment-3.3.2.tar.gz", write_vader_tweets(tmp_path / "t.txt"), snippets)
+    ds = load_dataset("vader-snippets", str(sdist))
+    assert _labels(ds) == {"amazon:1": "positive", "amazon:2": "neutral", "movies:1": "positive",
+                           "movies:2": "neutral", "nyt:1": "positive", "nyt:2": "neutral"}
+    assert ds.skipped == {"bad_rating": 3} and ds.name == "vader-snippets"
+    assert load_dataset("vader-snippets", str(snippets)).fingerprint() == ds.fingerprint()
+    assert "vader-snippets" in KINDS and not KINDS["vader-snippets"].needs_path
+    (snippets / "nytEditorialSnippets_GroundTruth.txt").unlink()
+    with pytest.raises(FileNotFoundError):
+        load_dataset("vader-snippets", str(snippets))
 
 
 def test_vader_cached_sdist_with_wrong_checksum_is_a_clear_error(tmp_path: Path,

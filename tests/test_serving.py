@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from affectstream.model import serving
-from affectstream.model.predictor import MAX_PADDING, length_buckets
+from affectstream.model.predictor import MAX_PADDING, length_buckets, spread_chunks
 from affectstream.model.targets import TargetInput
 from tests.tiny_models import save_tiny
 
@@ -54,6 +56,29 @@ def test_onnx_fp32_gives_the_torch_models_labels_scores_and_rationales(emotion_m
     # one post at a time (every batch shorter than K for the short ones) gives the same answers
     for pair, a in zip(POSTS, expected):
         same_prediction(a, onnx.predict([pair])[0])
+
+
+def test_parallel_lanes_give_the_answers_of_one_call_per_chunk_in_input_order(emotion_model_dir, cache):
+    lanes = serving.load_predictor(emotion_model_dir, "onnx-fp32", threads=2)
+    single = serving.load_predictor(emotion_model_dir, "onnx-fp32", threads=1)
+    assert lanes.lanes == 2 and lanes.lane_session is not None and single.lanes == 1
+    posts = POSTS * 5  # 30 posts of six lengths: several chunks, run two at a time
+    for a, b in zip(single.predict(posts), lanes.predict(posts)):
+        same_prediction(a, b, tol=1e-4)
+    chunk_counts = []
+    run_chunks = lanes._run_chunks
+    lanes._run_chunks = lambda chunks, marked: chunk_counts.append(len(chunks)) or run_chunks(chunks, marked)
+    lanes.predict(POSTS[:2])
+    assert chunk_counts == [2]  # a two-post micro-batch (one length bucket) is split: one post per lane
+
+
+@given(st.lists(st.lists(st.integers(), max_size=20), max_size=6), st.integers(1, 8))
+def test_spread_chunks_keeps_every_item_in_order_and_fills_the_lanes(chunks, lanes):
+    spread = spread_chunks(chunks, lanes)
+    assert [x for c in spread for x in c] == [x for c in chunks for x in c]
+    assert all(spread)
+    items = sum(map(len, chunks))
+    assert len(spread) >= min(lanes, items)
 
 
 def test_onnx_fp32_matches_torch_on_targets_of_a_target_aware_model(tmp_path, cache):

@@ -5,6 +5,7 @@
 - ``mvsa-single`` / ``mvsa-multiple``: MVSA raw directories (``mvsa.py``: cleaning rules, counts);
 - ``msed``: MSED csv + images (``msed.py``), with emotions;
 - ``vader``: VADER's 4,200 human-rated tweets, fetched from PyPI when ``path`` is None (``vader.py``);
+- ``vader-snippets``: the same raters' 19,503 review and editorial snippets from the same archive (``vader.py``);
 - ``jsonl``: your own posts, one JSON object a line (``jsonl.py``);
 - ``proxy``: "proxy-memes (synthetic)", sentiment carried by the image only (``proxy.py``);
 - ``twitter2015`` / ``twitter2017``: target-level tweets in TomBERT's release format (``twitter.py``): each
@@ -26,7 +27,7 @@ from affectstream.training.datasets.msed import load_msed
 from affectstream.training.datasets.mvsa import load_mvsa
 from affectstream.training.datasets.proxy import load_proxy, render_meme
 from affectstream.training.datasets.twitter import load_twitter
-from affectstream.training.datasets.vader import load_vader
+from affectstream.training.datasets.vader import load_vader, load_vader_snippets
 from affectstream.training.samples import Dataset
 
 __all__ = ["KINDS", "DatasetKind", "load_dataset", "render_meme"]
@@ -57,6 +58,9 @@ KINDS: dict[str, DatasetKind] = {
     "vader": DatasetKind(load_vader, needs_path=False, baseline="vader_rule", card_notes=(
         "These are the tweets VADER's authors rated and evaluated their analyzer on, so the VADER baseline "
         "below is not an out-of-sample figure for VADER.",)),
+    "vader-snippets": DatasetKind(load_vader_snippets, needs_path=False, card_notes=(
+        "Review and editorial snippets (Amazon, movies, NYT) rated by VADER's raters on the tweets' scale: "
+        "extra training data for the tweet model, not tweets.",)),
     "jsonl": DatasetKind(load_jsonl),
     "proxy": DatasetKind(_pathless(load_proxy), needs_path=False, train_options={"size": "proxy_size"}, synthetic=True),
     **{name: DatasetKind(functools.partial(load_twitter, name=name), card_notes=(

@@ -153,19 +153,48 @@ def _tweets_from_path(p: Path) -> tuple[bytes, str]:
     return p.read_bytes(), str(p)
 
 
-def _tweets_from_tar(data: bytes, where: str, depth: int = 0) -> bytes:
-    """tweets_GroundTruth.txt from a tarball, looking inside nested tarballs (sdist → hutto archive)."""
+def _tweets_from_tar(data: bytes, where: str, depth: int = 0, name: str = TWEETS_FILE) -> bytes:
+    """`name` (tweets_GroundTruth.txt) from a tarball, looking inside nested tarballs (sdist → hutto archive)."""
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
         members = [m for m in tar.getmembers() if m.isfile()]
         for m in members:
-            if Path(m.name).name == TWEETS_FILE:
+            if Path(m.name).name == name:
                 return tar.extractfile(m).read()  # type: ignore[union-attr]
         if depth < 2:
             for m in members:
                 if m.name.endswith((".tar.gz", ".tgz")):
                     try:
                         inner = tar.extractfile(m).read()  # type: ignore[union-attr]
-                        return _tweets_from_tar(inner, where, depth + 1)
+                        return _tweets_from_tar(inner, where, depth + 1, name)
                     except FileNotFoundError:
                         continue
-    raise FileNotFoundError(f"no {TWEETS_FILE} inside {where}")
+    raise FileNotFoundError(f"no {name} inside {where}")
+
+
+# --- the same raters' other sets: review and editorial snippets -------------------------------------------------
+# The archive also holds the three sentence sets VADER's authors had rated the same way (10 raters, -4..+4):
+# Amazon product-review snippets (3,708), movie-review snippets (10,605; Pang & Lee's sentences) and New York
+# Times editorial snippets (5,190). Not tweets, but human sentiment on the same scale and labelled by the
+# same thresholds: `vader-snippets` is an extra training set for the tweet model (config: `extra_datasets`).
+SNIPPET_FILES = {"amazon": "amazonReviewSnippets_GroundTruth.txt", "movies": "movieReviewSnippets_GroundTruth.txt",
+                 "nyt": "nytEditorialSnippets_GroundTruth.txt"}
+
+
+def load_vader_snippets(path: str | Path | None = None, *, seed: int = 13, split_file: str | None = None) -> Dataset:
+    """The review and editorial snippets (ids prefixed by their set: ``movies:17``), split 8:1:1 like the
+    tweets. ``path``: the sdist, hutto_ICWSM_2014.tar.gz, or a directory holding the three files; None →
+    the cached, checksum-verified sdist."""
+    archive = ensure_sdist() if path is None else Path(path)
+    skipped: dict[str, int] = {}
+    notes: dict[str, int] = {}
+    samples: list[Sample] = []
+    for set_name, file_name in SNIPPET_FILES.items():
+        if archive.is_dir():
+            raw = (archive / file_name).read_bytes()
+        else:
+            raw = _tweets_from_tar(archive.read_bytes(), str(archive), name=file_name)
+        for line in parse_tweets(decode_text(raw), skipped):
+            samples.append(Sample(id=f"{set_name}:{line.id}", text=line.text, label=label_for(line.mean), split="train"))
+    samples = assign_splits(samples, seed=seed, split_file=split_file, skipped=skipped, notes=notes)
+    return Dataset(name="vader-snippets", samples=samples, has_emotion=False, skipped=skipped, notes=notes,
+                   source=f"{archive}: {', '.join(SNIPPET_FILES.values())}", citation=CITATION)
