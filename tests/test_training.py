@@ -51,6 +51,24 @@ def test_resume_continues_from_checkpoint(tmp_path, keyword_jsonl):
     assert [r["epoch"] for r in longer.history] == [1, 2, 3]
 
 
+def test_init_from_starts_at_a_trained_models_weights_and_refuses_another_encoder(tmp_path, keyword_jsonl):
+    import shutil
+
+    first = train(tiny_cfg(tmp_path / "a", keyword_jsonl, epochs=2), progress=False)
+    # learning rates of zero: the second run's exported weights are exactly the ones it started from
+    frozen = train(tiny_cfg(tmp_path / "b", keyword_jsonl, epochs=1, lr=0.0, head_lr=0.0, seed=99,
+                            init_from=str(first.out_dir)), progress=False)
+    before, after = load_deployed(first.out_dir)[0].state_dict(), load_deployed(frozen.out_dir)[0].state_dict()
+    assert before.keys() == after.keys() and all(before[k].equal(after[k]) for k in before)
+    assert frozen.metrics["test"]["posts"]["accuracy"] == pytest.approx(first.metrics["test"]["posts"]["accuracy"], abs=0.1)
+    other = tmp_path / "other"
+    shutil.copytree(first.out_dir, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "encoder": "offline"}))
+    with pytest.raises(ValueError, match="init-from"):
+        train(tiny_cfg(tmp_path / "c", keyword_jsonl, epochs=1, init_from=str(other)), progress=False)
+
+
 def test_target_level_training_marks_targets_and_exports_a_target_aware_model(tmp_path):
     """Two targets in one post with opposite labels: the model must read the target to tell them apart."""
     from affectstream.model.targets import TARGET_FORMAT, TargetInput

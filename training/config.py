@@ -41,6 +41,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     patience: int = 2                         # epochs without dev improvement before stopping
     metric: str = "macro_f1"                  # dev metric for early stopping / best checkpoint
+    init_from: str = ""                       # a trained model directory whose weights (encoder, scorer, heads) start
+                                              # this run: sequential transfer (e.g. from a vader-snippets model)
     distill_from: str = ""                    # a teacher model directory: distil its sentiment logits (training.distill)
     distill_weight: float = 0.5               # α: the sentiment CE's share given to the distillation term
     distill_temperature: float = 2.0          # T

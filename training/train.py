@@ -57,6 +57,22 @@ def load_datasets(cfg: TrainConfig) -> list[Dataset]:
     return datasets
 
 
+def init_from_trained(model: AlignedClassifier, directory: str) -> None:
+    """Start from a trained model's weights (same encoder and labels): every tensor must match in name and shape."""
+    from affectstream.model.deploy import load_deployed
+
+    trained, _, trained_cfg = load_deployed(directory)
+    if trained_cfg.encoder != model.config.encoder or trained_cfg.sentiment_labels != model.config.sentiment_labels:
+        raise ValueError(f"--init-from {directory}: encoder {trained_cfg.encoder!r} / labels {trained_cfg.sentiment_labels} "
+                         f"do not match this run's {model.config.encoder!r} / {model.config.sentiment_labels}")
+    state = trained.state_dict()
+    ours = model.state_dict()
+    wrong = sorted(k for k in ours if k not in state or state[k].shape != ours[k].shape)
+    if wrong:
+        raise ValueError(f"--init-from {directory}: {len(wrong)} weights missing or of another shape, e.g. {wrong[:3]}")
+    model.load_state_dict({k: state[k] for k in ours})
+
+
 # ---------------------------------------------------------------- evaluation
 
 @torch.no_grad()
@@ -176,6 +192,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
         target_format=TARGET_FORMAT if any(s.target is not None for s in train_samples) else "",
         text_normalization=cfg.text_normalization, training_data="+".join(d.name for d in datasets))
     model = AlignedClassifier(model_cfg, encoder).to(device)
+    if cfg.init_from:
+        init_from_trained(model, cfg.init_from)
 
     encoder_params = list(model.encoder.parameters())
     head_params = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
