@@ -24,6 +24,7 @@ bench needs nothing beyond the project's runtime dependencies.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,12 +210,26 @@ def model_only(shape: Shape, root: Path, *, pairs: list[tuple[str, str]], batch_
 
 def forward_utilisation(shape: Shape, serving, pairs: list[tuple[str, str]], batch: int, rounds: int) -> dict:
     """Time the serving backend's forward alone (`serving._forward`: torch or ONNX Runtime) on length-sorted
-    micro-batches of `batch` posts, tokenised beforehand."""
+    micro-batches of `batch` posts, tokenised beforehand. A backend with parallel lanes runs each batch as
+    serving does: one part per lane, at once (`spread_chunks`)."""
+    from affectstream.model.predictor import spread_chunks
+
     order = sorted(pairs, key=lambda p: len(p[0]) + len(p[1]))
+    lanes = getattr(serving, "lanes", 1)
     batches = []
     for start in range(0, len(order) - batch + 1, batch):
-        enc = serving.encode(order[start:start + batch])
-        batches.append((enc, enc.attention_mask.sum(dim=1).tolist(), enc.input_ids.numel()))
+        parts = [serving.encode([order[start + i] for i in part])
+                 for part in spread_chunks([list(range(batch))], lanes)]
+        batches.append((parts, [t for enc in parts for t in enc.attention_mask.sum(dim=1).tolist()],
+                        sum(enc.input_ids.numel() for enc in parts)))
+    if lanes > 1:
+        lane_forward = functools.partial(serving._forward, session=serving.lane_session)
+
+        def forward(parts):
+            return list(serving._pool.map(lane_forward, parts))
+    else:
+        def forward(parts):
+            return [serving._forward(enc) for enc in parts]
     device = getattr(serving, "device", torch.device("cpu"))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     real_flops = sum(flops_per_post(shape.encoder_config, t) for _, tokens, _ in batches for t in tokens)
@@ -222,18 +237,19 @@ def forward_utilisation(shape: Shape, serving, pairs: list[tuple[str, str]], bat
     real_tokens = sum(sum(tokens) for _, tokens, _ in batches)
     best = float("inf")
     with torch.inference_mode():
-        for enc, _, _ in batches[:1]:
-            serving._forward(enc)
+        for parts, _, _ in batches[:1]:
+            forward(parts)
         for _ in range(rounds):
             sync()
             started = time.perf_counter()
-            for enc, _, _ in batches:
-                serving._forward(enc)
+            for parts, _, _ in batches:
+                forward(parts)
             sync()
             best = min(best, time.perf_counter() - started)
     n_posts = batch * len(batches)
     return {
         "forward_backend": getattr(serving, "backend", "torch"),
+        "forward_lanes": lanes,
         "forward_batch": batch,
         "forward_posts_per_s": n_posts / best,
         "forward_gflops": real_flops / best / 1e9,

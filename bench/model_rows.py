@@ -41,7 +41,7 @@ def rows_table(r: dict) -> list[str]:
     lines: list[str] = []
     if s := r.get("shadow"):
         lines += [f"shadow scoring — {s['model']}, {s['posts']} posts, batch {s['batch']}, {s['rounds']} rounds, "
-                  f"{s['shadowed_posts']} shadowed at {100 * s['share']:.0f}%, {s['torch_threads']} torch threads",
+                  f"{s['shadowed_posts']} shadowed at {100 * s['share']:.0f}%, {s.get('backend', 'torch')}, {s['torch_threads']} torch threads",
                   f"CPU s per 1k posts {s['off_cpu_s_per_1k_posts']} off -> {s['shadow_cpu_s_per_1k_posts']} shadow "
                   f"(cost {100 * s['cost']:.1f}%); posts/s {s['off_posts_per_s']} -> {s['shadow_posts_per_s']} "
                   f"(wall cost {100 * s['wall_cost']:.1f}%, per round "

@@ -46,11 +46,13 @@ def bench_shadow(model_dir: str | Path, *, share: float = 0.1, n_posts: int = 10
     reported next to it, and per round, so a disturbed run shows. ``threads``: torch intra-op threads (0:
     torch's default; on an oversubscribed host 1 avoids measuring the threads' spin-waiting, the worker's
     ``threads`` setting)."""
-    from affectstream.model.predictor import BatchPredictor
+    from affectstream.model.serving import load_predictor
     from affectstream.streaming.worker.classify import Classifying
 
-    deployed = BatchPredictor.from_directory(model_dir, device=device, threads=threads)
-    candidate = BatchPredictor.from_directory(model_dir, device=device, threads=threads)
+    # on the worker's own backend (`auto` by default: onnx-int8 where its gate passed), as a worker loads both
+    backend = Settings().inference_backend
+    deployed = load_predictor(model_dir, backend, device=device, threads=threads)
+    candidate = load_predictor(model_dir, backend, device=device, threads=threads)
     stage = Classifying(Settings(captioner="none", batch_max=batch), lambda: deployed, watch=False)
     raws = enriched_posts(n_posts)
     batches = [raws[i:i + batch] for i in range(0, len(raws), batch)]
@@ -93,7 +95,7 @@ def bench_shadow(model_dir: str | Path, *, share: float = 0.1, n_posts: int = 10
     cost = 1.0 - cpu_off / cpu_on
     ids = [orjson.loads(r)["id"] for r in raws]
     return {
-        "model": str(model_dir), "device": device, "torch_threads": torch_threads(), "posts": n_posts,
+        "model": str(model_dir), "device": device, "backend": deployed.backend, "torch_threads": torch_threads(), "posts": n_posts,
         "batch": batch, "rounds": rounds, "share": share, "shadowed_posts": sum(shadowed(i, share) for i in ids),
         "shadow_results_per_round": per_round[0][True][2],
         "off_cpu_s_per_1k_posts": round(1000 * cpu_off / n, 3), "shadow_cpu_s_per_1k_posts": round(1000 * cpu_on / n, 3),

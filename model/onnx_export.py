@@ -6,7 +6,7 @@ method is exported as it is. The graph takes the predictor's own `EncodedPairs.m
 the fields of `AlignedOutput` the serving decode reads (`OUTPUTS`), so tokenisation, bucketing and the
 rationale stay the predictor's (model/predictor.py); only the forward runs in ONNX Runtime.
 
-Two details of the trace:
+Details of the trace:
 - K is baked in (`top_k`), and top-K over fewer than K positions has no answer in ONNX: the serving side
   pads every batch to at least K positions with masked, unselectable padding. Those positions score -inf,
   come back invalid and get zero pooling weight, so outputs equal the eager model's.
@@ -39,7 +39,7 @@ from affectstream.model.aligned import AlignedClassifier
 from affectstream.model.deploy import CONFIG_FILE, WEIGHTS_FILE, load_deployed
 from affectstream.model.tokenization import encode_pairs
 
-EXPORT_RECIPE = "aligned-onnx-v2"   # bump when the graph's inputs, outputs or the export options change
+EXPORT_RECIPE = "aligned-onnx-v3"   # bump when the graph's inputs, outputs or the export options change
 OPSET = 17
 INPUTS = ("input_ids", "attention_mask", "selectable", "token_type_ids")
 OUTPUTS = ("sentiment_logits", "emotion_logits", "selected_idx", "selected_scores", "selected_valid")
@@ -102,6 +102,9 @@ class _Traced(nn.Module):
 def export_fp32(model: AlignedClassifier, tokenizer, top_k: int, path: Path) -> Path:
     """Trace `model` (fp32, eval) into `path` with dynamic batch and sequence axes."""
     model = model.float().eval()
+    # eager attention traces to MatMul + Add(mask) + Softmax; SDPA's trace adds a NaN guard (IsNaN, Where)
+    # per layer: 45 fewer nodes, 3.5 % more posts/s through the int8 graph at batch 4-16 (same outputs)
+    model.encoder.set_attn_implementation("eager")
     # an example longer than K on both sides, so the trace takes the general path of every op
     text = "the example post that shapes the trace, long enough for every selected token " * 3
     description = "objects: coffee mug. scene: warm colours"
