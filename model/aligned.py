@@ -93,6 +93,7 @@ class AlignedClassifier(PreTrainedModel):
         selectable: torch.Tensor,                   # (B, T) bool: real text/description tokens
         token_type_ids: torch.Tensor | None = None,
         top_k: int | None = None,
+        select_all: bool = False,                   # scorer warm-up (training): a soft pool over every token
     ) -> AlignedOutput:
         # 1. one encoder over the text + description pair: both modalities in one space
         encoder_kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -107,16 +108,17 @@ class AlignedClassifier(PreTrainedModel):
         token_scores = self.scorer(hidden).float().masked_fill(~selectable, float("-inf"))  # (B, T)
 
         # 3. hard top-K; positions beyond a short post's real tokens come back as -inf and are dropped
-        k = min(top_k or self.config.top_k, hidden.shape[1])
+        #    `select_all` (the scorer warm-up of training) takes every real token, so every score gets a gradient
+        k = hidden.shape[1] if select_all else min(top_k or self.config.top_k, hidden.shape[1])
         selected_scores, selected_idx = token_scores.topk(k, dim=1)  # (B, K), best first
         selected_valid = torch.isfinite(selected_scores)             # (B, K)
         # (the masks are combined out of place: ONNX export has no in-place `and`)
-        ratio = self.config.top_k_ratio
+        ratio = 0.0 if select_all else self.config.top_k_ratio
         if ratio > 0:  # K follows the post's length
             n_real = selectable.sum(dim=1, keepdim=True)                                 # (B, 1)
             k_post = (ratio * n_real).ceil().clamp(min=self.config.top_k_min, max=k)  # (B, 1)
             selected_valid = selected_valid & (torch.arange(k, device=hidden.device) < k_post)  # (B, K)
-        share = self.config.min_weight_share
+        share = 0.0 if select_all else self.config.min_weight_share
         if share > 0:  # weight_j / weight_top = exp(s_j - s_top) >= share; the top token always passes
             selected_valid = selected_valid & (selected_scores >= selected_scores[:, :1] + math.log(share))
         kept_scores = selected_scores.masked_fill(~selected_valid, float("-inf"))    # (B, K)

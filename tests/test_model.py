@@ -323,3 +323,29 @@ def test_streamed_rationale_holds_only_tokens_above_the_threshold(tmp_path):
     assert kept[1] < min(8, int(batch.selectable[1].sum()))  # the threshold dropped some of the top-K
     for prediction, n in zip(predictor.predict(LONG_PAIRS), kept):
         assert 1 <= len(prediction.rationale) <= n
+
+
+def test_scorer_warmup_pools_softly_over_every_real_token_and_reaches_every_score():
+    model, tokenizer = tiny_classifier(top_k=2, top_k_ratio=0.25, min_weight_share=0.5, pooling="topk")
+    model.train()
+    batch = encode_pairs(tokenizer, [t for t, _ in LONG_PAIRS], [d for _, d in LONG_PAIRS], model.config.max_length)
+    out = model(**batch.model_inputs(), select_all=True)
+    # every real token is selected and valid: no K, no ratio, no weight threshold
+    assert out.selected_valid.sum(dim=1).tolist() == batch.selectable.sum(dim=1).tolist()
+    scores = out.token_scores
+    scores.retain_grad()
+    aligned_objective(out.sentiment_logits, torch.tensor([2, 0, 2]), out.pooled, 0.1)["loss"].backward()
+    # a gradient for every real token's score (a lone token's weight is 1 whatever its score)
+    several = batch.selectable & (batch.selectable.sum(dim=1, keepdim=True) > 1)
+    assert torch.equal((scores.grad.abs() > 0) & batch.selectable, several)
+    hard = model(**batch.model_inputs())             # and without it, the configured hard top-K as before
+    assert hard.selected_valid.sum() < out.selected_valid.sum()
+
+
+def test_lambda_ramp_rises_linearly_then_holds():
+    from affectstream.training.config import TrainConfig
+    from affectstream.training.train import uniformity_at
+
+    constant, ramped = TrainConfig(uniformity_weight=0.2), TrainConfig(uniformity_weight=0.2, uniformity_ramp=0.5)
+    assert [uniformity_at(constant, p) for p in (0.0, 0.5, 1.0)] == [0.2, 0.2, 0.2]
+    assert [round(uniformity_at(ramped, p), 6) for p in (0.0, 0.25, 0.5, 0.9)] == [0.0, 0.1, 0.2, 0.2]

@@ -29,6 +29,9 @@ class TrainConfig:
     top_k_min: int = 1
     min_weight_share: float = 0.0             # top-K tokens kept (pooled, shown) only above this share of the top weight
     uniformity_weight: float = 0.1            # λ
+    uniformity_ramp: float = 0.0              # > 0: λ rises linearly from 0 over this share of the training steps
+    scorer_warmup: float = 0.0                # > 0: this share of the first steps pools softly over every token
+                                              # (no top-K), so the scorer learns from every token before hard top-K
     max_length: int = 96
     text_normalization: str = "social-v1"     # model.normalize scheme for the post text (exported in config.json)
     # optimisation

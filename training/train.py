@@ -57,6 +57,13 @@ def load_datasets(cfg: TrainConfig) -> list[Dataset]:
     return datasets
 
 
+def uniformity_at(cfg: TrainConfig, progress_share: float) -> float:
+    """λ at this point of training (`progress_share` of the steps done): constant, or ramped up from 0."""
+    if cfg.uniformity_ramp <= 0:
+        return cfg.uniformity_weight
+    return cfg.uniformity_weight * min(1.0, progress_share / cfg.uniformity_ramp)
+
+
 def init_from_trained(model: AlignedClassifier, directory: str) -> None:
     """Start from a trained model's weights (same encoder and labels): every tensor must match in name and shape."""
     from affectstream.model.deploy import load_deployed
@@ -224,9 +231,12 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
         for batch in bar:
             encoded, labels, emotions = encode_batch(tokenizer, batch, descriptions, cfg.max_length,
                                                      normalization=model.config.text_normalization)
+            progress_share = step / max(1, total_steps)
             with autocast(device, cfg.bf16):
-                out = model(**{k: v.to(device) for k, v in encoded.model_inputs().items()})
-            parts = aligned_objective(out.sentiment_logits, labels.to(device), out.pooled, cfg.uniformity_weight,
+                out = model(**{k: v.to(device) for k, v in encoded.model_inputs().items()},
+                            select_all=progress_share < cfg.scorer_warmup)
+            parts = aligned_objective(out.sentiment_logits, labels.to(device), out.pooled,
+                                      uniformity_at(cfg, progress_share),
                                       out.emotion_logits, emotions.to(device) if has_emotion else None)
             if teacher is not None:
                 parts = mix_distillation(parts, out.sentiment_logits, torch.stack([teacher[s.id] for s in batch]).to(device),
