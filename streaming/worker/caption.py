@@ -5,7 +5,9 @@ Per micro-batch:
    untrusted: a ``caption``, ``image_error`` or ``captioner`` they put on a post is dropped (schemas
    docstring); only this stage writes those fields, and ``image_error`` is always one of
    ``IMAGE_ERROR_REASONS``;
-2. text-only posts pass straight through;
+2. text-only posts pass straight through, in their own lane: in the worker (``process_parts``) they and the
+   parse DLQ records are delivered at once, while the batch's images are fetched and described, and the
+   image posts follow when they are done; the batch is acked after both (``stage.deliver_parts``);
 3. image posts: load the bytes (base64 / URL with the SSRF guard / path) in an I/O thread pool, look the
    sha256 up in the Redis caption cache, decode and describe the misses in the captioner's own thread
    (the GPU when the device setting gives one), each describe call bounded by ``caption_timeout_s``.
@@ -36,6 +38,7 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import AsyncGenerator
 
 import faust
 
@@ -132,16 +135,37 @@ class Captioning(Stage):
             await self.cache.close()
 
     async def process(self, raws: list[bytes]) -> CaptionBatch:
+        """The whole micro-batch at once (tests and tools; the worker takes it in parts, ``process_parts``)."""
         out = CaptionBatch()
+        pending = self._text_lane(raws, out)
+        if pending:
+            await self._caption(pending, out)
+        return out
+
+    async def process_parts(self, events: list) -> AsyncGenerator[CaptionBatch, None]:
+        """The text lane (module docstring, step 2): the text-only posts and parse dead letters first, then,
+        once described, the image posts. A batch without images is one part; nothing is yielded empty."""
+        text = CaptionBatch()
+        pending = self._text_lane([e.message.value for e in events], text)
+        if not pending:
+            yield text
+            return
+        if text.enriched or text.dlq:
+            yield text
+        images = CaptionBatch()
+        await self._caption(pending, images)
+        yield images
+
+    def _text_lane(self, raws: list[bytes], out: CaptionBatch) -> list[_Pending]:
+        """Parse the batch: rejects to ``out.dlq``, text-only posts forwarded to ``out.enriched``; returns the
+        image posts, still to be captioned."""
         pending: list[_Pending] = []
         for post, raw in parse_all(raws, self.settings, "parse", out.dlq, trusted_enrichment=False):
             if post.image is None:
                 out.enriched.append(self._forward(post))
             else:
                 pending.append(_Pending(post, raw))
-        if pending:
-            await self._caption(pending, out)
-        return out
+        return pending
 
     async def _caption(self, pending: list[_Pending], out: CaptionBatch) -> None:
         loop = asyncio.get_running_loop()
@@ -262,7 +286,7 @@ class Captioning(Stage):
         future = self.model_pool.submit(self.captioner.describe, images)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
-        except asyncio.TimeoutError:
+        except (asyncio.TimeoutError, asyncio.CancelledError):  # cancelled: the batch's other part failed
             if not future.cancel():  # already running: its late answer is dropped
                 self._stuck = future
             raise

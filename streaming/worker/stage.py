@@ -7,6 +7,12 @@ what it needs (models) off the event loop, ``await process(raw_values)`` turns o
 
     MicroBatches.noack_take -> stage.process -> every sink + every topic send, concurrently -> ack
 
+A stage may hand a micro-batch over in parts (``process_parts``, an async iterator; by default one part,
+``process_events``): each part is delivered as soon as it is ready, while the next is being computed, so
+the caption stage's text-only posts and parse DLQ records go out while the batch's images are still being
+described. The batch is acked once every part is delivered, and ``observe``/``log_batch`` see the parts
+merged into one batch (``StageBatch.merged``), once.
+
 A micro-batch (``MicroBatches``) starts as soon as the stage is free and has an event, and closes when it
 holds ``batch_max`` events, when no event came for ``QUIET_S`` (the rest of that fetch is in), or ``within``
 seconds after its first event, whichever first; events that arrived while the stage was busy form the next
@@ -14,10 +20,10 @@ batch at once. faust's own ``noack_take`` waits ``within`` after every batch wha
 that wait was most of the latency at low and medium load: a post waited up to a whole window in each stage
 (measured, bench/e2e.py).
 
-Offsets are acked only after all of them succeeded; any failure raises before the ack, so the batch is
-delivered again (at least once; the Redis sink is idempotent per post id). ``observe`` runs after the ack,
-with ``batch.fresh_ids`` set to the results a sink reported as new (the Redis sink: first delivery of the
-post), so a redelivered post is not counted again in the metrics.
+Offsets are acked only after all of them succeeded, for every part; any failure raises before the ack, so
+the batch is delivered again (at least once; the Redis sink is idempotent per post id). ``observe`` runs
+after the ack, with ``batch.fresh_ids`` set to the results a sink reported as new (the Redis sink: first
+delivery of the post), so a redelivered post is not counted again in the metrics.
 
 A stage that raises takes the worker down: the agent logs the error and crashes the faust app, so the
 process exits non-zero and its supervisor (compose ``restart: unless-stopped``, systemd, Kubernetes)
@@ -29,12 +35,13 @@ an outage gives up, its batch stays unacked (delivered again later) and the work
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 from abc import ABC, abstractmethod
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 
 import faust
 
@@ -53,6 +60,8 @@ QUIET_S = 0.002
 STOP_GRACE_S = 3.0  # SIGTERM with a sink stuck in an outage: how long the worker may take to stop cleanly
 
 SendRecords = Callable[[dict[str, list[Record]]], Awaitable[None]]
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 @dataclass
@@ -71,6 +80,32 @@ class StageBatch:
         """Messages to send, by contract topic role ("enriched", "dlq" …)."""
         return {"dlq": self.dlq}
 
+    def merged(self, other: "StageBatch") -> "StageBatch":
+        """This part and ``other``, a later part of the same micro-batch, as one new batch (neither part is
+        changed: a sink or a send may still hold a part's lists): list fields joined, int counters added,
+        ``fresh_ids`` united. Subclasses keep their outputs in dataclass fields (as ``CaptionBatch`` and
+        ``ClassifyBatch`` do); a field of any other kind raises rather than being dropped from the metrics."""
+        if type(other) is not type(self):
+            raise TypeError(f"cannot merge a {type(other).__name__} into a {type(self).__name__}")
+        whole = copy.copy(self)
+        whole.fresh_ids = self._fresh_with(other)
+        for f in fields(self):
+            if f.name == "fresh_ids":
+                continue
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(mine, list) or (isinstance(mine, int) and not isinstance(mine, bool)):
+                setattr(whole, f.name, mine + theirs)
+            else:
+                raise TypeError(f"{type(self).__name__}.{f.name}: no rule to merge a {type(mine).__name__}")
+        return whole
+
+    def _fresh_with(self, other: "StageBatch") -> set[str] | None:
+        """``fresh_ids`` of both parts together; a part's None (no sink told) means all of its results are new."""
+        if self.fresh_ids is None and other.fresh_ids is None:
+            return None
+        return set.union(*(part.fresh_ids if part.fresh_ids is not None else {i.result.id for i in part.items}
+                           for part in (self, other)))
+
 
 class Stage(ABC):
     """Base of a stage; ``process`` is the one method a stage must write."""
@@ -86,6 +121,12 @@ class Stage(ABC):
         """The micro-batch as faust events; a stage that needs more than the values overrides this (the
         classify stage's canary routes by each event's partition)."""
         return await self.process([e.message.value for e in events])
+
+    async def process_parts(self, events: list) -> AsyncGenerator[StageBatch, None]:
+        """The micro-batch in parts, each delivered as soon as it is yielded while the next is computed
+        (``run_stage``). Default: one part, so a stage that does not split delivers once, as it always has.
+        A stage that splits yields at least one part, all of one ``StageBatch`` type (they are merged)."""
+        yield await self.process_events(events)
 
     def observe(self, batch: StageBatch, n_events: int, seconds: float) -> None:
         """Metrics for a batch, once it is delivered and acked (``batch.fresh_ids`` is set by then)."""
@@ -145,6 +186,42 @@ async def deliver(batch: StageBatch, sinks: Sequence[Sink], send: SendRecords) -
             raise outcome
     told = [set(outcome) for outcome in outcomes[1:] if isinstance(outcome, (set, frozenset))]
     return set.intersection(*told) if told else None
+
+
+async def deliver_parts(parts: AsyncGenerator[StageBatch, None], sinks: Sequence[Sink],
+                        send: SendRecords) -> StageBatch:
+    """Deliver each part of one micro-batch (``Stage.process_parts``) while the next is computed; returns
+    the parts merged, ``fresh_ids`` set. A failure, delivering or computing, cancels whatever else of the
+    batch is running and raises: the caller acks nothing."""
+    whole: StageBatch | None = None
+    try:
+        part = await anext(parts, None)
+        while part is not None:
+            part.fresh_ids, following = await both(deliver(part, sinks, send), anext(parts, None))
+            whole = part if whole is None else whole.merged(part)
+            part = following
+    finally:
+        await parts.aclose()
+    if whole is None:
+        raise RuntimeError("the stage yielded no part for its micro-batch")
+    return whole
+
+
+async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Await two jobs concurrently. The first to fail cancels the other (a worker about to crash need not
+    describe images for a batch that will be delivered again, nor wait on a send) and its error is raised
+    as it is, not wrapped, so ``register_stage`` logs it as before."""
+    tasks = [asyncio.ensure_future(first), asyncio.ensure_future(second)]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()
+        return tasks[0].result(), tasks[1].result()
+    finally:
+        for task in tasks:
+            task.cancel()  # nothing for a finished task; here when one failed or we were cancelled
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class MicroBatches:
@@ -213,8 +290,7 @@ async def run_stage(stream: Any, stage: Stage, sinks: Sequence[Sink], send: Send
     agent's faust stream in a worker)."""
     async for events in stream.noack_take(batch_max, within=within):
         started = time.perf_counter()
-        batch = await stage.process_events(events)
-        batch.fresh_ids = await deliver(batch, sinks, send)
+        batch = await deliver_parts(stage.process_parts(events), sinks, send)
         for event in events:
             await stream.ack(event)
         seconds = time.perf_counter() - started
