@@ -20,29 +20,20 @@ from affectstream.streaming.worker.result import Result
 from affectstream.streaming.worker.settings import Settings
 from affectstream.streaming.worker.stage import Stage, StageBatch, run_stage
 from tests.servers import settings_for
+from tests.test_sinks import _Batch, _Stream as _SinkStream
 
 WAIT_S = 5.0
 
 
-class _Event:
-    def __init__(self, value: bytes):
-        self.message = type("Message", (), {"value": value})()
-
-
-class _Stream:
-    """What run_stage needs of a faust stream; acks go to the shared ``timeline``."""
+class _Stream(_SinkStream):
+    """test_sinks' in-memory stream; acks also go to the shared ``timeline``."""
 
     def __init__(self, batches: list[list[bytes]], timeline: list):
-        self.batches = [[_Event(v) for v in batch] for batch in batches]
+        super().__init__(batches)
         self.timeline = timeline
-        self.acked: list[bytes] = []
 
-    async def noack_take(self, max_: int, within: float):
-        for batch in self.batches:
-            yield batch
-
-    async def ack(self, event: _Event) -> None:
-        self.acked.append(event.message.value)
+    async def ack(self, event) -> None:
+        await super().ack(event)
         self.timeline.append(("ack", event.message.value))
 
 
@@ -123,8 +114,8 @@ def test_text_posts_and_dead_letters_go_out_while_images_are_described_and_acks_
     assert "n=5 forwarded=4 dlq=1 described=2 cache_hits=0" in line, line
 
 
-def test_the_image_part_is_described_and_stamped():
-    timeline: list = []
+def _run_unblocked(batch: list) -> list[dict]:
+    """One batch through `run_stage` with a captioner that answers at once; what each send got, in order."""
     sent: list[dict] = []
     captioner = _BlockingCaptioner()
     captioner.release.set()
@@ -134,9 +125,14 @@ def test_the_image_part_is_described_and_stamped():
         sent.append(records)
 
     try:
-        asyncio.run(run_stage(_Stream([MIXED], timeline), stage, [], send, batch_max=10, within=0.01))
+        asyncio.run(run_stage(_Stream([batch], []), stage, [], send, batch_max=10, within=0.01))
     finally:
         stage.close()
+    return sent
+
+
+def test_the_image_part_is_described_and_stamped():
+    sent = _run_unblocked(MIXED)
     dead = [orjson.loads(v) for _, v in sent[0]["dlq"]]
     assert [(d["stage"], d["reason"]) for d in dead] == [("parse", "invalid_json")]
     images = {orjson.loads(v)["id"]: orjson.loads(v) for _, v in sent[1]["enriched"]}
@@ -146,19 +142,7 @@ def test_the_image_part_is_described_and_stamped():
 
 @pytest.mark.parametrize("batch, sends", [(TEXT + [MALFORMED], 1), (IMAGES, 1), (MIXED, 2)])
 def test_a_batch_is_split_only_when_it_has_both_lanes(batch, sends):
-    timeline: list = []
-    sent: list[dict] = []
-    captioner = _BlockingCaptioner()
-    captioner.release.set()
-    stage = Captioning(settings_for(caption_timeout_s=WAIT_S), captioner)
-
-    async def send(records):
-        sent.append(records)
-
-    try:
-        asyncio.run(run_stage(_Stream([batch], timeline), stage, [], send, batch_max=10, within=0.01))
-    finally:
-        stage.close()
+    sent = _run_unblocked(batch)
     assert len(sent) == sends
     assert sum(len(_ids(r)[0]) + len(_ids(r)[1]) for r in sent) == len(batch), "every post once"
 
@@ -210,15 +194,6 @@ def test_a_failure_in_either_part_raises_and_acks_nothing(failing):
 
 @pytest.fixture
 def no_split_run():
-    class _Batch(StageBatch):
-        def __init__(self, items: list[SinkItem]):
-            super().__init__()
-            self._items = items
-
-        @property
-        def items(self) -> list[SinkItem]:
-            return self._items
-
     class _PartitionStage(Stage):
         """Like the classify stage: overrides process_events, never process_parts."""
         calls = 0
