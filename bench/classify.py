@@ -24,7 +24,6 @@ bench needs nothing beyond the project's runtime dependencies.
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,10 +222,8 @@ def forward_utilisation(shape: Shape, serving, pairs: list[tuple[str, str]], bat
         batches.append((parts, [t for enc in parts for t in enc.attention_mask.sum(dim=1).tolist()],
                         sum(enc.input_ids.numel() for enc in parts)))
     if lanes > 1:
-        lane_forward = functools.partial(serving._forward, session=serving.lane_session)
-
         def forward(parts):
-            return list(serving._pool.map(lane_forward, parts))
+            return list(serving._pool.map(serving._forward, parts))
     else:
         def forward(parts):
             return [serving._forward(enc) for enc in parts]

@@ -315,7 +315,7 @@ def run(model_dir: Path, *, burst: int, load_seconds: float, loads: tuple[float,
         batch_window_s: float, device: str, threads: int, pairs: list[tuple[str, str]],
         caption_images: int, say: Callable[[str], None], image_burst: int | None = None, image_every: int = 3,
         caption_batch_max: int | None = None, caption_window_s: float | None = None,
-        inference_backend: str = "torch") -> dict:
+        inference_backend: str = "torch", onnx_lanes: int = 0) -> dict:
     """The three workloads (module docstring); ``caption_images`` = 0 runs the text-only one alone. The
     top-level ``max_posts_per_s`` / ``latency`` are the text-only workload's."""
     from affectstream.streaming.tools.services import EmbeddedServices
@@ -330,7 +330,8 @@ def run(model_dir: Path, *, burst: int, load_seconds: float, loads: tuple[float,
                          redis_prefix=f"bench{run_id}:", model_dir=str(model_dir), captioner="offline",
                          batch_max=batch_max, batch_window_s=batch_window_s, caption_batch_max=caption_batch_max,
                          caption_batch_window_s=caption_window_s, device=device, threads=threads,
-                         inference_backend=inference_backend, session_timeout_s=6.0, heartbeat_interval_s=1.0,
+                         inference_backend=inference_backend, onnx_lanes=onnx_lanes,
+                         session_timeout_s=6.0, heartbeat_interval_s=1.0,
                          web_enabled=False, partitions=4)
     say(f"  model alone on one batch of {batch_max} ...")
     compute_ms = [batch_compute_ms(model_dir, texts, batch_max, device, threads, inference_backend)]

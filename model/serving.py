@@ -18,7 +18,6 @@ gate measured on other weights or another int8 recipe does not count.
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import subprocess
@@ -61,12 +60,11 @@ class OnnxPredictor(PairPredictor):
     min_bucket = ONNX_MIN_BUCKET
 
     def __init__(self, session, tokenizer, config: AlignedConfig, *, precision: str, top_k: int, batch_size: int,
-                 version: str, graph: Path, lane_session=None, lanes: int = 1):
+                 version: str, graph: Path, lanes: int = 1):
         super().__init__(tokenizer, config, top_k=top_k, batch_size=batch_size, version=version)
         self.session = session
-        # lanes: the chunks of a micro-batch run at once, one single-threaded call each, on `lane_session`
-        self.lane_session = lane_session
-        self.lanes = lanes if lane_session is not None else 1
+        # lanes: the chunks of a micro-batch run at once, each its own call of the one session
+        self.lanes = max(1, lanes)
         self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="onnx-lane") if self.lanes > 1 else None
         self.precision = precision
         self.backend = f"onnx-{precision}"
@@ -77,19 +75,18 @@ class OnnxPredictor(PairPredictor):
 
     @classmethod
     def from_directory(cls, path: str | Path, precision: str = "int8", threads: int = 0, top_k: int | None = None,
-                       batch_size: int = 64) -> "OnnxPredictor":
+                       batch_size: int = 64, lanes: int = 0) -> "OnnxPredictor":
         from transformers import AutoTokenizer
 
         config = AlignedConfig.from_pretrained(str(path))
         k = top_k or config.top_k
         graph = export_in_child(path, precision, k)
-        lanes = threads if threads > 0 else available_cores()
+        lanes = lanes or threads or available_cores()  # lanes 1: one call per chunk, every core inside it
         session = cls._session(graph, threads)
-        lane_session = cls._session(graph, 1) if lanes > 1 else None
         tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True)
         version = config.version if config.version != "untrained" else f"untrained:{Path(path).name}"
         return cls(session, tokenizer, config, precision=precision, top_k=k, batch_size=batch_size,
-                   version=version, graph=graph, lane_session=lane_session, lanes=lanes)
+                   version=version, graph=graph, lanes=lanes)
 
     @staticmethod
     def _session(graph: Path, threads: int):
@@ -105,26 +102,27 @@ class OnnxPredictor(PairPredictor):
         return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
 
     def _run_chunks(self, chunks: list[list[tuple[str, str]]], marked: str) -> Iterable[list[Prediction]]:
-        """Several chunks: one single-threaded call per chunk, `lanes` at a time (ONNX Runtime releases the
-        GIL). On small batches this beats one call spreading each operator over the cores, whose per-op
-        hand-offs cost more than the work (measured: 1.14-1.29x the graph's posts/s at batch 8-64 on 2
-        cores). A lone chunk (a batch of one post) still gets every core through the main session."""
+        """Several chunks: one call per chunk, `lanes` calls of the session at once (ONNX Runtime releases the
+        GIL and a session may run concurrently). On small batches this beats one call spreading each
+        operator over the cores, whose per-op hand-offs cost more than the work: 1.29x / 1.14x / 1.07x
+        posts/s at batch 8 / 32 / 64 on 2 cores (interleaved A/B). Concurrent calls of one session did as
+        well as a second, single-threaded session (897 vs 875 posts/s at batch 8, 906 vs 937 at 32), which
+        cost 78 MB more in the classify worker, so there is one."""
         if self._pool is None or len(chunks) < 2:
             return super()._run_chunks(chunks, marked)
-        forward = functools.partial(self._forward, session=self.lane_session)
         # longest work first, so the last chunk to start is a short one (chunks arrive shortest first)
-        futures = {i: self._pool.submit(self._predict_batch, chunks[i], marked, forward)
+        futures = {i: self._pool.submit(self._predict_batch, chunks[i], marked)
                    for i in sorted(range(len(chunks)), key=lambda i: -chunk_cost(chunks[i]))}
         return [futures[i].result() for i in range(len(chunks))]
 
-    def _forward(self, batch: EncodedPairs, session=None) -> ForwardOutputs:
+    def _forward(self, batch: EncodedPairs) -> ForwardOutputs:
         feeds = {name: tensor.numpy() for name, tensor in batch.model_inputs().items() if name in self._inputs}
         seq = batch.input_ids.shape[1]
         if seq < self.top_k:  # the graph's top-K needs K positions: masked, unselectable padding (onnx_export)
             pad_ids = {"input_ids": self.tokenizer.pad_token_id, "token_type_ids": self.tokenizer.pad_token_type_id}
             feeds = {name: np.pad(array, ((0, 0), (0, self.top_k - seq)), constant_values=pad_ids.get(name, 0))
                      for name, array in feeds.items()}
-        out = dict(zip(self._outputs, (session or self.session).run(self._outputs, feeds)))
+        out = dict(zip(self._outputs, self.session.run(self._outputs, feeds)))
         # padded positions are never valid; clamp them so decoding's gathers stay inside the batch
         selected_idx = torch.from_numpy(np.minimum(out["selected_idx"], seq - 1))
         emotion = out.get("emotion_logits")
@@ -221,9 +219,11 @@ def choose_backend(model_dir: str | Path, device: str = "auto") -> tuple[str, st
 
 
 def load_predictor(model_dir: str | Path, backend: str = "torch", *, device: str = "auto", threads: int = 0,
-                   top_k: int | None = None, batch_size: int = 64, dtype: str = "auto") -> PairPredictor:
+                   top_k: int | None = None, batch_size: int = 64, dtype: str = "auto",
+                   lanes: int = 0) -> PairPredictor:
     """A predictor for a deployed directory on `backend` (one of BACKENDS). `device` and `dtype` are the
-    torch backend's (model/device.py); the ONNX backends run on the CPU."""
+    torch backend's (model/device.py); the ONNX backends run on the CPU, `lanes` chunks of a micro-batch at
+    once (0: `threads`, else one per available core; 1: off)."""
     backend = str(backend).strip().lower()
     if backend not in BACKENDS:
         raise ValueError(f"unknown inference backend {backend!r}; expected one of {', '.join(BACKENDS)}")
@@ -235,7 +235,8 @@ def load_predictor(model_dir: str | Path, backend: str = "torch", *, device: str
     if backend != "torch":
         try:
             predictor: PairPredictor = OnnxPredictor.from_directory(
-                model_dir, precision=backend.split("-", 1)[1], threads=threads, top_k=top_k, batch_size=batch_size)
+                model_dir, precision=backend.split("-", 1)[1], threads=threads, top_k=top_k, batch_size=batch_size,
+                lanes=lanes)
         except (RuntimeError, OSError, ImportError) as e:
             if not automatic:  # asked for by name: the caller hears why it cannot be had
                 raise

@@ -377,8 +377,9 @@ def load_model(settings: Settings, model_dir: str):
     """Every model the stage serves (deployed or candidate) is loaded here, on ``settings.inference_backend``."""
     from affectstream.model.serving import load_predictor  # torch: imported by register(), before the loop runs
     predictor = load_predictor(model_dir, settings.inference_backend, device=settings.device, threads=settings.threads,
-                               top_k=settings.top_k or None)
-    log.info("model %s served on %s (%s)", predictor.version, predictor.backend, predictor.backend_reason)
+                               top_k=settings.top_k or None, lanes=settings.onnx_lanes)
+    log.info("model %s served on %s, %d lane(s) (%s)", predictor.version, predictor.backend, predictor.lanes,
+             predictor.backend_reason)
     return predictor
 
 
