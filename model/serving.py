@@ -9,7 +9,8 @@
                 has bf16 units or a GPU is used, else onnx-fp32
 
 Every backend is a `PairPredictor`: tokenisation, length bucketing, top-K decoding and the rationale are
-the predictor's own code (model/predictor.py); a backend only supplies the forward pass.
+the predictor's own code (model/predictor.py); a backend only supplies the forward pass. The ONNX backends
+also run a micro-batch's length buckets as concurrent calls of their session ("lanes", `OnnxPredictor`).
 
 The int8 quality gate (written by `affectstream bench --int8-gate MODEL_DIR`, training/int8_gate.py) is a
 JSON file, `int8_gate.json` in the model directory (or, when that is read-only, under

@@ -377,7 +377,7 @@ def test_render_meme_is_deterministic_and_draws_dark_text_on_light_background() 
 
 
 def test_load_dataset_rejects_unknown_kind_and_missing_path() -> None:
-    assert set(KINDS) == {"mvsa-single", "mvsa-multiple", "msed", "vader", "jsonl", "proxy", "twitter2015", "twitter2017"}
+    assert set(KINDS) == {"mvsa-single", "mvsa-multiple", "msed", "vader", "vader-snippets", "jsonl", "proxy", "twitter2015", "twitter2017"}
     with pytest.raises(ValueError, match="unknown dataset kind"):
         load_dataset("imdb", "x")
     with pytest.raises(ValueError, match="needs a path"):
@@ -393,7 +393,7 @@ def test_registry_rows_name_real_options_and_baselines() -> None:
         assert callable(spec.load), kind
         assert set(spec.train_options.values()) <= fields, kind
         assert spec.baseline is None or spec.baseline in BASELINES, kind
-    assert [k for k, spec in KINDS.items() if not spec.needs_path] == ["vader", "proxy"]
+    assert [k for k, spec in KINDS.items() if not spec.needs_path] == ["vader", "vader-snippets", "proxy"]
     assert KINDS["proxy"].synthetic and KINDS["vader"].baseline == "vader_rule"
 
 
