@@ -330,9 +330,8 @@ def run(model_dir: Path, *, burst: int, load_seconds: float, loads: tuple[float,
                          redis_prefix=f"bench{run_id}:", model_dir=str(model_dir), captioner="offline",
                          batch_max=batch_max, batch_window_s=batch_window_s, caption_batch_max=caption_batch_max,
                          caption_batch_window_s=caption_window_s, device=device, threads=threads,
-                         inference_backend=inference_backend, onnx_lanes=onnx_lanes,
-                         session_timeout_s=6.0, heartbeat_interval_s=1.0,
-                         web_enabled=False, partitions=4)
+                         inference_backend=inference_backend, onnx_lanes=onnx_lanes, session_timeout_s=6.0,
+                         heartbeat_interval_s=1.0, web_enabled=False, partitions=4)
     say(f"  model alone on one batch of {batch_max} ...")
     compute_ms = [batch_compute_ms(model_dir, texts, batch_max, device, threads, inference_backend)]
     out: dict = {"batch_max": batch_max, "batch_window_s": batch_window_s, "caption_batch_max": caption_batch_max,

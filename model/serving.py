@@ -248,5 +248,6 @@ def load_predictor(model_dir: str | Path, backend: str = "torch", *, device: str
     if backend == "torch":
         predictor = BatchPredictor.from_directory(model_dir, device=device, threads=threads, top_k=top_k, dtype=dtype,
                                                   batch_size=batch_size)
-    predictor.backend_reason = reason  # one line for the stage's start-up log
+    lanes = f"; {predictor.lanes} lanes (AFFECTSTREAM_ONNX_LANES)" if predictor.lanes > 1 else ""
+    predictor.backend_reason = reason + lanes  # one line for the stage's start-up log
     return predictor

@@ -378,8 +378,7 @@ def load_model(settings: Settings, model_dir: str):
     from affectstream.model.serving import load_predictor  # torch: imported by register(), before the loop runs
     predictor = load_predictor(model_dir, settings.inference_backend, device=settings.device, threads=settings.threads,
                                top_k=settings.top_k or None, lanes=settings.onnx_lanes)
-    log.info("model %s served on %s, %d lane(s) (%s)", predictor.version, predictor.backend, predictor.lanes,
-             predictor.backend_reason)
+    log.info("model %s served on %s (%s)", predictor.version, predictor.backend, predictor.backend_reason)
     return predictor
 
 
