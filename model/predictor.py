@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -279,10 +279,9 @@ class PairPredictor(ABC):
                             self.config.max_length, marked=marked, normalization=self.config.text_normalization)
 
     @torch.inference_mode()
-    def _predict_batch(self, pairs: list[tuple[str, str]], marked: str = "",
-                       forward: Callable[[EncodedPairs], ForwardOutputs] | None = None) -> list[Prediction]:
+    def _predict_batch(self, pairs: list[tuple[str, str]], marked: str = "") -> list[Prediction]:
         batch = self.encode(pairs, marked)
-        out = (forward or self._forward)(batch)
+        out = self._forward(batch)
         probs = softmax_rows(out.sentiment_logits)                                          # (B, n_sentiment)
         emotion_probs = softmax_rows(out.emotion_logits) if out.emotion_logits is not None else None
         selected_idx = out.selected_idx                                                         # (B, K)
