@@ -208,9 +208,9 @@ def model_only(shape: Shape, root: Path, *, pairs: list[tuple[str, str]], batch_
 
 
 def forward_utilisation(shape: Shape, serving, pairs: list[tuple[str, str]], batch: int, rounds: int) -> dict:
-    """Time the serving backend's forward alone (`serving._forward`: torch or ONNX Runtime) on length-sorted
-    micro-batches of `batch` posts, tokenised beforehand. A backend with parallel lanes runs each batch as
-    serving does: one part per lane, at once (`spread_chunks`)."""
+    """Time the serving backend's forward alone (`serving.forward_parts`: torch or ONNX Runtime) on
+    length-sorted micro-batches of `batch` posts, tokenised beforehand. A backend with parallel lanes runs
+    each batch as serving does: one part per lane, at once (`spread_chunks`)."""
     from affectstream.model.predictor import spread_chunks
 
     order = sorted(pairs, key=lambda p: len(p[0]) + len(p[1]))
@@ -221,12 +221,7 @@ def forward_utilisation(shape: Shape, serving, pairs: list[tuple[str, str]], bat
                  for part in spread_chunks([list(range(batch))], lanes)]
         batches.append((parts, [t for enc in parts for t in enc.attention_mask.sum(dim=1).tolist()],
                         sum(enc.input_ids.numel() for enc in parts)))
-    if lanes > 1:
-        def forward(parts):
-            return list(serving._pool.map(serving._forward, parts))
-    else:
-        def forward(parts):
-            return [serving._forward(enc) for enc in parts]
+    forward = serving.forward_parts
     device = getattr(serving, "device", torch.device("cpu"))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     real_flops = sum(flops_per_post(shape.encoder_config, t) for _, tokens, _ in batches for t in tokens)

@@ -274,6 +274,11 @@ class PairPredictor(ABC):
         parallel lanes overrides this)."""
         return (self._predict_batch(chunk, marked) for chunk in chunks)
 
+    def forward_parts(self, parts: list[EncodedPairs]) -> list[ForwardOutputs]:
+        """The forward pass alone over encoded parts of one micro-batch, as serving runs them (the bench
+        times it): one after another here, at once on a backend with lanes."""
+        return [self._forward(part) for part in parts]
+
     def encode(self, pairs: list[tuple[str, str]], marked: str = "") -> EncodedPairs:
         return encode_pairs(self.tokenizer, [text for text, _ in pairs], [description for _, description in pairs],
                             self.config.max_length, marked=marked, normalization=self.config.text_normalization)

@@ -116,6 +116,11 @@ class OnnxPredictor(PairPredictor):
                    for i in sorted(range(len(chunks)), key=lambda i: -chunk_cost(chunks[i]))}
         return [futures[i].result() for i in range(len(chunks))]
 
+    def forward_parts(self, parts: list[EncodedPairs]) -> list[ForwardOutputs]:
+        if self._pool is None or len(parts) < 2:
+            return super().forward_parts(parts)
+        return list(self._pool.map(self._forward, parts))
+
     def _forward(self, batch: EncodedPairs) -> ForwardOutputs:
         feeds = {name: tensor.numpy() for name, tensor in batch.model_inputs().items() if name in self._inputs}
         seq = batch.input_ids.shape[1]

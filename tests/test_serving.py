@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -65,6 +66,11 @@ def test_parallel_lanes_give_the_answers_of_one_call_per_chunk_in_input_order(em
     posts = POSTS * 5  # 30 posts of six lengths: several chunks, run two at a time
     for a, b in zip(single.predict(posts), lanes.predict(posts)):
         same_prediction(a, b, tol=1e-4)
+    # the forward alone over encoded parts (what the bench times) is the same on lanes as one after another
+    parts = [single.encode(POSTS[:3]), single.encode(POSTS[3:])]
+    for a, b in zip(single.forward_parts(parts), lanes.forward_parts(parts)):
+        assert torch.allclose(a.sentiment_logits, b.sentiment_logits, atol=1e-5)
+        assert torch.equal(a.selected_idx, b.selected_idx)
     chunk_counts = []
     run_chunks = lanes._run_chunks
     lanes._run_chunks = lambda chunks, marked: chunk_counts.append(len(chunks)) or run_chunks(chunks, marked)

@@ -95,7 +95,7 @@ def load_vader(path: str | Path | None = None, *, seed: int = 13, split_file: st
     those; None → the cached, checksum-verified sdist (downloaded on first use)."""
     if path is None:
         source = ensure_sdist()
-        raw = _tweets_from_tar(source.read_bytes(), str(source))
+        raw = _file_from_tar(source.read_bytes(), str(source))
         source_desc = f"{source} (sha256 {SDIST_SHA256})"
     else:
         raw, source_desc = _tweets_from_path(Path(path))
@@ -149,12 +149,12 @@ def _tweets_from_path(p: Path) -> tuple[bytes, str]:
                 return _tweets_from_path(cand)
         raise FileNotFoundError(f"no {TWEETS_FILE} or .tar.gz under {p}")
     if p.name.endswith((".tar.gz", ".tgz", ".tar")):
-        return _tweets_from_tar(p.read_bytes(), str(p)), str(p)
+        return _file_from_tar(p.read_bytes(), str(p)), str(p)
     return p.read_bytes(), str(p)
 
 
-def _tweets_from_tar(data: bytes, where: str, depth: int = 0, name: str = TWEETS_FILE) -> bytes:
-    """`name` (tweets_GroundTruth.txt) from a tarball, looking inside nested tarballs (sdist → hutto archive)."""
+def _file_from_tar(data: bytes, where: str, depth: int = 0, name: str = TWEETS_FILE) -> bytes:
+    """The file `name` from a tarball, looking inside nested tarballs (sdist → hutto archive)."""
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
         members = [m for m in tar.getmembers() if m.isfile()]
         for m in members:
@@ -165,7 +165,7 @@ def _tweets_from_tar(data: bytes, where: str, depth: int = 0, name: str = TWEETS
                 if m.name.endswith((".tar.gz", ".tgz")):
                     try:
                         inner = tar.extractfile(m).read()  # type: ignore[union-attr]
-                        return _tweets_from_tar(inner, where, depth + 1, name)
+                        return _file_from_tar(inner, where, depth + 1, name)
                     except FileNotFoundError:
                         continue
     raise FileNotFoundError(f"no {name} inside {where}")
@@ -188,11 +188,12 @@ def load_vader_snippets(path: str | Path | None = None, *, seed: int = 13, split
     skipped: dict[str, int] = {}
     notes: dict[str, int] = {}
     samples: list[Sample] = []
+    data = None if archive.is_dir() else archive.read_bytes()  # read once, searched once per file
     for set_name, file_name in SNIPPET_FILES.items():
-        if archive.is_dir():
+        if data is None:
             raw = (archive / file_name).read_bytes()
         else:
-            raw = _tweets_from_tar(archive.read_bytes(), str(archive), name=file_name)
+            raw = _file_from_tar(data, str(archive), name=file_name)
         for line in parse_tweets(decode_text(raw), skipped):
             samples.append(Sample(id=f"{set_name}:{line.id}", text=line.text, label=label_for(line.mean), split="train"))
     samples = assign_splits(samples, seed=seed, split_file=split_file, skipped=skipped, notes=notes)
