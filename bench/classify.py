@@ -213,11 +213,13 @@ def forward_utilisation(shape: Shape, serving, pairs: list[tuple[str, str]], bat
     each batch as serving does: one part per lane, at once (`spread_chunks`)."""
     from affectstream.model.predictor import spread_chunks
 
-    order = sorted(pairs, key=lambda p: len(p[0]) + len(p[1]))
+    encoded = serving.encode(pairs)  # sorted by real tokens, as serving buckets a micro-batch (PairPredictor)
+    lengths = encoded.attention_mask.sum(dim=1).tolist()
+    order = sorted(range(len(pairs)), key=lengths.__getitem__)
     lanes = getattr(serving, "lanes", 1)
     batches = []
     for start in range(0, len(order) - batch + 1, batch):
-        parts = [serving.encode([order[start + i] for i in part])
+        parts = [encoded.rows([order[start + i] for i in part])
                  for part in spread_chunks([list(range(batch))], lanes)]
         batches.append((parts, [t for enc in parts for t in enc.attention_mask.sum(dim=1).tolist()],
                         sum(enc.input_ids.numel() for enc in parts)))
