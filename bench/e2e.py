@@ -35,6 +35,7 @@ crosses both). Peak resident memory (VmHWM) of both workers is read at the end.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import re
 import statistics
@@ -48,6 +49,7 @@ from typing import Callable, Iterator
 import orjson
 
 from affectstream.bench.workload import Workload
+from affectstream.streaming.worker import heap
 from affectstream.streaming.worker.kafka_config import bootstrap_servers, kafka_client_kwargs
 from affectstream.streaming.worker.redis_client import sync_redis
 from affectstream.streaming.worker.result import Result
@@ -286,8 +288,6 @@ def batch_compute_ms(model_dir: Path, texts: list[str], batch_max: int, device: 
                      backend: str = "torch", rounds: int = 7) -> float:
     """Median time of the model alone, on ``backend`` (model/serving.py), on one full micro-batch of
     text-only posts (what the worker calls)."""
-    import gc
-
     from affectstream.model.serving import load_predictor
 
     predictor = load_predictor(str(model_dir), backend, device=device, threads=threads)
@@ -337,7 +337,7 @@ def run(model_dir: Path, *, burst: int, load_seconds: float, loads: tuple[float,
     out: dict = {"batch_max": batch_max, "batch_window_s": batch_window_s, "caption_batch_max": caption_batch_max,
                  "caption_window_s": caption_window_s, "image_every": image_every,
                  "inference_backend": inference_backend, "workloads": {}}
-    with EmbeddedServices(requested) as services, contextlib.ExitStack() as stack:
+    with EmbeddedServices(requested) as services, contextlib.ExitStack() as stack, heap.collector_paused():
         s = services.settings
         say(f"  broker {s.broker_url}, redis {s.redis_url}; starting a caption and a classify worker ...")
         observers = Observers(s)

@@ -146,6 +146,37 @@ def test_no_ack_when_any_sink_fails_and_the_other_sinks_finish_first():
     assert len(sinks[0].got) == 2, "the failure is raised only after the slower sink has finished"
 
 
+def test_the_next_batch_is_computed_while_the_last_is_delivered_and_each_is_acked_after_its_delivery():
+    log: list[tuple[str, str]] = []
+
+    class _LoggedStream(_Stream):
+        async def ack(self, event: _Event) -> None:
+            log.append(("acked", event.message.value.decode()))
+
+    class _LoggedStage(_EchoStage):
+        async def process(self, raws: list[bytes]) -> StageBatch:
+            log.append(("computed", raws[0].decode()))
+            return await super().process(raws)
+
+    class _SlowSink(_Recording):
+        async def write(self, batch: list[SinkItem]) -> None:
+            first = orjson.loads(batch[0].json)["id"]
+            await super().write(batch)
+            log.append(("delivered", first))
+
+    async def send(records):
+        pass
+
+    stream = _LoggedStream([[b"a", b"b"], [b"c"], [b"d"]])
+    asyncio.run(run_stage(stream, _LoggedStage(), [_SlowSink(delay=0.05)], send, batch_max=10, within=0.01))
+    assert log.index(("computed", "c")) < log.index(("delivered", "a")), "computing overlaps the delivery"
+    for first, acked in (("a", ["a", "b"]), ("c", ["c"]), ("d", ["d"])):
+        done = log.index(("delivered", first))
+        assert all(log.index(("acked", x)) > done for x in acked), "acked only once delivered"
+    assert [x for kind, x in log if kind == "acked"] == ["a", "b", "c", "d"]
+    assert [x for kind, x in log if kind == "delivered"] == ["a", "c", "d"]
+
+
 # --- a streamed run on the real broker and Redis ---------------------------------------------------------
 
 @pytest.mark.integration

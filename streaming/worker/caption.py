@@ -7,7 +7,7 @@ Per micro-batch:
    ``IMAGE_ERROR_REASONS``;
 2. text-only posts pass straight through, in their own lane: in the worker (``process_parts``) they and the
    parse DLQ records are delivered at once, while the batch's images are fetched and described, and the
-   image posts follow when they are done; the batch is acked after both (``stage.deliver_parts``);
+   image posts follow when they are done; the batch is acked after both (``stage.run_stage``);
 3. image posts: load the bytes (base64 / URL with the SSRF guard / path) in an I/O thread pool, look the
    sha256 up in the Redis caption cache, decode and describe the misses in the captioner's own thread
    (the GPU when the device setting gives one), each describe call bounded by ``caption_timeout_s``.

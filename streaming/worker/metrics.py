@@ -20,6 +20,8 @@ BATCH_SECONDS = Histogram("affectstream_batch_seconds", "Time to process one mic
                           registry=REGISTRY, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 LATENCY = Histogram("affectstream_end_to_end_latency_seconds", "Post created_at to result written",
                     registry=REGISTRY, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+GC_PAUSE = Histogram("affectstream_gc_pause_seconds", "Python garbage-collector pauses, by generation (heap.py)",
+                     ["generation"], registry=REGISTRY, buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25))
 CAPTION_CACHE = Counter("affectstream_caption_cache_total", "Caption cache lookups by result", ["result"],
                         registry=REGISTRY)
 MODEL_INFO = Gauge("affectstream_model_info", "Deployed model version (value 1)", ["version"], registry=REGISTRY)
@@ -103,6 +105,10 @@ def set_candidate(version: str | None, mode: str = "off", share: float = 0.0) ->
 
 def observe_rollback(candidate: str, reason: str) -> None:
     ROLLBACKS.labels(candidate, reason).inc()
+
+
+def observe_gc_pause(generation: int, seconds: float) -> None:
+    GC_PAUSE.labels(generation=str(generation)).observe(seconds)
 
 
 def set_model_version(version: str) -> None:

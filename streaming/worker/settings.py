@@ -42,6 +42,7 @@ class Settings:
     device: str = "auto"                # auto | cpu | cuda
     threads: int = 0                    # 0: torch default / ONNX: one lane per available core
     onnx_lanes: int = 0                 # ONNX backends: chunks of a micro-batch run at once (0: threads or cores; 1: off)
+    gc_freeze: bool = True              # freeze the start-up heap once a stage has started (worker/heap.py)
     inference_backend: str = "auto"     # auto | torch | onnx-fp32 | onnx-int8 (model.serving: int8 only behind its gate)
     model_registry: str = ""            # versioned model registry root (model.registry); "" = serve model_dir only
     # automatic rollback of a candidate in shadow or canary (streaming/worker/rollout.py)
