@@ -158,6 +158,7 @@ def pack_linears(model: nn.Module) -> int:
 
 MIN_BUCKET = 8        # posts: below this a bucket's per-call overhead outweighs the padding it saves
 MAX_PADDING = 0.25    # a bucket grows while its padded size stays within 1.25x its real size
+SPECIAL_CHARS = 12    # a pair's special tokens, in characters (lengths are estimated from characters)
 
 
 def length_buckets(lengths: list[int], batch_size: int, min_size: int = MIN_BUCKET,
@@ -256,27 +257,22 @@ class PairPredictor(ABC):
         return self._predict_sorted(pairs, marked=target_format)
 
     def _predict_sorted(self, pairs: list[tuple[str, str]], marked: str) -> list[Prediction]:
-        # one tokenizer call per micro-batch; its buckets are cut by real token counts, not estimated from
-        # characters (padding 15 vs 20 % at batch 32 on the bench's posts), and sliced from that encoding
-        if not pairs:
-            return []
-        batch = self.encode(pairs, marked)
-        lengths = batch.attention_mask.sum(dim=1).tolist()
+        lengths = [len(text) + len(description) + SPECIAL_CHARS for text, description in pairs]
         order = sorted(range(len(pairs)), key=lengths.__getitem__)
         chunks = [order[start:end]
                   for start, end in length_buckets([lengths[i] for i in order], self.batch_size, self.min_bucket)]
         if self.lanes > 1:
             chunks = spread_chunks(chunks, self.lanes)
         results: list[Prediction | None] = [None] * len(pairs)
-        for chunk, predictions in zip(chunks, self._run_chunks([batch.rows(c) for c in chunks])):
+        for chunk, predictions in zip(chunks, self._run_chunks([[pairs[i] for i in c] for c in chunks], marked)):
             for i, prediction in zip(chunk, predictions):
                 results[i] = prediction
         return results  # type: ignore[return-value]
 
-    def _run_chunks(self, parts: list[EncodedPairs]) -> Iterable[list[Prediction]]:
-        """Each encoded chunk's predictions, in order: one micro-batch call after another (a backend with
+    def _run_chunks(self, chunks: list[list[tuple[str, str]]], marked: str) -> Iterable[list[Prediction]]:
+        """Each chunk's predictions, in order: one micro-batch call after another (a backend with
         parallel lanes overrides this)."""
-        return (self._predict_batch(part) for part in parts)
+        return (self._predict_batch(chunk, marked) for chunk in chunks)
 
     def forward_parts(self, parts: list[EncodedPairs]) -> list[ForwardOutputs]:
         """The forward pass alone over encoded parts of one micro-batch, as serving runs them (the bench
@@ -288,7 +284,8 @@ class PairPredictor(ABC):
                             self.config.max_length, marked=marked, normalization=self.config.text_normalization)
 
     @torch.inference_mode()
-    def _predict_batch(self, batch: EncodedPairs) -> list[Prediction]:
+    def _predict_batch(self, pairs: list[tuple[str, str]], marked: str = "") -> list[Prediction]:
+        batch = self.encode(pairs, marked)
         out = self._forward(batch)
         probs = softmax_rows(out.sentiment_logits)                                          # (B, n_sentiment)
         emotion_probs = softmax_rows(out.emotion_logits) if out.emotion_logits is not None else None

@@ -102,19 +102,19 @@ class OnnxPredictor(PairPredictor):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
 
-    def _run_chunks(self, parts: list[EncodedPairs]) -> Iterable[list[Prediction]]:
+    def _run_chunks(self, chunks: list[list[tuple[str, str]]], marked: str) -> Iterable[list[Prediction]]:
         """Several chunks: one call per chunk, `lanes` calls of the session at once (ONNX Runtime releases the
         GIL and a session may run concurrently). On small batches this beats one call spreading each
         operator over the cores, whose per-op hand-offs cost more than the work: 1.29x / 1.14x / 1.07x
         posts/s at batch 8 / 32 / 64 on 2 cores (interleaved A/B). Concurrent calls of one session did as
         well as a second, single-threaded session (897 vs 875 posts/s at batch 8, 906 vs 937 at 32), which
         cost 78 MB more in the classify worker, so there is one."""
-        if self._pool is None or len(parts) < 2:
-            return super()._run_chunks(parts)
-        # largest first, so the last chunk to start is a small one (chunks arrive shortest first)
-        futures = {i: self._pool.submit(self._predict_batch, parts[i])
-                   for i in sorted(range(len(parts)), key=lambda i: -parts[i].input_ids.numel())}
-        return [futures[i].result() for i in range(len(parts))]
+        if self._pool is None or len(chunks) < 2:
+            return super()._run_chunks(chunks, marked)
+        # longest work first, so the last chunk to start is a short one (chunks arrive shortest first)
+        futures = {i: self._pool.submit(self._predict_batch, chunks[i], marked)
+                   for i in sorted(range(len(chunks)), key=lambda i: -chunk_cost(chunks[i]))}
+        return [futures[i].result() for i in range(len(chunks))]
 
     def forward_parts(self, parts: list[EncodedPairs]) -> list[ForwardOutputs]:
         if self._pool is None or len(parts) < 2:
@@ -139,6 +139,11 @@ class OnnxPredictor(PairPredictor):
             selected_scores=torch.from_numpy(out["selected_scores"]),
             selected_valid=torch.from_numpy(out["selected_valid"]),
         )
+
+
+def chunk_cost(chunk: list[tuple[str, str]]) -> int:
+    """A chunk's padded size in characters: its posts times its longest pair (the work of its call)."""
+    return len(chunk) * max(len(text) + len(description) for text, description in chunk)
 
 
 def available_cores() -> int:

@@ -73,7 +73,7 @@ def test_parallel_lanes_give_the_answers_of_one_call_per_chunk_in_input_order(em
         assert torch.equal(a.selected_idx, b.selected_idx)
     chunk_counts = []
     run_chunks = lanes._run_chunks
-    lanes._run_chunks = lambda parts: chunk_counts.append(len(parts)) or run_chunks(parts)
+    lanes._run_chunks = lambda chunks, marked: chunk_counts.append(len(chunks)) or run_chunks(chunks, marked)
     lanes.predict(POSTS[:2])
     assert chunk_counts == [2]  # a two-post micro-batch (one length bucket) is split: one post per lane
 
