@@ -9,12 +9,24 @@ from affectstream.streaming.worker.app import FETCH_MAX_WAIT_MS, create_app
 from affectstream.streaming.worker.settings import Settings
 
 
-def test_worker_consumer_uses_short_fetch_wait():
+def fetch_wait_of(settings: Settings) -> int:
     async def build():
-        app = create_app(Settings(broker_url="kafka://127.0.0.1:9", redis_url="redis://127.0.0.1:9/0"),
-                         "all", register=False)
+        app = create_app(settings, "all", register=False)
         thread = app.consumer._new_consumer_thread()
         consumer = thread._create_worker_consumer(app.transport)
         return consumer._fetch_max_wait_ms
 
-    assert asyncio.run(build()) == FETCH_MAX_WAIT_MS <= 100
+    return asyncio.run(build())
+
+
+SERVICES = dict(broker_url="kafka://127.0.0.1:9", redis_url="redis://127.0.0.1:9/0")
+
+
+def test_worker_consumer_uses_short_fetch_wait():
+    assert fetch_wait_of(Settings(**SERVICES)) == FETCH_MAX_WAIT_MS <= 100
+
+
+def test_fetch_wait_is_a_setting():
+    settings = Settings.load(env={"AFFECTSTREAM_FETCH_MAX_WAIT_MS": "20", "AFFECTSTREAM_BROKER_URL": SERVICES["broker_url"],
+                                  "AFFECTSTREAM_REDIS_URL": SERVICES["redis_url"]})
+    assert fetch_wait_of(settings) == 20

@@ -27,7 +27,9 @@ from affectstream.streaming.worker.settings import Settings
 # 27 / 54 at 100, 10 / 28 at 50, 6 / 12 at 20. At 1500 that wait was the end-to-end latency floor
 # (~630 ms p50 even at 25% load). The price is empty fetches while idle: worker + broker CPU at idle was
 # 1.4% of a core at 1500, 4.6% at 50, 9.2% at 20 — 50 ms keeps the added latency under ~25 ms.
-FETCH_MAX_WAIT_MS = 50
+# ``Settings.fetch_max_wait_ms`` overrides it per worker (a Kafka broker answers as soon as data arrives,
+# so there it only sets how often an idle consumer asks).
+FETCH_MAX_WAIT_MS = Settings.fetch_max_wait_ms
 
 ROLES = ("caption", "classify", "all", "monitor")  # monitor: no agents; the CLI adds web + alerts
 WILDCARD_BINDS = ("0.0.0.0", "::", "")
@@ -64,14 +66,13 @@ def _advertised_host(bind: str) -> str:
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """faust's aiokafka consumer thread with our ``fetch_max_wait_ms`` instead of its fixed 1500 ms."""
 
-    fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS
-
     def _create_worker_consumer(self, transport):
         consumer = super()._create_worker_consumer(transport)
         # the consumer keeps the value until start() builds its Fetcher with it (aiokafka 0.8 - 0.14)
         if not hasattr(consumer, "_fetch_max_wait_ms"):
             raise RuntimeError("aiokafka changed: AIOKafkaConsumer has no _fetch_max_wait_ms to lower")
-        consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
+        settings = getattr(self.app, "affect_settings", None)
+        consumer._fetch_max_wait_ms = settings.fetch_max_wait_ms if settings is not None else FETCH_MAX_WAIT_MS
         return consumer
 
 

@@ -32,6 +32,7 @@ class Settings:
     topic_feedback: str = "feedback"            # analysts' corrections (key: post id)
     topic_shadow: str = "sentiment-shadow"      # a candidate model's results on shadowed posts (never counted)
     partitions: int = 4
+    fetch_max_wait_ms: int = 50                 # how long the broker may hold an empty fetch (worker/app.py)
     replication_factor: int = 1
 
     # classify agent
