@@ -11,7 +11,7 @@ only a reference cycle among them would outlive its use, and start-up objects ar
 Pauses are timed into ``affectstream_gc_pause_seconds`` (by generation) so that a regression is visible
 on /metrics. A measuring process pauses its collector outright (``collector_paused``): the end-to-end bench
 stamps and observes posts in a process that has loaded the model too, and its own 70-290 ms collections
-were read as the pipeline's latency (p99 at 50 % load 230 ms with them, 129 ms without, same code).
+were read as the pipeline's latency (p99 at 50 % load 230 ms as it was, 129 ms with its heap frozen).
 """
 from __future__ import annotations
 
