@@ -3,6 +3,7 @@ import json
 import random
 
 import pytest
+import torch
 
 from affectstream.model.deploy import load_deployed
 from affectstream.model.predictor import BatchPredictor
@@ -49,6 +50,23 @@ def test_resume_continues_from_checkpoint(tmp_path, keyword_jsonl):
     assert resumed.history == first.history
     longer = train(cfg.replace(epochs=3), progress=False)  # a different config never resumes someone else's run
     assert [r["epoch"] for r in longer.history] == [1, 2, 3]
+
+
+def test_weight_ema_scores_keeps_and_exports_the_moving_average(tmp_path, keyword_jsonl):
+    from safetensors.torch import load_file
+
+    cfg = tiny_cfg(tmp_path, keyword_jsonl, epochs=2, patience=10, weight_ema=0.9)
+    result = train(cfg, progress=False)
+    assert result.metrics["test"]["posts"]["accuracy"] > 0.6
+    ckpt = tmp_path / "run" / "checkpoint"
+    raw, averaged = load_file(str(ckpt / "model.safetensors")), load_file(str(ckpt / "averaged.safetensors"))
+    best = load_file(str(tmp_path / "run" / "best.safetensors"))
+    name = "sentiment_head.weight"
+    assert not torch.equal(raw[name], averaged[f"module.{name}"]), "the average lags the raw weights"
+    if result.metrics["dev_best"]["epoch"] == 2:  # the best epoch is the last one: its average was kept
+        assert torch.equal(best[name], averaged[f"module.{name}"])
+    resumed = train(cfg, progress=False)  # the average is part of the checkpoint: nothing retrained
+    assert resumed.history == result.history
 
 
 def test_init_from_starts_at_a_trained_models_weights_and_refuses_another_encoder(tmp_path, keyword_jsonl):

@@ -34,6 +34,7 @@ VARIANTS: dict[str, dict] = {
     "no class bias": {"class_bias": False},
     "scorer warm-up (first 25% soft over all tokens)": {"scorer_warmup": 0.25},
     "λ ramp (0 → λ over the first half)": {"uniformity_ramp": 0.5},
+    "EMA of the weights (decay 0.99 per step)": {"weight_ema": 0.99},
     "plain fine-tune (baseline)": PLAIN,
 }
 # what `affectstream ablate` runs when no --variant is named
@@ -70,7 +71,8 @@ def variant_config(base: TrainConfig, variant: str, seed: int, root: Path) -> Tr
 
 # fields added to TrainConfig later, with the value every run made before them had
 _LEGACY = {"class_bias": False, "distill_from": "", "distill_weight": 0.5, "distill_temperature": 2.0,
-           "init_from": "", "uniformity_ramp": 0.0, "scorer_warmup": 0.0}
+           "init_from": "", "uniformity_ramp": 0.0, "scorer_warmup": 0.0,
+           "weight_ema": 0.0}
 
 
 def comparable(cfg: TrainConfig | dict) -> dict:

@@ -20,7 +20,7 @@ OPTIONS = [  # (flag, TrainConfig field, type)
     ("--run-dir", "run_dir", str), ("--max-train-samples", "max_train_samples", int),
     ("--proxy-size", "proxy_size", int), ("--threads", "threads", int), ("--version", "version", str),
     ("--device", "device", click.Choice(["auto", "cpu", "cuda"])),
-    ("--scorer-warmup", "scorer_warmup", float), ("--lambda-ramp", "uniformity_ramp", float),
+    ("--scorer-warmup", "scorer_warmup", float), ("--lambda-ramp", "uniformity_ramp", float), ("--weight-ema", "weight_ema", float),
     ("--init-from", "init_from", str), ("--distill-from", "distill_from", str), ("--distill-weight", "distill_weight", float),
     ("--distill-temperature", "distill_temperature", float), ("--class-bias", "class_bias", bool),
 ]

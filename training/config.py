@@ -42,6 +42,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     grad_clip: float = 1.0
+    weight_ema: float = 0.0                   # > 0: dev scoring, the best checkpoint and the export use an
+                                              # exponential moving average of the weights (this decay per step)
     patience: int = 2                         # epochs without dev improvement before stopping
     metric: str = "macro_f1"                  # dev metric for early stopping / best checkpoint
     init_from: str = ""                       # a trained model directory whose weights (encoder, scorer, heads) start

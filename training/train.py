@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
@@ -117,10 +118,16 @@ def evaluate_split(model, tokenizer, samples, descriptions, cfg, device) -> dict
 
 # ---------------------------------------------------------------- checkpoints (safetensors + JSON; never pickle)
 
-def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: dict) -> None:
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(path))
+
+
+def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: dict, averaged=None) -> None:
     ckpt = run_dir / "checkpoint"
     ckpt.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(ckpt / "model.safetensors"))
+    save_weights(model, ckpt / "model.safetensors")
+    if averaged is not None:
+        save_weights(averaged, ckpt / "averaged.safetensors")
     opt_tensors, opt_meta = flatten_optimizer(optimizer.state_dict())
     save_file(opt_tensors, str(ckpt / "optimizer.safetensors"))
     (ckpt / "state.json").write_text(json.dumps({**state, "optimizer_meta": opt_meta,
@@ -139,7 +146,7 @@ def flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
-def load_checkpoint(run_dir: Path, model, optimizer, scheduler, config: dict) -> dict | None:
+def load_checkpoint(run_dir: Path, model, optimizer, scheduler, config: dict, averaged=None) -> dict | None:
     """Resume state, or None when there is no checkpoint or it belongs to a different configuration."""
     ckpt = run_dir / "checkpoint"
     if not (ckpt / "state.json").exists():
@@ -149,6 +156,8 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, config: dict) ->
         log.warning("ignoring checkpoint in %s: it was made with a different configuration", run_dir)
         return None
     model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+    if averaged is not None:
+        averaged.load_state_dict(load_file(str(ckpt / "averaged.safetensors")))
     tensors = load_file(str(ckpt / "optimizer.safetensors"))
     meta = state.pop("optimizer_meta")
     opt_state = {int(pid): dict(values) for pid, values in meta["state"].items()}
@@ -210,11 +219,16 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
     total_steps = steps_per_epoch * cfg.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
 
+    # the weights that are scored on dev, kept as the best and exported: the model's, or their moving average
+    averaged = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.weight_ema), use_buffers=True)
+                if cfg.weight_ema > 0 else None)
+    scored = averaged.module if averaged is not None else model
     history: list[dict] = []
     best = {"metric": -1.0, "epoch": 0}
     start_epoch, step = 1, 0
     best_state_path = run_dir / "best.safetensors"
-    state = load_checkpoint(run_dir, model, optimizer, scheduler, dataclasses.asdict(cfg)) if cfg.resume else None
+    state = (load_checkpoint(run_dir, model, optimizer, scheduler, dataclasses.asdict(cfg), averaged)
+             if cfg.resume else None)
     if state is not None:
         start_epoch, step, history, best = state["epoch"] + 1, state["step"], state["history"], state["best"]
         log.info("resumed from %s at epoch %d", run_dir, start_epoch)
@@ -246,13 +260,15 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             scheduler.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             step += 1
             for key in sums:
                 sums[key] += parts[key].item()
             record = {"epoch": epoch, "step": step, **{k: round(v.item(), 5) for k, v in parts.items()}}
             log_file.write(json.dumps(record) + "\n")
             bar.set_postfix(loss=f"{parts['loss'].item():.3f}")
-        dev = evaluate_split(model, tokenizer, dev_samples, descriptions, cfg, device)
+        dev = evaluate_split(scored, tokenizer, dev_samples, descriptions, cfg, device)
         row = {"epoch": epoch, "step": step, **{f"train_{k}": v / max(1, len(batches)) for k, v in sums.items()},
                "dev_accuracy": dev["accuracy"], "dev_macro_f1": dev["macro_f1"], "dev_weighted_f1": dev["weighted_f1"]}
         history.append(row)
@@ -262,9 +278,9 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
                   f"dev macro-F1 {dev['macro_f1']:.4f}  dev weighted-F1 {dev['weighted_f1']:.4f}")
         if dev[cfg.metric] > best["metric"]:
             best = {"metric": dev[cfg.metric], "epoch": epoch}
-            save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(best_state_path))
+            save_weights(scored, best_state_path)
         save_checkpoint(run_dir, model, optimizer, scheduler, {"epoch": epoch, "step": step, "history": history,
-                                                               "best": best, "config": dataclasses.asdict(cfg)})
+                                                               "best": best, "config": dataclasses.asdict(cfg)}, averaged)
         if epoch - best["epoch"] >= cfg.patience:
             log.info("early stop: no dev improvement for %d epochs", cfg.patience)
             break
