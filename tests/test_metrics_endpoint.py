@@ -44,6 +44,11 @@ def test_metrics_endpoint_counts_every_result_and_every_dead_letter_by_reason(br
         wait_for(lambda: len(stored_ids(s)) >= len(good) and len(read_topic(s, s.topic_dlq)) >= len(bad), 90,
                  [worker], "every result and dead letter")
         content_type, samples = scrape(port)
+        log = worker.log_tail(400)
+
+    # the start-up heap is frozen once the stages have started, and collections are timed
+    assert "start-up heap frozen" in log
+    assert value(samples, "affectstream_gc_pause_seconds_count", generation="2") >= 1
 
     assert content_type.startswith("text/plain; version=0.0.4")
     n, k = len(good), len(bad)
