@@ -30,3 +30,11 @@ def test_fetch_wait_is_a_setting():
     settings = Settings.load(env={"AFFECTSTREAM_FETCH_MAX_WAIT_MS": "20", "AFFECTSTREAM_BROKER_URL": SERVICES["broker_url"],
                                   "AFFECTSTREAM_REDIS_URL": SERVICES["redis_url"]})
     assert fetch_wait_of(settings) == 20
+
+
+def test_producer_linger_is_a_setting_in_milliseconds():
+    async def build(settings: Settings) -> float:
+        return create_app(settings, "all", register=False).conf.producer_linger
+
+    assert asyncio.run(build(Settings(**SERVICES))) == 0.002
+    assert asyncio.run(build(Settings(**SERVICES, producer_linger_ms=0))) == 0.0

@@ -109,6 +109,10 @@ def create_app(settings: Settings, role: str = "all", *, register: bool = True) 
         # need them — Redis effects are idempotent, so a redelivered post never counts twice.
         processing_guarantee="at_least_once",
         producer_acks=-1,
+        # a short linger lets one micro-batch's records share a produce request per partition: at 400 posts/s
+        # on the bench host the broker's CPU per post fell 1.23 -> 0.76-0.82 ms and p99 at 50 % load 170 ->
+        # 101-104 ms at 2 ms (5 ms: 110-121, two runs each; 1 ms: 94 at a lower rate, 10 ms: 134, one run each)
+        producer_linger=settings.producer_linger_ms / 1000,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         broker_commit_interval=1.0,

@@ -33,6 +33,7 @@ class Settings:
     topic_shadow: str = "sentiment-shadow"      # a candidate model's results on shadowed posts (never counted)
     partitions: int = 4
     fetch_max_wait_ms: int = 50                 # how long the broker may hold an empty fetch (worker/app.py)
+    producer_linger_ms: float = 2.0             # how long a worker's producer gathers records into one request
     replication_factor: int = 1
 
     # classify agent
