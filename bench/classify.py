@@ -213,7 +213,8 @@ def forward_utilisation(shape: Shape, serving, pairs: list[tuple[str, str]], bat
     each batch as serving does: one part per lane, at once (`spread_chunks`)."""
     from affectstream.model.predictor import spread_chunks
 
-    encoded = serving.encode(pairs)  # sorted by real tokens, as serving buckets a micro-batch (PairPredictor)
+    encoded = serving.encode(pairs)  # batches of similar token length: the forward alone (serving's own buckets,
+    # cut from character estimates, are in the serving rows)
     lengths = encoded.attention_mask.sum(dim=1).tolist()
     order = sorted(range(len(pairs)), key=lengths.__getitem__)
     lanes = getattr(serving, "lanes", 1)

@@ -39,8 +39,8 @@ class EncodedPairs:
     descriptions: list[str]            # the description side as tokenised
 
     def rows(self, index: list[int]) -> "EncodedPairs":
-        """These posts only (in this order), cut to the columns any of them uses: a micro-batch is
-        tokenised once and its length buckets are sliced from it."""
+        """These posts only (in this order), cut to the columns any of them uses (the bench slices its
+        length-sorted batches from one encoding of all its posts)."""
         picked = torch.tensor(index, dtype=torch.long)
         used = self.attention_mask.index_select(0, picked).any(dim=0)  # (seq,) whichever side pads
 

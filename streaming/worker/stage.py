@@ -285,7 +285,8 @@ async def run_stage(stream: Any, stage: Stage, sinks: Sequence[Sink], send: Send
     delivers them in order and acks a batch after its last part. So a part's delivery (Redis, and the
     broker's acknowledgement of its records: 25-50 ms for 32 results on the bench host, as long as the
     model's work) overlaps the computing of the next part, of the same batch or the next one. Before, the
-    classify loop spent a third of its time waiting on deliveries at 50 % load (measured, bench/e2e.py)."""
+    classify loop spent a third of its time waiting on deliveries at 50 % load (per-batch timings taken during
+    bench/e2e.py)."""
     handoff: asyncio.Queue = asyncio.Queue(maxsize=1)
 
     async def compute() -> None:
