@@ -164,11 +164,14 @@ def test_the_next_batch_is_computed_while_the_last_is_delivered_and_each_is_acke
             await super().write(batch)
             log.append(("delivered", first))
 
+    sent: list = []
+
     async def send(records):
-        pass
+        sent.append(records)
 
     stream = _LoggedStream([[b"a", b"b"], [b"c"], [b"d"]])
     asyncio.run(run_stage(stream, _LoggedStage(), [_SlowSink(delay=0.05)], send, batch_max=10, within=0.01))
+    assert sent == [{"dlq": []}] * 3, "each batch's topic records are sent once, with its delivery"
     assert log.index(("computed", "c")) < log.index(("delivered", "a")), "computing overlaps the delivery"
     for first, acked in (("a", ["a", "b"]), ("c", ["c"]), ("d", ["d"])):
         done = log.index(("delivered", first))
