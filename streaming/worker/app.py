@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import tempfile
+from pathlib import Path
 from typing import Iterable
 
 import faust
@@ -126,6 +128,8 @@ def create_app(settings: Settings, role: str = "all", *, register: bool = True) 
         # tables nothing needs the assignor's leader topic.
         topic_disable_leader=True,
         store="memory://",
+        # faust makes its data folder even with nothing to keep in it: not in the working directory
+        datadir=str(Path(tempfile.gettempdir()) / f"faust-{settings.app_id}-data"),
         web_enabled=settings.web_enabled,
         web_port=settings.web_port,
         web_bind=settings.web_bind,           # faust's own default is 0.0.0.0; web_host is only the advertised URL
