@@ -42,6 +42,7 @@ class Sizes:
     peak_seconds: float = 1.5
     burst: int = 2000                      # e2e: posts in the max-rate burst
     load_seconds: float = 15.0             # e2e: seconds per load level
+    goal_rounds: int = 3                   # e2e: runs of the text workload's 50 % level (the p99 goal's spread)
     caption_images: int = 32               # images through a caption worker (memory figure)
     offline_images: int = 64
     offline_rounds: int = 2
@@ -60,7 +61,7 @@ class Sizes:
 
 FULL = Sizes()
 QUICK = Sizes(posts=64, naive_posts=8, batch_sizes=(1, 8, 32, 64), rounds=1, roberta_layers=2, roberta_posts=64,
-              roberta_naive_posts=4, peak_seconds=0.3, burst=200, load_seconds=2.0, caption_images=4,
+              roberta_naive_posts=4, peak_seconds=0.3, burst=200, load_seconds=2.0, goal_rounds=1, caption_images=4,
               offline_images=32, offline_rounds=1, vlm_images=1, vlm_batch=1, vlm_tokens=4, vlm_image_size=96,
               cache_lookups=2_000, mention_posts=2_000, peer_posts=64, rss_posts=32, int8_gate=False)
 
@@ -133,7 +134,8 @@ def run_bench(sizes: Sizes, *, shapes: tuple[str, ...], e2e: bool, caption: bool
         results["e2e"] = e2e_bench.run(
             served.directory, burst=sizes.burst, load_seconds=sizes.load_seconds, loads=(0.25, 0.5, 0.8),
             batch_max=32, batch_window_s=0.05, device=device, threads=0, pairs=workload.posts(512, seed=1),
-            caption_images=sizes.caption_images if caption else 0, say=say, inference_backend=backend)
+            caption_images=sizes.caption_images if caption else 0, say=say, inference_backend=backend,
+            goal_rounds=sizes.goal_rounds)
         results["e2e"]["shape"] = served.name
     if caption:
         from affectstream.bench import caption as caption_bench
@@ -255,8 +257,10 @@ def targets(r: dict) -> list[dict]:
             half = e2e.get("latency", {}).get("50%")
             if half:
                 budget_ms = e2e["budget_ms"]  # classify window + 2 x the model alone on a batch, same run
-                add("p99 at 50% load within window + 2 x batch compute", budget_ms / max(half["p99_ms"], 1e-6), 1.0,
-                    f"budget {budget_ms:.0f} ms / p99")
+                p99 = half.get("p99_median_ms", half["p99_ms"])  # the median over the level's rounds, if repeated
+                rounds = len(half.get("p99_rounds_ms", [])) or 1
+                add(f"p99 at 50% load within window + 2 x batch compute (median of {rounds})",
+                    budget_ms / max(p99, 1e-6), 1.0, f"budget {budget_ms:.0f} ms / p99")
     from affectstream.bench.model_rows import rows_targets
 
     out += rows_targets(r)
