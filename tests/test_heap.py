@@ -11,7 +11,9 @@ def test_frozen_startup_objects_are_out_of_the_collectors_reach():
     kept = [[i] for i in range(1000)]  # start-up state the worker keeps
     try:
         frozen = heap.freeze_startup_heap()
-        assert frozen == gc.get_freeze_count() >= len(kept)
+        # frozen objects that reference counting frees afterwards (another thread's, say) leave the count,
+        # so it can only have fallen since
+        assert frozen >= gc.get_freeze_count() >= len(kept)
         assert not any(gc.is_tracked(x) and any(x is o for o in gc.get_objects(2)) for x in kept[:5])
     finally:
         gc.unfreeze()
