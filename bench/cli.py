@@ -42,7 +42,7 @@ class Sizes:
     peak_seconds: float = 1.5
     burst: int = 2000                      # e2e: posts in the max-rate burst
     load_seconds: float = 15.0             # e2e: seconds per load level
-    goal_rounds: int = 3                   # e2e: runs of the text workload's 50 % level (the p99 goal's spread)
+    goal_rounds: int = 3                   # e2e: 50 % rounds, each on a fresh pipeline (the p99 goal's spread)
     caption_images: int = 32               # images through a caption worker (memory figure)
     offline_images: int = 64
     offline_rounds: int = 2

@@ -3,7 +3,7 @@ producer would), a caption worker (`affectstream worker --role caption`, the off
 classify worker (`--role classify`), each a separate process, results observed in Redis and on the
 ``sentiment`` topic.
 
-Three workloads, one after the other on the same workers:
+Three workloads, one after the other (on fresh pipelines: below):
 - ``text``: text-only posts (the caption stage passes them straight through);
 - ``images-cold``: one post in ``image_every`` carries a real JPEG inline (base64; 640x480, one in four a
   meme with text), each image never sent before, so the caption stage decodes and describes every one;
