@@ -20,7 +20,7 @@ from affectstream.streaming.worker.redis_client import sync_redis
 from affectstream.streaming.worker.result import Result
 from affectstream.streaming.worker.settings import Settings
 
-OBSERVER_FETCH_WAIT_MS = 20  # Tansu holds a waiting fetch ~half of this (FACTS.md): the observer's own delay
+OBSERVER_FETCH_WAIT_MS = 20  # Tansu holds a waiting fetch ~half of this (docs/performance.md): the observer's own delay
 # The posts-enriched observer reads the records' own timestamps (stamped by the caption worker's producer), so
 # when it reads them enters no figure: it fetches lazily, and its empty fetches stay off the shared broker.
 # Measured at 50 % load (two interleaved pairs): broker CPU 0.91-0.94 -> 0.81-0.84 ms per post, all processes

@@ -4,7 +4,8 @@ The scenarios are the tests in ``tests/test_faults.py`` and ``tests/test_hostile
 calls :func:`record` with what it measured (messages in, results, dead letters, posts lost, posts
 counted twice). ``affectstream reliability`` runs those tests with ``AFFECTSTREAM_RELIABILITY_JSON``
 pointing at a fresh file, reads the rows back and prints the table (and writes it to
-``docs/reliability.md`` with ``--out``). So the README's table is produced by a command, never by hand.
+``docs/reliability.md`` with ``--out``, keeping that page's notes below its marker line). So the table is
+produced by a command, never by hand.
 
     affectstream reliability                 # CI sizes (about 2,000 hostile messages)
     affectstream reliability --full          # 10,000 hostile messages (AFFECTSTREAM_FULL_FAULTS=1)
@@ -22,7 +23,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import click
 import orjson
@@ -36,6 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_FILES = ("tests/test_faults.py", "tests/test_hostile_inputs.py")
 DEFAULT_OUT = ROOT / "docs" / "reliability.md"
 CHAOS_PREFIX = "chaos run"   # the fault cell of a chaos row starts with this
+# docs/reliability.md: the generated table above this line, hand-written notes below it (kept on every write)
+NOTES_MARKER = "<!-- end of the generated table: `affectstream reliability --out` keeps the text below -->"
 
 
 @dataclass
@@ -114,6 +117,15 @@ def keep_chaos_row(previous: str, table: str) -> str:
     return "\n".join(lines + (["", footer] if footer else [])) + "\n"
 
 
+def write_keeping_notes(target: Path, render: Callable[[str], str]) -> None:
+    """Replace the generated part of ``target`` (all of it, or what comes before ``NOTES_MARKER``) with
+    ``render(that part)``; the hand-written notes after the marker stay as they are."""
+    previous = target.read_text() if target.exists() else ""
+    generated, marker, notes = previous.partition(NOTES_MARKER)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(render(generated) + (f"\n{marker}{notes}" if marker else ""))
+
+
 def chaos_row(r: "ChaosReport") -> Row:
     """The reliability-table row for a chaos run (the seed in its name, so it can be replayed)."""
     a, w = r.audit, r.workload
@@ -154,10 +166,7 @@ def run_chaos_row(out: str | None, **options) -> int:
               "recount from the produced posts and the stored labels.")
     click.echo(markdown_table([row], footer=footer))
     if out:
-        target = Path(out)
-        previous = target.read_text() if target.exists() else ""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(merge_chaos_row(previous, row, footer))
+        write_keeping_notes(Path(out), lambda previous: merge_chaos_row(previous, row, footer))
     return 0 if report.ok else 1
 
 
@@ -222,8 +231,7 @@ def reliability(full: bool, from_json: str | None, out: str | None, keyword: str
     table = markdown_table(rows, title="## Reliability under faults and hostile input", footer=footer)
     click.echo(table)
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(keep_chaos_row(Path(out).read_text() if Path(out).exists() else "", table))
+        write_keeping_notes(Path(out), lambda previous: keep_chaos_row(previous, table))
     if rc != 0:
         sys.exit(rc)
 

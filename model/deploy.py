@@ -1,4 +1,4 @@
-"""Deployed model directories: `models/<version>/` as DESIGN.md fixes them.
+"""Deployed model directories: `models/<version>/` as docs/contracts.md fixes them.
 
     config.json        AlignedConfig (a PreTrainedConfig) with the encoder's config under "encoder_config"
     model.safetensors  every weight (never pickle)

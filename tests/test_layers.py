@@ -1,6 +1,6 @@
 """The package's layers, read from the source with ``ast`` (no imports run).
 
-Layers, each importing only those below it (DESIGN.md: Packages; STYLE.md: Layers and seams):
+Layers, each importing only those below it (docs/architecture.md):
 
     0 model  <-  1 training  <-  2 streaming.worker  <-  3 streaming.monitor | streaming.tools  <-  4 bench  <-  5 cli
 

@@ -5,7 +5,7 @@ app id (so the same consumer group); a worker registers only the agents of its r
 assignor gives each topic's partitions to the members subscribed to it. So a GPU box can run
 ``--role caption`` and a few CPU boxes ``--role classify``, and each side scales by adding workers.
 
-Messages are raw bytes on the wire: we encode and decode JSON with orjson ourselves (DESIGN.md), so a
+Messages are raw bytes on the wire: we encode and decode JSON with orjson ourselves (docs/contracts.md), so a
 malformed message reaches our code — and the dead-letter topic — instead of dying in a codec.
 """
 from __future__ import annotations
@@ -107,7 +107,7 @@ def create_app(settings: Settings, role: str = "all", *, register: bool = True) 
         broker_credentials=broker_credentials(settings),
         key_serializer="raw",
         value_serializer="raw",
-        # at least once: the idempotent producer and transactions fail on Tansu (FACTS.md), and we do not
+        # at least once: the idempotent producer and transactions fail on Tansu (docs/contracts.md), and we do not
         # need them — Redis effects are idempotent, so a redelivered post never counts twice.
         processing_guarantee="at_least_once",
         producer_acks=-1,

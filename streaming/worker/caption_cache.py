@@ -1,4 +1,4 @@
-"""The caption cache: image sha256 + captioner -> description, in Redis (DESIGN.md ``as:caption:…``).
+"""The caption cache: image sha256 + captioner -> description, in Redis (docs/contracts.md ``as:caption:…``).
 
 Best effort, never raises: a reposted image is described once, and while Redis is unreachable the caption
 stage goes on without the cache. After a failed call the cache is skipped for ``cache_retry_s`` instead of

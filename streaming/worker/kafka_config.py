@@ -13,7 +13,7 @@ from affectstream.streaming.worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# role in the pipeline -> the setting naming its topic (DESIGN.md: topics)
+# role in the pipeline -> the setting naming its topic (docs/contracts.md: Topics)
 TOPIC_SETTINGS = {
     "posts": "topic_posts",
     "enriched": "topic_enriched",

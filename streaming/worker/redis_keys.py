@@ -1,4 +1,4 @@
-"""The Redis key schema (DESIGN.md: Redis keys), in one place: key names, minute buckets and the rule
+"""The Redis key schema (docs/contracts.md: Redis keys), in one place: key names, minute buckets and the rule
 that picks a result's minute. The sink, the web views, alerts, the demo and the tests import it; nobody
 builds a key or parses a bucket by hand.
 
@@ -79,7 +79,7 @@ class RedisKeys:
     def alert_last(self, brand: str) -> str:           # string, in the alerts' slot: alerted epoch minutes
         return self.beside("alert:last", self.alerts, ":" + brand)
 
-    # --- model versions and analysts' feedback (README: Feedback and model versions) -----------------
+    # --- model versions and analysts' feedback (docs/feedback-and-versions.md) ---------------------
     # A post's keys sit in the post's slot (``beside(…, post(id))``), so one script can write them together.
 
     def post_input(self, post_id: str) -> str:          # string JSON {text, caption, brands, label, model}, TTL

@@ -1,4 +1,4 @@
-"""The Result (DESIGN.md: Result), built once by the classify stage and serialised once for every sink.
+"""The Result (docs/contracts.md: Result), built once by the classify stage and serialised once for every sink.
 
 Brand-level sentiment: ``targets`` holds one entry per brand the post is about (its mentions' brands in order
 of first mention, then producer-asserted brands without a mention), each with the model's label, scores and

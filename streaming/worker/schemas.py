@@ -1,7 +1,7 @@
 """Message schemas: Post (input) and the machine-readable rejection reasons (the output is result.Result).
 
 `parse_post` turns *any* bytes into a `Post` or raises `InvalidPost` with a `reason` from `REASONS`;
-nothing else escapes. All JSON goes through orjson (DESIGN.md).
+nothing else escapes. All JSON goes through orjson (docs/contracts.md).
 
 Trust: the image side of a post (`caption`, `image_error`, `captioner`) and its brand mentions (`mentions`,
 `mentions_overflow`) are written by the caption stage only. On `posts` (producers: untrusted) those fields

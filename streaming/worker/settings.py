@@ -23,7 +23,7 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     app_id: str = "affectstream"
 
-    # topics (DESIGN.md contracts)
+    # topics (docs/contracts.md)
     topic_posts: str = "posts"
     topic_enriched: str = "posts-enriched"
     topic_sentiment: str = "sentiment"
@@ -58,7 +58,7 @@ class Settings:
     sinks: str = "redis,topic"          # where results go: built-in names and/or package.module:ClassName (sinks/)
 
     # brand-level sentiment
-    brands_file: str = ""               # tracked brands (JSON or YAML, see README); "" = no mention detection
+    brands_file: str = ""               # tracked brands (JSON or YAML, see docs/brands.md); "" = no mention detection
     max_mentions_per_post: int = 100    # mentions kept per post; the overflow is counted on the post
     max_targets_per_post: int = 16      # (post, brand) targets classified per post; the overflow is on the result
     untargeted_brand: str = ""          # bucket for posts with no tracked brand ("" = only the all-brands count)
