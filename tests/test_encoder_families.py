@@ -1,4 +1,4 @@
-"""Every encoder family the README promises, on tiny random checkpoints built here (no download): each loads
+"""Every encoder family docs/model-and-training.md promises, on tiny random checkpoints built here (no download): each loads
 the way training loads a checkpoint, trains two steps, exports, reloads, serves a batch and tags every
 rationale word with the side (post text or image description) it came from."""
 import json
