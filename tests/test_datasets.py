@@ -377,7 +377,8 @@ def test_render_meme_is_deterministic_and_draws_dark_text_on_light_background() 
 
 
 def test_load_dataset_rejects_unknown_kind_and_missing_path() -> None:
-    assert set(KINDS) == {"mvsa-single", "mvsa-multiple", "msed", "vader", "vader-snippets", "jsonl", "proxy", "twitter2015", "twitter2017"}
+    assert set(KINDS) == {"mvsa-single", "mvsa-multiple", "msed", "vader", "vader-snippets", "jsonl", "proxy", "twitter2015", "twitter2017",
+                          "dong2014", "mams", "laptop14", "restaurant14"}
     with pytest.raises(ValueError, match="unknown dataset kind"):
         load_dataset("imdb", "x")
     with pytest.raises(ValueError, match="needs a path"):

@@ -9,7 +9,9 @@
 - ``jsonl``: your own posts, one JSON object a line (``jsonl.py``);
 - ``proxy``: "proxy-memes (synthetic)", sentiment carried by the image only (``proxy.py``);
 - ``twitter2015`` / ``twitter2017``: target-level tweets in TomBERT's release format (``twitter.py``): each
-  sample has a ``target`` the label is about.
+  sample has a ``target`` the label is about;
+- ``dong2014`` / ``mams`` / ``laptop14`` / ``restaurant14``: target-level sentences in the three-line ``$T$``
+  format of the ABSADatasets repository (``absa.py``); ids group the targets of one sentence.
 
 Extra keyword options go to the loader: ``size``/``image_size`` for proxy, ``strict`` for jsonl.
 Everything that differs by kind (loader, whether it needs a path, which TrainConfig fields feed it,
@@ -22,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from affectstream.training.datasets.absa import SETS as ABSA_SETS
+from affectstream.training.datasets.absa import load_absa
 from affectstream.training.datasets.jsonl import load_jsonl
 from affectstream.training.datasets.msed import load_msed
 from affectstream.training.datasets.mvsa import load_mvsa
@@ -67,6 +71,10 @@ KINDS: dict[str, DatasetKind] = {
         "Target-level: one sample per (tweet, target); the label is the sentiment toward the target, which the "
         "model reads marked in the text (model.targets.mark_target). The release has no images, so this is text only.",))
        for name in ("twitter2015", "twitter2017")},
+    **{name: DatasetKind(functools.partial(load_absa, name=name), card_notes=(
+        "Target-level: one sample per (sentence, target), the target marked in the text as for the tweets; "
+        "sentences with several targets (often of different polarities) are kept whole within one split.",))
+       for name in ABSA_SETS},
 }
 
 
