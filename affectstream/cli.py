@@ -207,8 +207,14 @@ def tail(settings: Settings, from_beginning: bool, as_json: bool, limit: int, dl
 @settings_options
 def demo(settings: Settings, sample: str, live: bool, rate: float, timeout_s: float, workers: int,
          embedded: bool, hold: bool) -> None:
-    """Embedded broker + Redis, a model, a worker, the bundled sample, and a live per-brand view."""
+    """Embedded broker + Redis, a model, a worker, the bundled sample, and a live per-brand view.
+
+    The demo runs the packaged models: the Hugging Face Hub is off unless HF_HUB_OFFLINE is set
+    (HF_HUB_OFFLINE=0 for a demo with a Hub model, e.g. --captioner vlm:<id>)."""
+    from affectstream.model.hub import packaged_models_only
     from affectstream.streaming.tools.demo import run_demo
+
+    packaged_models_only()
 
     if embedded:
         settings = settings.replace(broker_url="", redis_url="")

@@ -8,7 +8,8 @@
 OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE, set here before torch loads unless already set):
 with the default spin-waiting, a host whose cores are shared with other processes loses 2-5x on every
 small op, because each parallel region waits for a descheduled sibling thread (measured: naive per-post
-inference 15 -> 70 posts/s on 2 busy cores). Worker processes started by the bench inherit it.
+inference 15 -> 70 posts/s on 2 busy cores). Worker processes started by the bench inherit it, and the
+Hub's switch: the command runs packaged models only, with the Hub off (``model.hub``) unless HF_HUB_OFFLINE is set.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must precede libgomp's start (the torch import)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json  # noqa: E402
 import platform  # noqa: E402
@@ -368,6 +368,9 @@ def table(r: dict) -> str:
 def bench(quick: bool, json_path: str | None, skip_e2e: bool, skip_caption: bool, shapes: str, device: str,
           rounds: int | None, gate_dir: str | None, gate_data: str, retrain_bench: bool) -> None:
     """Speed of every path, side by side: naive vs peers vs serving, MFU, end to end, captioning, memory."""
+    from affectstream.model.hub import packaged_models_only
+
+    packaged_models_only()
     if gate_dir:
         from affectstream.training.int8_gate import run_gate
 

@@ -68,6 +68,70 @@ def test_commands_are_listed():
         assert command in result.output
 
 
+# The CLI's entry point in a child process, once per command given; each command's work is replaced, at the
+# call the command makes, by a report of the Hub's state there (the variable, and huggingface_hub's reading).
+HUB_PROBE = """
+import json, os, sys
+from affectstream.cli import main
+import huggingface_hub.constants as hub
+
+def report(*args, **kwargs):
+    print("HUB " + json.dumps({"variable": os.environ.get("HF_HUB_OFFLINE"), "offline": hub.is_offline_mode()}))
+    raise SystemExit(0)
+
+import affectstream.bench.cli, affectstream.streaming.tools.demo, affectstream.streaming.worker.app
+import affectstream.training.train
+affectstream.streaming.worker.app.create_app = report
+affectstream.training.train.train = report
+affectstream.streaming.tools.demo.run_demo = report
+affectstream.bench.cli.run_bench = report
+for args in json.loads(sys.argv[1]):
+    try:
+        main(args, standalone_mode=False)
+    except SystemExit:
+        pass
+"""
+HUB_COMMANDS = {
+    "worker": ["worker", "--role", "classify", "--no-create-topics", "--broker", "kafka://127.0.0.1:9",
+               "--redis", "redis://127.0.0.1:9/0"],
+    "train": ["train", "--preset", "mvsa-roberta"],
+    "demo": ["demo", "--no-live"],
+    "bench": ["bench", "--quick", "--skip-e2e"],
+}
+
+
+def hub_states(commands: list[str], tmp_path, user_setting: str | None = None) -> list[dict]:
+    """The Hub's state inside each command, run one after another in one clean process."""
+    import os
+    import subprocess
+    import sys
+
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf"),
+           "TOKENIZERS_PARALLELISM": "false"}  # a clean environment: no HF_HUB_OFFLINE, no TRANSFORMERS_OFFLINE
+    if user_setting is not None:
+        env["HF_HUB_OFFLINE"] = user_setting
+    argv = orjson.dumps([HUB_COMMANDS[c] for c in commands]).decode()
+    proc = subprocess.run([sys.executable, "-c", HUB_PROBE, argv], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    reports = [orjson.loads(line[4:]) for line in proc.stdout.splitlines() if line.startswith("HUB ")]
+    assert proc.returncode == 0 and len(reports) == len(commands), proc.stdout + proc.stderr
+    return reports
+
+
+def test_production_commands_leave_the_hub_reachable_and_keep_a_users_setting(tmp_path):
+    assert hub_states(["worker", "train"], tmp_path) == [{"variable": None, "offline": False}] * 2
+    assert hub_states(["worker", "train"], tmp_path, user_setting="1") == [{"variable": "1", "offline": True}] * 2
+
+
+@pytest.mark.parametrize("command", ["demo", "bench"])
+def test_packaged_model_commands_turn_the_hub_off_unless_the_user_said(command, tmp_path):
+    assert hub_states([command], tmp_path) == [{"variable": "1", "offline": True}]
+
+
+def test_a_user_may_let_the_demo_and_the_bench_reach_the_hub(tmp_path):
+    assert hub_states(["demo", "bench"], tmp_path, user_setting="0") == [{"variable": "0", "offline": False}] * 2
+
+
 @pytest.mark.integration
 def test_produce_sends_every_line_keyed_by_post_id_and_keeps_invalid_lines(broker, tmp_path):
     from kafka import KafkaConsumer, TopicPartition
