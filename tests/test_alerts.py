@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from affectstream.streaming.monitor.alerts import (SEND_LEASE_MS, AlertRule, claim_alert, detect_shift, make_alert,
-                                                   take_due, two_proportion_z, windows_for)
+from affectstream.streaming.monitor.alerts import (SEND_LEASE_MS, AlertOutbox, AlertRule, detect_shift, make_alert,
+                                                   two_proportion_z, windows_for)
 from affectstream.streaming.tools.workers import WorkerProcess
 from affectstream.streaming.tools.producer import produce_lines
 from affectstream.streaming.worker.redis_client import async_redis as redis_client
@@ -93,11 +93,11 @@ def test_two_workers_claiming_the_same_alert_fire_once_and_the_cooldown_holds(re
         first = make_alert("acme", "202511291010", shift, RULE, 0)
         try:
             both = [m is not None for m in
-                    await asyncio.gather(*(claim_alert(client, s.keys, first, RULE, 3600) for _ in range(2)))]
+                    await asyncio.gather(*(AlertOutbox(client, s.keys).claim(first, RULE, 3600) for _ in range(2)))]
             later = make_alert("acme", "202511291025", shift, RULE, 0)      # 15 min later: cooldown
             after = make_alert("acme", "202511291040", shift, RULE, 0)      # 30 min later: fires again
             other = make_alert("nimbus", "202511291010", shift, RULE, 0)    # brands are independent
-            rest = [await claim_alert(client, s.keys, a, RULE, 3600) is not None for a in (later, after, other)]
+            rest = [await AlertOutbox(client, s.keys).claim(a, RULE, 3600) is not None for a in (later, after, other)]
             stored = await client.lrange(s.keys.alerts, 0, -1)
             assert [orjson.loads(a)["id"] for a in stored] == ["nimbus:202511291010", "acme:202511291040",
                                                               "acme:202511291010"]
@@ -152,7 +152,7 @@ def test_a_backfilled_older_minute_neither_moves_the_cooldown_back_nor_re_arms_i
                            "202511291110",   # 10 min after the backfilled alert: quiet too
                            "202511291140",   # 40 after 11:00 but 20 before 12:00: quiet
                            "202511291230"):  # 30 after 12:00: fires
-                claimed = await claim_alert(client, s.keys, make_alert("acme", minute, shift, RULE, 0), RULE, 3600)
+                claimed = await AlertOutbox(client, s.keys).claim(make_alert("acme", minute, shift, RULE, 0), RULE, 3600)
                 fired.append(claimed is not None)
             marker = (await client.get(s.keys.alert_last("acme"))).decode()
             assert max(int(m) for m in marker.split(",")) == 29406990  # 12:30, the newest alert, stays last
@@ -170,12 +170,12 @@ def test_a_claimed_alert_waits_in_the_outbox_until_sent_and_a_dead_senders_lease
     async def run() -> None:
         client = redis_client(s)
         try:
-            message = await claim_alert(client, s.keys, make_alert("acme", "202511291010", shift, RULE, 0), RULE,
-                                        3600, now_ms=M0)
+            outbox = AlertOutbox(client, s.keys)
+            message = await outbox.claim(make_alert("acme", "202511291010", shift, RULE, 0), RULE, 3600, now_ms=M0)
             assert await client.zrange(s.keys.alerts_outbox, 0, -1) == [message]
-            assert await take_due(client, s.keys, M0 + SEND_LEASE_MS - 1) == []   # the claimer is sending it
-            assert await take_due(client, s.keys, M0 + SEND_LEASE_MS) == [message]  # ... or died: resend
-            assert await take_due(client, s.keys, M0 + SEND_LEASE_MS + 1) == []   # leased again, to one taker
+            assert await outbox.take_due(M0 + SEND_LEASE_MS - 1) == []   # the claimer is sending it
+            assert await outbox.take_due(M0 + SEND_LEASE_MS) == [message]  # ... or died: resend
+            assert await outbox.take_due(M0 + SEND_LEASE_MS + 1) == []   # leased again, to one taker
         finally:
             await client.aclose()
 

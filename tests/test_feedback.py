@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from affectstream.cli import main
-from affectstream.streaming.monitor.intake import take_in
+from affectstream.streaming.monitor.intake import Intake
 from affectstream.streaming.tools.services import free_port
 from affectstream.streaming.tools.workers import WorkerProcess, settings_env
 from affectstream.streaming.worker.feedback import (RATE_PER_MINUTE, REASONS, FeedbackError, check_against_result,
@@ -91,7 +91,8 @@ def run_intake(s, raws: list[bytes], rate_limit: int = RATE_PER_MINUTE) -> list:
     async def go():
         client = async_redis(s)
         try:
-            return [await take_in(client, s.keys, raw, rate_limit) for raw in raws]
+            intake = Intake(client, s.keys, rate_limit)
+            return [await intake.take_in(raw) for raw in raws]
         finally:
             await client.aclose()
     return asyncio.run(go())

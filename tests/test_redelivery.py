@@ -130,7 +130,6 @@ def test_a_write_that_crashed_between_steps_is_finished_by_the_redelivery(redis_
     async def crash(sink: RedisSink, item, until: str, buckets_left: int = 0) -> None:
         """Run the steps of ``item`` until ``until``, then stop, as a killed worker would."""
         w = [_Write(item)]
-        await sink._load_scripts()
         await sink._claim_step(w, set())
         if until in (COUNT, ANNOUNCE):
             keep = sorted(w[0].buckets)[:buckets_left]
@@ -177,7 +176,6 @@ def test_a_crashed_multi_brand_write_is_finished_with_the_first_results_target_l
     async def run():
         dead = RedisSink(settings)
         w = [_Write(first)]
-        await dead._load_scripts()
         await dead._claim_step(w, set())
         w[0].buckets = {b for b in w[0].buckets if b[0] == "acme"}   # the crash: nimbus and _all never counted
         await dead._count_step(w, set())

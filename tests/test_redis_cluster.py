@@ -12,7 +12,7 @@ import time
 import orjson
 import pytest
 
-from affectstream.streaming.monitor.alerts import AlertRule, claim_alert
+from affectstream.streaming.monitor.alerts import AlertRule
 from affectstream.streaming.monitor.hub import LiveHub
 from affectstream.streaming.tools.producer import produce_lines
 from affectstream.streaming.worker.redis_client import sync_redis
@@ -78,26 +78,29 @@ def markers(s, ids) -> collections.Counter:
 
 
 def test_sink_counts_once_and_the_monitor_reads_and_alerts_on_a_cluster(redis_cluster):
-    """In process: the sink's scripts, the dashboard's brand index (SCAN on every master) and queries, and the
-    alert claim (marker, list and outbox in one script) on the cluster client."""
+    """In process: the sink's scripts (loaded again after a SCRIPT FLUSH on every master), the dashboard's brand
+    index (SCAN on every master) and queries, and the alert claim (marker, list and outbox in one script) on
+    the cluster client."""
     s = settings_for(redis_url=redis_cluster.url, redis_cluster=True)
 
     async def run():
         sink = RedisSink(s)
-        returned = [await sink.write(batch()) for _ in range(3)]
+        returned = [await sink.write(batch()[:4])]
+        await sink.client.script_flush()     # on every master: what restarted masters look like
+        returned += [await sink.write(batch()) for _ in range(2)]
         counts = {b: await sink.brand_counts(b, MINUTE) for b in ("acme", "other", "_all")}
         await sink.close()
         hub = LiveHub(s)
         await hub._seed_index()               # no index yet: built by SCAN over every master
         page = await hub.brands(minutes=5, end=MINUTE)
         alert = {"id": f"acme:{MINUTE}", "brand": "acme", "minute": MINUTE}
-        claims = [await claim_alert(hub.client, s.keys, alert, AlertRule(), 3600, 0) for _ in range(2)]
+        claims = [await hub.outbox.claim(alert, AlertRule(), 3600, 0) for _ in range(2)]
         outbox = await hub.client.zcard(s.keys.alerts_outbox)
         await hub.stop()
         return returned, counts, page, claims, outbox
 
     returned, counts, page, claims, outbox = asyncio.run(run())
-    assert returned == [{f"p{i}" for i in range(10)}, set(), set()]
+    assert returned == [{f"p{i}" for i in range(4)}, {f"p{i}" for i in range(4, 10)}, set()]
     assert counts == EXPECTED
     assert set(page["brands"]) == {"acme", "other"} and page["all"]["total"] == EXPECTED["_all"]
     assert claims[0] is not None and claims[1] is None and outbox == 1

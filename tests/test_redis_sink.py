@@ -91,6 +91,37 @@ def test_redelivered_post_does_not_count_twice(redis_server):
     assert asyncio.run(run()) == EXPECTED
 
 
+def test_scripts_flushed_from_the_server_are_loaded_again_by_the_sink_shadow_and_alerts(redis_server):
+    """SCRIPT FLUSH (what a restarted server looks like): the next calls load their scripts again and count
+    exactly (redis-py's registered scripts; no step is lost or run twice)."""
+    from affectstream.streaming.monitor.alerts import AlertOutbox, AlertRule
+    from affectstream.streaming.worker.shadow import ShadowItem, ShadowWriter
+
+    settings = settings_for(redis=redis_server)
+    first, second = batch()[:5], batch()[5:]
+
+    async def run():
+        sink = RedisSink(settings)
+        shadow = ShadowWriter(settings, None, client=sink.client)
+        outbox = AlertOutbox(sink.client, settings.keys)
+        await sink.write(first)
+        await sink.client.script_flush()
+        fresh = await sink.write(second + first)
+        await sink.client.script_flush()
+        await shadow.write([ShadowItem(i.result, i.result) for i in first])
+        await sink.client.script_flush()
+        claimed = await outbox.claim({"id": f"acme:{MINUTE}", "brand": "acme", "minute": MINUTE}, AlertRule(), 60)
+        counts = {b: await sink.brand_counts(b, MINUTE) for b in ("acme", "other", "_all")}
+        agree = await sink.client.hgetall(settings.keys.shadow_agree("v1"))
+        await sink.close()
+        return fresh, claimed, counts, agree
+
+    fresh, claimed, counts, agree = asyncio.run(run())
+    assert fresh == {f"p{i}" for i in range(5, 10)}
+    assert claimed is not None and counts == EXPECTED
+    assert agree[b"all:positive:positive"] == b"5"
+
+
 def test_each_brand_counts_its_own_target_label_and_all_the_post_level_label(redis_server):
     """"Switched from acme to nimbus, nimbus is so much better": negative toward acme, positive toward nimbus,
     the post as a whole neutral. Each (post, bucket) counts once, however often the batch is written."""

@@ -16,7 +16,7 @@ The rule (``AlertRule`` defaults), evaluated per brand for a minute ``m`` of eve
   several minutes, and a backfilled older minute is judged against every alert the brand had.
 
 ``detect_shift`` is a pure function of minute buckets (label -> count dicts), testable without servers.
-``claim_alert`` applies the cooldown atomically in Redis (one Lua script: the brand's alerted minutes are
+``AlertOutbox.claim`` applies the cooldown atomically in Redis (one Lua script: the brand's alerted minutes are
 compared with the new one in both directions, then the alert is recorded, published and queued), so any
 number of workers may evaluate the same brand and exactly one of them fires. State lives in Redis, not in a
 faust Table. The claim's keys (the brand's alerted minutes, the alerts list, the outbox) share one hash slot
@@ -192,28 +192,33 @@ def claim_keys(keys: RedisKeys, brand: str) -> list[str]:
     return [keys.alert_last(brand), keys.alerts, keys.alerts_outbox]
 
 
-async def claim_alert(client, keys: RedisKeys, alert: dict, rule: AlertRule, ttl_s: int,
-                      now_ms: int = 0) -> bytes | None:
-    """Record, publish and queue ``alert`` for sending unless an alert of its brand lies within the cooldown
-    (atomic across workers). Returns the queued message (this caller sends it first; ``sent`` removes it)
-    or None. The queued copy is leased to the caller for ``SEND_LEASE_MS`` from ``now_ms``."""
-    message = orjson.dumps(alert)
-    fired = await client.eval(CLAIM_LUA, 3, *claim_keys(keys, alert["brand"]), epoch_minute(alert["minute"]),
-                              rule.cooldown_minutes, ttl_s, message, ALERTS_KEEP, keys.live_alerts,
-                              now_ms + SEND_LEASE_MS, ttl_s // 60, ALERT_HISTORY_MAX)
-    return message if fired else None
+class AlertOutbox:
+    """The cooldown claim and the outbox on one client (its scripts registered once)."""
 
+    def __init__(self, client, keys: RedisKeys):
+        self.client, self.keys = client, keys
+        self._claim = client.register_script(CLAIM_LUA)
+        self._take_due = client.register_script(TAKE_DUE_LUA)
 
-async def take_due(client, keys: RedisKeys, now_ms: int, limit: int = 100) -> list[bytes]:
-    """Queued alerts whose first send failed or whose sender's lease ran out; leased to this caller."""
-    return await client.eval(TAKE_DUE_LUA, 1, keys.alerts_outbox, now_ms, now_ms + SEND_LEASE_MS, limit)
+    async def claim(self, alert: dict, rule: AlertRule, ttl_s: int, now_ms: int = 0) -> bytes | None:
+        """Record, publish and queue ``alert`` for sending unless an alert of its brand lies within the
+        cooldown (atomic across workers). Returns the queued message (this caller sends it first; ``sent``
+        removes it) or None. The queued copy is leased to the caller for ``SEND_LEASE_MS`` from ``now_ms``."""
+        message = orjson.dumps(alert)
+        fired = await self._claim(
+            keys=claim_keys(self.keys, alert["brand"]),
+            args=[epoch_minute(alert["minute"]), rule.cooldown_minutes, ttl_s, message, ALERTS_KEEP,
+                  self.keys.live_alerts, now_ms + SEND_LEASE_MS, ttl_s // 60, ALERT_HISTORY_MAX])
+        return message if fired else None
 
+    async def take_due(self, now_ms: int, limit: int = 100) -> list[bytes]:
+        """Queued alerts whose first send failed or whose sender's lease ran out; leased to this caller."""
+        return await self._take_due(keys=[self.keys.alerts_outbox], args=[now_ms, now_ms + SEND_LEASE_MS, limit])
 
-async def sent(client, keys: RedisKeys, message: bytes) -> None:
-    """The broker acknowledged ``message``: it leaves the outbox."""
-    await client.zrem(keys.alerts_outbox, message)
+    async def sent(self, message: bytes) -> None:
+        """The broker acknowledged ``message``: it leaves the outbox."""
+        await self.client.zrem(self.keys.alerts_outbox, message)
 
-
-async def send_failed(client, keys: RedisKeys, message: bytes) -> None:
-    """Make ``message`` due at once, so the next tick (of any worker) sends it again."""
-    await client.zadd(keys.alerts_outbox, {message: 0}, xx=True)
+    async def send_failed(self, message: bytes) -> None:
+        """Make ``message`` due at once, so the next tick (of any worker) sends it again."""
+        await self.client.zadd(self.keys.alerts_outbox, {message: 0}, xx=True)

@@ -8,7 +8,7 @@ alerts) and keeps:
 * the brand index (``settings.keys.brands``: a sorted set brand -> newest data minute, epoch ms), so the
   per-brand query reads only brands with data in its window;
 * the set of brand-minutes that changed, which ``evaluate_alerts`` judges (event time: a backfill or a
-  lagging consumer is judged by the minutes its posts were written in) and ``claim_alert`` lets exactly
+  lagging consumer is judged by the minutes its posts were written in) and ``AlertOutbox.claim`` lets exactly
   one process fire; ``deliver_due`` resends alerts whose send was not acknowledged (at least once).
 
 Throughput counts results on the live channel (every worker's); the DLQ figures and stage counters come
@@ -26,8 +26,7 @@ import time
 
 import orjson
 
-from affectstream.streaming.monitor.alerts import (AlertRule, claim_alert, detect_shift, make_alert, send_failed, sent,
-                                                   take_due, windows_for)
+from affectstream.streaming.monitor.alerts import AlertOutbox, AlertRule, detect_shift, make_alert, windows_for
 from affectstream.streaming.worker import metrics
 from affectstream.streaming.worker.redis_client import async_redis
 from affectstream.streaming.worker.redis_keys import ALL_BRANDS, event_ms, minute_bucket, minute_ms, minute_range
@@ -63,6 +62,7 @@ class LiveHub:
         self._index: dict[str, int] = {}                  # brand -> newest data ms, not yet in Redis
         self._arrivals: collections.deque = collections.deque()  # (monotonic second, count)
         self._client = None
+        self._outbox: AlertOutbox | None = None
         self._task: asyncio.Task | None = None
         self._stats_prev: tuple[float, float, float] | None = None  # (t, results, dlq) local
         self._local_rates = (0.0, 0.0)
@@ -74,6 +74,12 @@ class LiveHub:
         if self._client is None:
             self._client = async_redis(self.settings)
         return self._client
+
+    @property
+    def outbox(self) -> AlertOutbox:
+        if self._outbox is None:
+            self._outbox = AlertOutbox(self.client, self.settings.keys)
+        return self._outbox
 
     async def start(self) -> None:
         if self._task is None:
@@ -281,7 +287,7 @@ class LiveHub:
     async def evaluate_alerts(self, send) -> list[dict]:
         """Send the queued alerts that are due (an earlier send failed, or its worker died), then evaluate
         every brand-minute that received results since the last call and send each alert this worker won
-        (``claim_alert``). ``send(alert)`` must return only once the broker acknowledged the message; an
+        (``AlertOutbox.claim``). ``send(alert)`` must return only once the broker acknowledged the message; an
         alert leaves the outbox only then. Returns the alerts this call fired."""
         await self.deliver_due(send)
         if not self.dirty:
@@ -311,7 +317,7 @@ class LiveHub:
                 continue
             alert = make_alert(brand, minute, shift, rule, _now_ms())
             ttl = max(s.bucket_ttl_s, 60 * rule.cooldown_minutes)
-            message = await claim_alert(self.client, s.keys, alert, rule, ttl, _now_ms())
+            message = await self.outbox.claim(alert, rule, ttl, _now_ms())
             if message is not None:
                 log.warning("ALERT brand=%s minute=%s %s share %.2f (baseline %.2f) n=%d z=%.1f", brand, minute,
                             rule.label, shift.share, shift.baseline_share, shift.n, shift.z)
@@ -323,7 +329,7 @@ class LiveHub:
         """Send the outbox's due alerts (``take_due`` leases them to this worker); returns how many the
         broker acknowledged."""
         delivered = 0
-        for message in await take_due(self.client, self.settings.keys, _now_ms()):
+        for message in await self.outbox.take_due(_now_ms()):
             delivered += await self._deliver(send, message)
         return delivered
 
@@ -335,9 +341,9 @@ class LiveHub:
             log.warning("alert %s not delivered (%s: %s); retrying at the next tick", alert.get("id"),
                         type(e).__name__, e)
             with contextlib.suppress(Exception):  # if Redis is away too, the lease runs out instead
-                await send_failed(self.client, self.settings.keys, message)
+                await self.outbox.send_failed(message)
             return False
-        await sent(self.client, self.settings.keys, message)
+        await self.outbox.sent(message)
         return True
 
 

@@ -3,7 +3,7 @@
 the authority) and then kept in Redis — history, latest per target, the index the dashboard lists — or sent
 to the DLQ with its reason (stage ``feedback``).
 
-One correction, in order (``take_in``):
+One correction, in order (``Intake.take_in``):
 
 1. parse the record (``feedback.parse_correction``); read the post's stored result and check the label and
    the target against it (``feedback.check_against_result``), which also fixes ``old_label`` and ``model``;
@@ -46,29 +46,37 @@ class Outcome:
     error: str = ""
 
 
-async def take_in(client, keys: RedisKeys, raw: bytes, rate_limit: int = RATE_PER_MINUTE) -> Outcome:
-    """Check and keep one correction (module docstring); never raises for a bad record."""
-    try:
-        correction = parse_correction(raw)
-        correction = check_against_result(correction, await client.get(keys.post(correction.post_id)))
-    except FeedbackError as e:
-        return Outcome("rejected", None, e.reason, str(e))
-    record = correction.to_json()
-    history, _ = store_keys(keys, correction.post_id)
-    if await client.lpos(history, record) is not None:
-        return Outcome("duplicate", correction)
-    counter = rate_key(keys, correction)
-    pipe = client.pipeline(transaction=False)  # one key: the counter and its expiry in one round trip
-    pipe.incr(counter)
-    pipe.expire(counter, RATE_TTL_S)
-    count, _ = await pipe.execute()
-    if int(count) > rate_limit:
-        return Outcome("rejected", correction, "rate_limited",
-                       f"analyst {correction.analyst!r} sent more than {rate_limit} corrections in one minute")
-    stored = await client.eval(STORE_LUA, 2, *store_keys(keys, correction.post_id), record, correction.field,
-                               correction.ts)
-    await client.zadd(keys.feedback_index(), {correction.post_id: correction.ts}, gt=True)
-    return Outcome({0: "duplicate", 1: "stored_older", 2: "stored"}[int(stored)], correction)
+class Intake:
+    """Takes in corrections on one client (the store script registered once)."""
+
+    def __init__(self, client, keys: RedisKeys, rate_limit: int = RATE_PER_MINUTE):
+        self.client, self.keys, self.rate_limit = client, keys, rate_limit
+        self._store = client.register_script(STORE_LUA)
+
+    async def take_in(self, raw: bytes) -> Outcome:
+        """Check and keep one correction (module docstring); never raises for a bad record."""
+        client, keys = self.client, self.keys
+        try:
+            correction = parse_correction(raw)
+            correction = check_against_result(correction, await client.get(keys.post(correction.post_id)))
+        except FeedbackError as e:
+            return Outcome("rejected", None, e.reason, str(e))
+        record = correction.to_json()
+        history, _ = store_keys(keys, correction.post_id)
+        if await client.lpos(history, record) is not None:
+            return Outcome("duplicate", correction)
+        counter = rate_key(keys, correction)
+        pipe = client.pipeline(transaction=False)  # one key: the counter and its expiry in one round trip
+        pipe.incr(counter)
+        pipe.expire(counter, RATE_TTL_S)
+        count, _ = await pipe.execute()
+        if int(count) > self.rate_limit:
+            return Outcome("rejected", correction, "rate_limited", f"analyst {correction.analyst!r} sent more "
+                           f"than {self.rate_limit} corrections in one minute")
+        stored = await self._store(keys=store_keys(keys, correction.post_id),
+                                   args=[record, correction.field, correction.ts])
+        await client.zadd(keys.feedback_index(), {correction.post_id: correction.ts}, gt=True)
+        return Outcome({0: "duplicate", 1: "stored_older", 2: "stored"}[int(stored)], correction)
 
 
 def register_intake(app: faust.App, settings: Settings, rate_limit: int = RATE_PER_MINUTE) -> str:
@@ -81,12 +89,13 @@ def register_intake(app: faust.App, settings: Settings, rate_limit: int = RATE_P
 
     async def agent(stream: faust.StreamT) -> None:
         client = state.setdefault("client", async_redis(settings))
+        intake = Intake(client, settings.keys, rate_limit)
         try:
             async for events in stream.noack_take(BATCH_MAX, within=BATCH_WITHIN_S):
                 dead = []
                 for event in events:
                     raw = bytes(event.message.value or b"")
-                    outcome = await take_in(client, settings.keys, raw, rate_limit)
+                    outcome = await intake.take_in(raw)
                     if outcome.status == "rejected":
                         post_id = outcome.correction.post_id if outcome.correction else post_id_guess_feedback(raw)
                         log.warning("dlq stage=%s reason=%s id=%s", DLQ_STAGE, outcome.reason, post_id)

@@ -21,8 +21,8 @@ the browser gets by opening ``/?token=…`` once);
 
 and the timers: stats to the SSE clients and the brand index to Redis every ``STATS_INTERVAL_S``, alert
 evaluation and the resending of unacknowledged alerts every ``ALERT_INTERVAL_S`` (every web-enabled worker
-runs it; ``alerts.claim_alert`` makes sure only one fires; the topic gets each alert at least once, keyed by
-its id). The live state behind the views is ``hub.LiveHub``.
+runs it; ``alerts.AlertOutbox.claim`` makes sure only one fires; the topic gets each alert at least once,
+keyed by its id). The live state behind the views is ``hub.LiveHub``.
 
 A dedicated monitor process is ``affectstream worker --role monitor``: no agents, no model, and
 ``monitor_settings`` puts it in its own consumer group, so starting or stopping it never rebalances the

@@ -31,10 +31,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from redis.exceptions import NoScriptError
-
 from affectstream.streaming.worker import metrics
 from affectstream.streaming.worker.redis_keys import ALL_BRANDS
+from affectstream.streaming.worker.redis_scripts import run_pipelined
 from affectstream.streaming.worker.result import Result
 from affectstream.streaming.worker.settings import Settings
 
@@ -142,19 +141,16 @@ class ShadowWriter:
 
     async def _store(self, items: list[ShadowItem]) -> list[Any]:
         s = self.settings
-        async with self.client.pipeline(transaction=False) as pipe:
-            for item in items:  # EVALSHA by hand, as the Redis sink: a cluster pipeline blocks script objects
-                pipe.execute_command("EVALSHA", self._script.sha, 1, s.keys.shadow_result(item.candidate.id),
-                                     item.json, s.result_ttl_s)
-            return await pipe.execute(raise_on_error=True)
+        replies = await run_pipelined(self.client, [(self._script, [s.keys.shadow_result(item.candidate.id)],
+                                                     [item.json, s.result_ttl_s]) for item in items])
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return replies
 
     async def _store_and_count(self, items: list[ShadowItem]) -> None:
         s = self.settings
-        try:
-            replies = await self._store(items)
-        except NoScriptError:  # a flushed or restarted server: load the script (every master) and run again
-            await self.client.script_load(STORE_LUA)
-            replies = await self._store(items)
+        replies = await self._store(items)
         fresh = [item for item, reply in zip(items, replies) if reply == 1]
         if not fresh:
             return

@@ -25,8 +25,8 @@ every post is in exactly one call's set, and the stage's metrics count only thos
 slots are moving or not all served) as an outage: it backs off (capped), logs one line per interval rather
 than per retry, retries only the steps not yet done, and returns once every result is accepted (or
 `close()` / `stop()` abandons it). Any other refusal (WRONGTYPE, CROSSSLOT, a syntax error: a bug) raises at
-once, so the stage crashes loudly instead of retrying forever. NOSCRIPT (a flushed or restarted server) is
-retried at once, after loading the scripts (on every master of a cluster).
+once, so the stage crashes loudly instead of retrying forever. The scripts are registered once and run
+through ``redis_scripts.run_pipelined``, which loads a script a flushed or restarted server lacks.
 """
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from affectstream.streaming.worker.redis_client import async_redis
 from affectstream.streaming.worker.redis_keys import RedisKeys, minute_bucket
+from affectstream.streaming.worker.redis_scripts import run_pipelined
 from affectstream.streaming.worker.result import Result
 from affectstream.streaming.worker.settings import Settings
 from affectstream.streaming.worker.sinks import Sink, SinkItem
@@ -162,7 +163,6 @@ class RedisSink(Sink):
         self._own_client = client is None
         self.client = client if client is not None else async_redis(settings)
         self._claim, self._count, self._announce = (self.client.register_script(s) for s in SCRIPTS)
-        self._scripts_loaded = False
         self._stop = asyncio.Event()
         self._stalled = 0  # writes that failed at least once and have not succeeded yet
 
@@ -181,8 +181,6 @@ class RedisSink(Sink):
         fresh: set[str] = set()
         pending = [_Write(item) for item in batch]
         delay, attempt, started, next_log = RETRY_FIRST_S, 0, time.monotonic(), 0.0
-        if not self._scripts_loaded:
-            self._scripts_loaded = await self._load_scripts()
         try:
             while pending:
                 error = await self._attempt(pending, fresh)
@@ -193,8 +191,6 @@ class RedisSink(Sink):
                 self._stalled += attempt == 1
                 if self._stop.is_set():
                     raise SinkStopped(f"redis write abandoned after {attempt} attempts") from error
-                if isinstance(error, NoScriptError) and await self._load_scripts():
-                    continue  # scripts were flushed (or a master restarted): loaded again, retry at once
                 if time.monotonic() >= next_log:
                     next_log = time.monotonic() + LOG_EVERY_S
                     log.warning("redis write failed (%s: %s); retrying with backoff up to %.0fs (attempt %d, "
@@ -226,12 +222,7 @@ class RedisSink(Sink):
     async def _run(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
         """One non-transactional pipeline of script calls (split by node on a cluster); per call its reply
         or the exception Redis returned."""
-        if not calls:
-            return []
-        async with self.client.pipeline(transaction=False) as pipe:
-            for script, keys, args in calls:  # EVALSHA by hand: a cluster pipeline blocks script objects
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            return await pipe.execute(raise_on_error=False)
+        return await run_pipelined(self.client, calls)
 
     async def _claim_step(self, pending: list[_Write], fresh: set[str]) -> BaseException | None:
         s, todo = self.settings, [w for w in pending if w.step == CLAIM]
@@ -285,17 +276,6 @@ class RedisSink(Sink):
             if reply == 1:
                 fresh.add(w.item.result.id)
         return error
-
-    async def _load_scripts(self) -> bool:
-        """SCRIPT LOAD every script (on a cluster: on every master); False if Redis is away."""
-        try:
-            for script in (self._claim, self._count, self._announce):
-                await self.client.script_load(script.script)
-        except BaseException as e:  # noqa: BLE001 - classified here; not retryable -> re-raised
-            if not is_retryable(e):
-                raise
-            return False
-        return True
 
     async def _sleep(self, delay: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):  # the normal case: no stop during the backoff
