@@ -230,3 +230,18 @@ def test_int8_gate_records_its_sets_and_decides_what_auto_serves(tmp_path, cache
     if int8_breaks:
         assert not gate["passed"] and s["delta_points"] < -0.5 and "NOT passed" in result.output
     assert serving.choose_backend(model_dir, "cpu")[0] == ("onnx-int8" if gate["passed"] else "torch")
+
+
+def test_int8_gate_names_the_sets_it_could_not_read(tmp_path, cache, monkeypatch):
+    """A gate run on a machine without the Twitter sets says so in the record and the card line, and
+    reads them from the data path it is given."""
+    from affectstream.training import int8_gate
+
+    model_dir = save_tiny(tmp_path / "m", kind="bert", top_k=4)
+    seen: list[str] = []
+    monkeypatch.setattr(int8_gate, "gate_sets", lambda root, say=print: seen.append(str(root)) or {"mini-test": gate_samples()})
+    monkeypatch.setattr(serving, "cpu_flags", lambda: frozenset({"avx512_vnni", "avx512_bf16"}))
+    gate = int8_gate.run_gate(model_dir, tmp_path / "nowhere", say=lambda msg: None, write=False)
+    assert seen == [str(tmp_path / "nowhere")] and gate["data_path"] == str(tmp_path / "nowhere")
+    assert gate["missing"] == ["twitter2015-test", "twitter2017-test"]
+    assert "twitter2015-test" in gate["card_line"] and "not checked" in gate["card_line"]

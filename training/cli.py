@@ -84,7 +84,7 @@ def train(ablations: bool, seeds: str | None, **flags) -> None:
 @click.option("--no-train", is_flag=True, help="Only read back finished runs; leave out the others.")
 @click.option("--held-out", "held_out", multiple=True, metavar="KIND=PATH",
               help="Also score every run on this data set's test split, which no run trains or tunes on "
-                   "(repeatable), e.g. twitter2015=../shared/data/twitter2015.")
+                   "(repeatable), e.g. twitter2015=data/twitter2015.")
 def ablate(seeds_spec: str, variants: tuple[str, ...], list_variants: bool, json_path: str | None,
            attach_dir: str | None, no_train: bool, held_out: tuple[str, ...], **flags) -> None:
     """Every variant × seed on the same splits: mean ± sd per variant, paired differences against the full

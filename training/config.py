@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+def data_root() -> Path:
+    """Where the research data sets live (docs/data.md): $AFFECTSTREAM_DATA, else ./data. Never in git."""
+    return Path(os.environ.get("AFFECTSTREAM_DATA", "data"))
+
+
 def default_cache_dir() -> str:
     return str(Path(os.environ.get("AFFECTSTREAM_CACHE", Path.home() / ".cache" / "affectstream")) / "descriptions")
 
@@ -85,10 +90,19 @@ PRESETS: dict[str, TrainConfig] = {
     "msed-roberta": TrainConfig(dataset="msed", encoder="roberta-base", captioner="vlm:Salesforce/blip-image-captioning-large",
                                 top_k=24, max_length=160, epochs=10, lr=2e-5, batch_size=32, metric="macro_f1",
                                 out_dir="models/msed-roberta", run_dir="runs/msed-roberta"),
+    # the seed's own benchmarks with what ships offline: packaged MiniLM, the offline describer (objects, OCR,
+    # scene, faces), the method v2 settings of the default; the dataset paths come from --data-path/--split-file
+    # (docs/data.md says where users get MVSA-Single, CLMLF's split and MSED). Papers report weighted-F1.
+    "mvsa": TrainConfig(dataset="mvsa-single", pooling="hybrid", top_k_ratio=0.25, top_k_min=2, min_weight_share=0.25,
+                        max_length=128, epochs=4, metric="weighted_f1", export_dtype="bf16",
+                        out_dir="models/mvsa", run_dir="runs/mvsa"),
+    "msed": TrainConfig(dataset="msed", pooling="hybrid", top_k_ratio=0.25, top_k_min=2, min_weight_share=0.25,
+                        max_length=160, epochs=3, metric="weighted_f1", export_dtype="bf16",
+                        out_dir="models/msed", run_dir="runs/msed"),
     # target-level brand sentiment: packaged MiniLM, Twitter-2015 + Twitter-2017 (TomBERT's release, text only;
-    # the paths are where this project's machines keep them: override with --data-path / --extra twitter2017=PATH)
-    "brands": TrainConfig(dataset="twitter2015", data_path="../shared/data/twitter2015",
-                          extra_datasets=("twitter2017=../shared/data/twitter2017",), captioner="none",
+    # under data_root(): override with --data-path / --extra twitter2017=PATH)
+    "brands": TrainConfig(dataset="twitter2015", data_path=str(data_root() / "twitter2015"),
+                          extra_datasets=(f"twitter2017={data_root() / 'twitter2017'}",), captioner="none",
                           max_length=64, epochs=3, lr=8e-5, batch_size=32, patience=2,
                           export_dtype="bf16", out_dir="models/brands", run_dir="runs/brands"),
     # the larger offline encoder: MPNet-base (110M) from the `mpnet` extra; weights not committed (size). A base-size
@@ -96,10 +110,17 @@ PRESETS: dict[str, TrainConfig] = {
     # macro-F1 0.795 on VADER in 2 epochs); an epoch is ~9 s x 120 steps on 2 cores; bf16 export halves the 438 MB.
     "default-mpnet": TrainConfig(extra_datasets=("proxy",), encoder="offline:mpnet", lr=5e-5, epochs=2,
                                  export_dtype="bf16", out_dir="models/default-mpnet", run_dir="runs/default-mpnet"),
-    "brands-mpnet": TrainConfig(dataset="twitter2015", data_path="../shared/data/twitter2015",
-                                extra_datasets=("twitter2017=../shared/data/twitter2017",), captioner="none",
+    "brands-mpnet": TrainConfig(dataset="twitter2015", data_path=str(data_root() / "twitter2015"),
+                                extra_datasets=(f"twitter2017={data_root() / 'twitter2017'}",), captioner="none",
                                 encoder="offline:mpnet", max_length=64, epochs=3, lr=5e-5, batch_size=32, patience=2,
                                 export_dtype="bf16", out_dir="models/brands-mpnet", run_dir="runs/brands-mpnet"),
+    "mvsa-mpnet": TrainConfig(dataset="mvsa-single", encoder="offline:mpnet", lr=5e-5, pooling="hybrid",
+                              top_k_ratio=0.25, top_k_min=2, min_weight_share=0.25, max_length=128, epochs=3,
+                              metric="weighted_f1", export_dtype="bf16", out_dir="models/mvsa-mpnet",
+                              run_dir="runs/mvsa-mpnet"),
+    "msed-mpnet": TrainConfig(dataset="msed", encoder="offline:mpnet", lr=5e-5, pooling="hybrid", top_k_ratio=0.25,
+                              top_k_min=2, min_weight_share=0.25, max_length=160, epochs=3, metric="weighted_f1",
+                              export_dtype="bf16", out_dir="models/msed-mpnet", run_dir="runs/msed-mpnet"),
     # seconds-long smoke run: random tiny encoder
     "tiny": TrainConfig(encoder="tiny-random", captioner="none", top_k=4, max_length=48, epochs=3, batch_size=16,
                         lr=3e-3, head_lr=3e-3, warmup_ratio=0.0, patience=5, out_dir="models/tiny", run_dir="runs/tiny"),

@@ -25,16 +25,17 @@ from affectstream.model.device import cpu_model
 from affectstream.model.serving import GATE_TOLERANCE, cpu_isa, load_predictor, write_gate
 from affectstream.model.onnx_export import EXPORT_RECIPE, weights_hash
 from affectstream.model.targets import TargetInput
+from affectstream.training.config import data_root
 from affectstream.training.datasets import load_dataset
 from affectstream.training.evaluate import classification_metrics
 
-DEFAULT_DATA_ROOT = "../shared/data"     # where twitter2015/ and twitter2017/ live on this project's machines
+GATE_SETS = ("twitter2015", "twitter2017")  # target-level test sets checked beside VADER when present
 
 
 def gate_sets(data_root: str | Path, say: Callable[[str], None] = print) -> dict[str, list]:
     """name -> test samples: VADER always (cached or fetched), Twitter-2015/2017 when present."""
     sets = {"vader-test": [s for s in load_dataset("vader").samples if s.split == "test"]}
-    for name in ("twitter2015", "twitter2017"):
+    for name in GATE_SETS:
         folder = Path(data_root) / name
         if (folder / "test.tsv").is_file():
             sets[f"{name}-test"] = [s for s in load_dataset(name, str(folder)).samples if s.split == "test"]
@@ -50,15 +51,17 @@ def predict_labels(predictor, samples: list) -> list[str]:
     return [p.label for p in predictor.predict([(s.text, "") for s in samples])]
 
 
-def run_gate(model_dir: str | Path, data_root: str | Path = DEFAULT_DATA_ROOT, say: Callable[[str], None] = print,
+def run_gate(model_dir: str | Path, data_path: str | Path | None = None, say: Callable[[str], None] = print,
              write: bool = True) -> dict:
+    """`data_path`: the folder holding twitter2015/ and twitter2017/ (default: training.config.data_root())."""
     model_dir = Path(model_dir)
     say(f"int8 gate: {model_dir} (torch vs onnx-int8) ...")
     reference = load_predictor(model_dir, "torch", device="cpu")
     int8 = load_predictor(model_dir, "onnx-int8")
     labels = tuple(reference.config.sentiment_labels) or SENTIMENT_LABELS
     sets = {}
-    for name, samples in gate_sets(data_root, say).items():
+    data_path = Path(data_path) if data_path is not None else data_root()
+    for name, samples in gate_sets(data_path, say).items():
         truth = [s.label for s in samples]
         ref_pred, int8_pred = predict_labels(reference, samples), predict_labels(int8, samples)
         ref_f1 = classification_metrics(truth, ref_pred, labels)["macro_f1"]
@@ -76,6 +79,8 @@ def run_gate(model_dir: str | Path, data_root: str | Path = DEFAULT_DATA_ROOT, s
         "int8": "ONNX Runtime dynamic int8 (QInt8 per-channel weights; scorer and heads fp32), model/onnx_export.py",
         "rule": "int8 macro-F1 >= reference macro-F1 - tolerance on every set",
         "sets": sets,
+        "data_path": str(data_path),
+        "missing": [f"{name}-test" for name in GATE_SETS if f"{name}-test" not in sets],
         "weights_hash": weights_hash(model_dir),
         "recipe": EXPORT_RECIPE,
         "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -92,6 +97,8 @@ def card_line(gate: dict) -> str:
     parts = ", ".join(f"{name} {s['macro_f1_reference']:.4f} → {s['macro_f1_int8']:.4f} ({s['delta_points']:+.2f})"
                       for name, s in gate["sets"].items())
     verdict = "passed" if gate["passed"] else "NOT passed (int8 is not served by `auto`)"
+    if gate.get("missing"):
+        verdict += f" (not checked, data missing under {gate['data_path']}: {', '.join(gate['missing'])})"
     return (f"int8 serving gate ({gate['measured_at']}): macro-F1 {gate['reference']} → onnx-int8: {parts}; "
             f"passes when int8 is at most {gate['tolerance_points']:.1f} points below on every set: {verdict}.")
 

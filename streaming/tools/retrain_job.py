@@ -18,7 +18,7 @@
    is bound to the weights' hash, so without this a promoted candidate would fall back from int8 to torch
    under ``AFFECTSTREAM_INFERENCE_BACKEND=auto``. Its result goes next to the version and into the report.
 
-An empty registry is bootstrapped from ``settings.model_dir`` (added as v1 and promoted), so the job has a
+An empty registry is bootstrapped from ``settings.classify.model_dir`` (added as v1 and promoted), so the job has a
 deployed version to compare against and to name as the candidate's base.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ from affectstream.streaming.worker.kafka_config import bootstrap_servers, kafka_
 from affectstream.streaming.worker.redis_client import sync_redis
 from affectstream.streaming.worker.settings import Settings
 from affectstream.training.config import TrainConfig
-from affectstream.training.int8_gate import DEFAULT_DATA_ROOT, run_gate
+from affectstream.training.int8_gate import run_gate
 from affectstream.training.retrain import CorrectedPost, RetrainOptions, RetrainResult, retrain
 
 log = logging.getLogger("affectstream.retrain")
@@ -118,7 +118,7 @@ def take_feedback(settings: Settings, registry: Registry, group: str, timeout_s:
     from kafka import KafkaConsumer, TopicPartition
     from kafka.structs import OffsetAndMetadata
 
-    topic = settings.topic_feedback
+    topic = settings.kafka.topic_feedback
     common = dict(bootstrap_servers=bootstrap_servers(settings), enable_auto_commit=False,
                   auto_offset_reset="earliest", **kafka_client_kwargs(settings))
     consumer = KafkaConsumer(group_id=group, client_id="affectstream-retrain", **common)
@@ -182,24 +182,24 @@ def corrected_posts(rows: list[dict]) -> list[CorrectedPost]:
 # --- 3 + 4: retrain and register ----------------------------------------------------------------------
 
 def ensure_deployed(registry: Registry, settings: Settings) -> str:
-    """The deployed version; an empty registry gets ``settings.model_dir`` as v1, promoted."""
+    """The deployed version; an empty registry gets ``settings.classify.model_dir`` as v1, promoted."""
     current = registry.current()
     if current:
         return current
-    version = registry.add(settings.model_dir, {"base_version": None, "reason": f"bootstrap from {settings.model_dir}"})
-    registry.promote(version, f"bootstrap from {settings.model_dir}")
+    version = registry.add(settings.classify.model_dir, {"base_version": None, "reason": f"bootstrap from {settings.classify.model_dir}"})
+    registry.promote(version, f"bootstrap from {settings.classify.model_dir}")
     return version
 
 
 def run_retrain(settings: Settings, cfg: TrainConfig, options: RetrainOptions = RetrainOptions(), *,
                 registry_root: str | None = None, work_dir: str | None = None, progress: bool = False) -> JobReport:
     """The whole job (module docstring). ``cfg``: the training preset the candidate is trained with."""
-    root = registry_root or settings.model_registry
+    root = registry_root or settings.classify.model_registry
     if not root:
         raise ValueError("retrain needs a model registry: --registry DIR or AFFECTSTREAM_MODEL_REGISTRY")
     registry = Registry(root)
     base_version = ensure_deployed(registry, settings)
-    intake = take_feedback(settings, registry, settings.app_id + GROUP_SUFFIX)
+    intake = take_feedback(settings, registry, settings.kafka.app_id + GROUP_SUFFIX)
     rows = read_store(store_path(registry))
     log.info("feedback: read %d, kept %d, skipped %s; %d corrections in the store", intake.read, intake.kept,
              intake.skipped, len(rows))
@@ -229,7 +229,7 @@ def run_retrain(settings: Settings, cfg: TrainConfig, options: RetrainOptions = 
     return report
 
 
-def measure_int8_gate(model_dir: Path, data_root: str | Path = DEFAULT_DATA_ROOT) -> dict | None:
+def measure_int8_gate(model_dir: Path, data_root: str | Path | None = None) -> dict | None:
     """Step 5 (module docstring): the version's int8 gate, written next to it; None where the CPU has no
     int8 units (`auto` never serves int8 there) or the gate's test sets cannot be read."""
     from affectstream.model.serving import INT8_FLAGS, cpu_flags
