@@ -12,14 +12,13 @@ import functools
 import logging
 import os
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
 from affectstream.streaming.tools.sample import POSTS
-from affectstream.streaming.worker.settings import ENV_PREFIX, Settings, _coerce
+from affectstream.streaming.worker.settings import ENV_PREFIX, SETTING_FIELDS, Settings, _coerce, env_name
 
 # torch's OpenMP threads spin while waiting by default; on shared or oversubscribed cores that turns every
 # small op into a wait for a descheduled thread (measured: naive inference 15 -> 70 posts/s). Must be set
@@ -49,6 +48,7 @@ SETTING_FLAGS: dict[str, tuple[str, Any, str]] = {
                                     "AFFECTSTREAM_WEB_AUTH_TOKEN)."),
 }
 EXPLICIT = "affectstream.explicit_settings"  # click context meta: names set by a flag, --set or the environment
+FLAGGED = "affectstream.flagged_settings"    # click context meta: names set by a flag or --set
 
 
 def settings_options(func: Callable) -> Callable:
@@ -66,8 +66,9 @@ def settings_options(func: Callable) -> Callable:
             overrides["web_enabled"] = web
         for item in kwargs.pop("set_values"):
             overrides.update(parse_set(item))
-        env_names = {f.name for f in fields(Settings) if ENV_PREFIX + f.name.upper() in os.environ}
+        env_names = {name for name in SETTING_FIELDS if env_name(name) in os.environ}
         click.get_current_context().meta[EXPLICIT] = frozenset(overrides) | env_names
+        click.get_current_context().meta[FLAGGED] = frozenset(overrides)
         try:
             kwargs["settings"] = Settings.load(overrides)
         except ValueError as e:
@@ -99,11 +100,10 @@ def parse_set(item: str) -> dict[str, Any]:
     name = name.strip().lower().replace("-", "_")
     if name.upper().startswith(ENV_PREFIX):
         name = name[len(ENV_PREFIX):]
-    by_name = {f.name: f for f in fields(Settings)}
-    if not sep or name not in by_name:
-        raise click.BadParameter(f"--set {item!r}: expected NAME=VALUE with NAME one of {sorted(by_name)}")
+    if not sep or name not in SETTING_FIELDS:
+        raise click.BadParameter(f"--set {item!r}: expected NAME=VALUE with NAME one of {sorted(SETTING_FIELDS)}")
     try:
-        return {name: _coerce(by_name[name], raw)}
+        return {name: _coerce(SETTING_FIELDS[name], raw)}
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
 
@@ -125,7 +125,7 @@ def main() -> None:
                    "opens the web port unless --with-web (or AFFECTSTREAM_WEB_ENABLED=true) asks for it.")
 @click.option("--loglevel", default="info", show_default=True)
 @click.option("--create-topics/--no-create-topics", default=True, show_default=True,
-              help="Create missing topics with settings.partitions before starting.")
+              help="Create missing topics with settings.kafka.partitions before starting.")
 @settings_options
 def worker(settings: Settings, role: str, loglevel: str, create_topics: bool) -> None:
     """Run a faust worker for ROLE until SIGINT/SIGTERM."""
@@ -135,7 +135,7 @@ def worker(settings: Settings, role: str, loglevel: str, create_topics: bool) ->
     from affectstream.streaming.worker.app import WebExposureError, create_app
     from affectstream.streaming.worker.sinks import SinkConfigError
 
-    if not settings.broker_url or not settings.redis_url:
+    if not settings.kafka.brokers or not settings.redis.url:
         raise click.UsageError("worker needs --broker and --redis (the embedded services are for `demo`)")
     if create_topics:
         from affectstream.streaming.worker.kafka_config import create_topics as create
@@ -144,27 +144,27 @@ def worker(settings: Settings, role: str, loglevel: str, create_topics: bool) ->
     if role == "monitor":  # its own group: starting or stopping it never rebalances the processing workers
         settings = monitor_settings(settings)
     else:  # a processing worker serves no dashboard: it opens the web port only when asked to
-        settings = settings.replace(web_enabled=settings.web_enabled and explicitly_set("web_enabled"))
+        settings = settings.replace(web_enabled=settings.web.enabled and explicitly_set("web_enabled"))
     try:
         app = create_app(settings, role)
     except (SinkConfigError, WebExposureError) as e:
         raise click.UsageError(str(e)) from None
-    if settings.web_enabled:
+    if settings.web.enabled:
         register_web(app, settings)  # dashboard, JSON API, SSE, /metrics, sentiment-shift alerts, corrections
     if role == "monitor":  # analysts' corrections: feedback topic -> Redis (or the DLQ with a reason)
         from affectstream.streaming.monitor.intake import register_intake
 
         register_intake(app, settings)
-    web = f"http://{settings.web_bind}:{settings.web_port}/" if settings.web_enabled else "off"
-    auth = " (token required)" if settings.web_enabled and settings.web_auth_token else ""
-    click.echo(f"affectstream worker role={role} app={settings.app_id} broker={settings.redacted()['broker_url']} "
+    web = f"http://{settings.web.bind}:{settings.web.port}/" if settings.web.enabled else "off"
+    auth = " (token required)" if settings.web.enabled and settings.web.auth_token else ""
+    click.echo(f"affectstream worker role={role} app={settings.kafka.app_id} broker={settings.redacted()['broker_url']} "
                f"web={web}{auth}", err=True)
     faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
 
 
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True), default=str(SAMPLE))
-@click.option("--topic", default=None, help="Target topic (default: settings.topic_posts).")
+@click.option("--topic", default=None, help="Target topic (default: settings.kafka.topic_posts).")
 @click.option("--rate", type=float, default=0.0, help="Posts per second (0: as fast as possible).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @settings_options
@@ -225,11 +225,26 @@ def demo(settings: Settings, sample: str, live: bool, rate: float, timeout_s: fl
 @main.command()
 @settings_options
 def topics(settings: Settings) -> None:
-    """Create every topic with settings.partitions partitions (idempotent)."""
+    """Create every topic with settings.kafka.partitions partitions (idempotent)."""
     from affectstream.streaming.worker.kafka_config import create_topics
 
     create_topics(settings, timeout_s=120)  # a broker in a fresh cluster can take a while
     click.echo(f"topics ready on {settings.redacted()['broker_url']}")
+
+
+@main.command("settings")
+@click.option("--json", "as_json", is_flag=True, help="A JSON list: name, variable, value, source per setting.")
+@click.option("--markdown", is_flag=True, help="The generated reference of docs/settings.md (defaults) instead.")
+@settings_options
+def settings_command(settings: Settings, as_json: bool, markdown: bool) -> None:
+    """Every setting's effective value and its source (flag, env, default); secrets masked."""
+    from affectstream.streaming.tools import settings_report as report
+
+    if markdown:
+        click.echo(report.reference_markdown(), nl=False)
+        return
+    table = report.rows(settings, click.get_current_context().meta.get(FLAGGED, frozenset()), os.environ)
+    click.echo(report.render_json(table) if as_json else report.render_text(table))
 
 
 @main.group()

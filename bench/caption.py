@@ -71,7 +71,7 @@ def cache_hits_per_s(redis_url: str, lookups: int, concurrency: int) -> dict:
     from affectstream.streaming.worker.settings import Settings
 
     async def main() -> dict:
-        sink = CaptionCache(Settings(redis_url=redis_url, redis_prefix="benchcache:"))
+        sink = CaptionCache(Settings().replace(redis_url=redis_url, redis_prefix="benchcache:"))
         shas = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(concurrency)]
         for sha in shas:
             await sink.put_caption(sha, "offline", "objects: espresso. scene: dark, warm colours.")

@@ -150,7 +150,7 @@ class ChaosRun:
         self.redis_port = free_port()
         self.redis = start_redis(self.redis_port, data_dir=self.redis_dir)
         run = f"{self.cfg.seed}-{os.getpid()}"
-        s = Settings(broker_url=self.broker.url, redis_url=self.redis.url, app_id=f"affectstream-chaos-{run}",
+        s = Settings().replace(broker_url=self.broker.url, redis_url=self.redis.url, app_id=f"affectstream-chaos-{run}",
                      redis_prefix="chaos:", model_dir=str(self.cfg.model_dir), captioner="chaos",
                      caption_timeout_s=self.cfg.caption_timeout_s, batch_max=self.cfg.batch_max,
                      partitions=4, threads=1, web_enabled=False, session_timeout_s=6.0,

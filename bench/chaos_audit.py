@@ -96,7 +96,7 @@ def read_topic(settings: Settings, topic: str, idle_polls: int = 3) -> list:
 def dlq_raws(settings: Settings) -> list[tuple[bytes, dict]]:
     """(original bytes, record) for every dead letter."""
     out = []
-    for rec in read_topic(settings, settings.topic_dlq):
+    for rec in read_topic(settings, settings.kafka.topic_dlq):
         value = orjson.loads(rec.value)
         out.append((base64.b64decode(value.get("raw_b64", "")), value))
     return out
@@ -121,7 +121,7 @@ def audit(settings: Settings, wl: Workload) -> Audit:
             if raw is None:
                 continue
             res = orjson.loads(raw)
-            labels[post_id] = Result.from_dict(res).bucket_labels(settings.untargeted_brand)
+            labels[post_id] = Result.from_dict(res).bucket_labels(settings.brands.untargeted)
             image_errors[res.get("image_error")] += 1
             processed.append(res.get("processed_at") or 0)
     a.image_errors = {str(k): v for k, v in image_errors.items()}
@@ -134,7 +134,7 @@ def audit(settings: Settings, wl: Workload) -> Audit:
     recount: collections.Counter = collections.Counter()
     for post_id, by_bucket in labels.items():  # buckets from the produced post; labels: Result.bucket_labels
         post = wl.valid[post_id]
-        for brand in counted_brands(post.get("brands", []), settings.untargeted_brand):
+        for brand in counted_brands(post.get("brands", []), settings.brands.untargeted):
             recount[(brand, minute_bucket(post["created_at"]), by_bucket.get(brand, "<not counted>"))] += 1
     in_redis: collections.Counter = collections.Counter()
     for key in r.scan_iter(match=keys.brand_pattern(), count=5000):
@@ -152,7 +152,7 @@ def audit(settings: Settings, wl: Workload) -> Audit:
                 a.count_mismatches.append((*k, in_redis[k], recount[k]))
 
     # the sentiment topic
-    results = read_topic(settings, settings.topic_sentiment)
+    results = read_topic(settings, settings.kafka.topic_sentiment)
     topic_ids = collections.Counter(orjson.loads(rec.value)["id"] for rec in results)
     a.on_topic = len(set(topic_ids) & ids)
     a.topic_missing = len(ids - set(topic_ids))

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     captioners.build_captioner = lambda *spec, **options: SteeredCaptioner(control)  # whatever the spec
     settings = Settings.load({"web_enabled": False})  # no worker of the chaos run serves the dashboard
     app = create_app(settings, args.role)
-    print(f"chaos worker role={args.role} app={settings.app_id} captioner control={control}", file=sys.stderr)
+    print(f"chaos worker role={args.role} app={settings.kafka.app_id} captioner control={control}", file=sys.stderr)
     sys.argv = sys.argv[:1]  # faust's Worker reads argv: nothing of ours for it there
     faust.Worker(app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
 

@@ -129,7 +129,7 @@ def run_bench(sizes: Sizes, *, shapes: tuple[str, ...], e2e: bool, caption: bool
 
         # the served model (models/default when deployed) on the worker's own default backend: what a
         # user's classify worker runs, memory included
-        backend = Settings().inference_backend
+        backend = Settings().classify.inference_backend
         say(f"end to end (real broker + Redis, a caption and a classify worker; {served.name}, {backend}) ...")
         results["e2e"] = e2e_bench.run(
             served.directory, burst=sizes.burst, load_seconds=sizes.load_seconds, loads=(0.25, 0.5, 0.8),

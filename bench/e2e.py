@@ -150,7 +150,7 @@ def pipeline(requested: Settings, texts: list[str], images: bool, say: Callable[
 
     with EmbeddedServices(requested) as services, contextlib.ExitStack() as stack:
         s = services.settings
-        say(f"  broker {s.broker_url}, redis {s.redis_url}; starting a caption and a classify worker ...")
+        say(f"  broker {s.kafka.brokers}, redis {s.redis.url}; starting a caption and a classify worker ...")
         observers = Observers(s)
         stack.callback(observers.close)
         classify = WorkerProcess(s, "classify", loglevel="info")
@@ -159,7 +159,7 @@ def pipeline(requested: Settings, texts: list[str], images: bool, say: Callable[
         stack.callback(caption.stop)
         try:  # warm-up first: both workers joined, the models loaded (the describer's too), nothing measured
             posts = Workload("warmup", texts, image_every=4 if images else 0, first_image=1_000_000).posts(
-                "warmup", max(requested.batch_max, 8))
+                "warmup", max(requested.classify.micro_batch_max, 8))
             produce(s, observers, posts)
             if not observers.wait_for([p[0] for p in posts], 180):
                 raise RuntimeError(f"warm-up: no results in 180 s: {observers.missing([p[0] for p in posts])}")
@@ -180,10 +180,10 @@ def run(model_dir: Path, *, burst: int, load_seconds: float, loads: tuple[float,
     (GOAL_LEVEL of the text workload's maximum) run ``goal_rounds`` times, each on a fresh pipeline."""
     texts = [text for text, _ in pairs]
     defaults = Settings()
-    caption_window_s = defaults.caption_batch_window_s if caption_window_s is None else caption_window_s
-    caption_batch_max = caption_batch_max or defaults.caption_batch_max
+    caption_window_s = defaults.caption.micro_batch_window_s if caption_window_s is None else caption_window_s
+    caption_batch_max = caption_batch_max or defaults.caption.micro_batch_max
     run_id = uuid.uuid4().hex[:8]
-    requested = Settings(broker_url="", redis_url="", app_id=f"affectstream-bench-{run_id}",
+    requested = Settings().replace(broker_url="", redis_url="", app_id=f"affectstream-bench-{run_id}",
                          redis_prefix=f"bench{run_id}:", model_dir=str(model_dir), captioner="offline",
                          batch_max=batch_max, batch_window_s=batch_window_s, caption_batch_max=caption_batch_max,
                          caption_batch_window_s=caption_window_s, device=device, threads=threads,

@@ -57,8 +57,8 @@ class Observers:
         self._redis = sync_redis(settings)
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         self._pubsub.subscribe(settings.keys.live)
-        self._consumers = [self._consumer(settings.topic_sentiment, OBSERVER_FETCH_WAIT_MS),
-                           self._consumer(settings.topic_enriched, ENRICHED_OBSERVER_FETCH_WAIT_MS)]
+        self._consumers = [self._consumer(settings.kafka.topic_sentiment, OBSERVER_FETCH_WAIT_MS),
+                           self._consumer(settings.kafka.topic_enriched, ENRICHED_OBSERVER_FETCH_WAIT_MS)]
         self._threads = [threading.Thread(target=self._live, name="bench-live", daemon=True),
                          *(threading.Thread(target=self._topic, args=(c,), name="bench-topic", daemon=True)
                            for c in self._consumers)]
@@ -93,13 +93,13 @@ class Observers:
                                  enable_auto_commit=False, fetch_max_wait_ms=fetch_wait_ms,
                                  check_crcs=False,  # kafka-python's CRC of 60 kB image posts is pure Python
                                  client_id="affectstream-bench-observer", **kafka_client_kwargs(self.settings))
-        partitions = [TopicPartition(topic, p) for p in range(self.settings.partitions)]
+        partitions = [TopicPartition(topic, p) for p in range(self.settings.kafka.partitions)]
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
         return consumer
 
     def _topic(self, consumer) -> None:
-        sentiment = self.settings.topic_sentiment
+        sentiment = self.settings.kafka.topic_sentiment
         while not self._stop.is_set():
             batches = consumer.poll(timeout_ms=200)
             now_ms = time.time() * 1000
@@ -132,7 +132,7 @@ class Observers:
         seen = [self.seen.get(i, Seen()) for i in ids]
         return (f"of {len(ids)}, {sum(not s.redis_ms for s in seen)} not in Redis, "
                 f"{sum(not s.topic_ms for s in seen)} not on the topic, {sum(not s.enriched_ts for s in seen)} not read "
-                f"on {self.settings.topic_enriched}")
+                f"on {self.settings.kafka.topic_enriched}")
 
     def close(self) -> None:
         self._stop.set()
@@ -173,7 +173,7 @@ def produce(settings: Settings, observers: Observers, posts: list[tuple[str, str
                 post["image"] = {"b64": image}
             yield orjson.dumps(post)
 
-    produce_lines(settings, lines(), topic=settings.topic_posts, rate=rate)
+    produce_lines(settings, lines(), topic=settings.kafka.topic_posts, rate=rate)
 
 
 def percentile(values: list[float], q: float) -> float:

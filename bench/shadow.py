@@ -50,10 +50,10 @@ def bench_shadow(model_dir: str | Path, *, share: float = 0.1, n_posts: int = 10
     from affectstream.streaming.worker.classify import Classifying
 
     # on the worker's own backend (`auto` by default: onnx-int8 where its gate passed), as a worker loads both
-    backend = Settings().inference_backend
+    backend = Settings().classify.inference_backend
     deployed = load_predictor(model_dir, backend, device=device, threads=threads)
     candidate = load_predictor(model_dir, backend, device=device, threads=threads)
-    stage = Classifying(Settings(captioner="none", batch_max=batch), lambda: deployed, watch=False)
+    stage = Classifying(Settings().replace(captioner="none", batch_max=batch), lambda: deployed, watch=False)
     raws = enriched_posts(n_posts)
     batches = [raws[i:i + batch] for i in range(0, len(raws), batch)]
     loop = asyncio.new_event_loop()

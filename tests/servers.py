@@ -49,7 +49,7 @@ def settings_for(broker: RunningService | None = None, redis: RunningService | N
         "web_enabled": False,
     }
     values.update(overrides)
-    return Settings(**values)
+    return Settings().replace(**values)
 
 
 @contextlib.contextmanager

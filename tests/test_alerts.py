@@ -188,7 +188,7 @@ def test_an_alert_whose_send_fails_is_delivered_at_the_next_tick_once_keyed_by_i
     from affectstream.streaming.worker.kafka_config import bootstrap_servers, create_topics, kafka_client_kwargs
 
     s = settings_for(broker, redis_server)
-    s = s.replace(topic_alerts=f"alerts-{s.app_id.rsplit('-', 1)[-1]}")
+    s = s.replace(topic_alerts=f"alerts-{s.kafka.app_id.rsplit('-', 1)[-1]}")
     create_topics(s)
     minutes = [minute_bucket(M0 + i * 60_000) for i in range(31)]
 
@@ -206,7 +206,7 @@ def test_an_alert_whose_send_fails_is_delivered_at_the_next_tick_once_keyed_by_i
             attempts.append(alert["id"])
             if len(attempts) == 1:
                 raise ConnectionError("broker unavailable")
-            await producer.send_and_wait(s.topic_alerts, key=alert["id"].encode(), value=orjson.dumps(alert))
+            await producer.send_and_wait(s.kafka.topic_alerts, key=alert["id"].encode(), value=orjson.dumps(alert))
 
         hub = LiveHub(s)
         try:
@@ -224,7 +224,7 @@ def test_an_alert_whose_send_fails_is_delivered_at_the_next_tick_once_keyed_by_i
 
     counts, fired = asyncio.run(run())
     assert counts == [1, 1, 0, 2]
-    records = read_topic(s, s.topic_alerts)
+    records = read_topic(s, s.kafka.topic_alerts)
     assert [(r.key, orjson.loads(r.value)["id"]) for r in records] == [(f"acme:{minutes[30]}".encode(),
                                                                        fired[0]["id"])]
 
@@ -271,13 +271,13 @@ def test_a_negative_burst_for_one_brand_gives_exactly_one_alert_for_it(broker, r
         wait_for(lambda: len(stored_ids(s)) >= len(quiet), 90, [worker], "the calm period's results")
         produce_lines(s, [orjson.dumps(p) for p in burst])
         wait_for(lambda: len(stored_ids(s)) >= len(quiet) + len(burst), 60, [worker], "the burst's results")
-        wait_for(lambda: read_topic(s, s.topic_alerts), 30, [worker], "an alert on the alerts topic")
+        wait_for(lambda: read_topic(s, s.kafka.topic_alerts), 30, [worker], "an alert on the alerts topic")
         time.sleep(3 * 2.0)  # a few more alert ticks: nothing else may fire
-        alerts = [orjson.loads(r.value) for r in read_topic(s, s.topic_alerts)]
+        alerts = [orjson.loads(r.value) for r in read_topic(s, s.kafka.topic_alerts)]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/alerts", timeout=5) as response:
             shown = orjson.loads(response.read())
 
     assert [(a["brand"], a["minute"]) for a in alerts] == [("acme", minute_bucket(M0 + 5 * 60_000))]
-    assert [r.key for r in read_topic(s, s.topic_alerts)] == [alerts[0]["id"].encode()]  # key: the alert id
+    assert [r.key for r in read_topic(s, s.kafka.topic_alerts)] == [alerts[0]["id"].encode()]  # key: the alert id
     assert alerts[0]["hits"] == 20 and alerts[0]["n"] == 24 and alerts[0]["baseline_n"] == 30
     assert [a["id"] for a in shown] == [alerts[0]["id"]]

@@ -23,7 +23,7 @@ SERVICES = dict(broker_url="kafka://127.0.0.1:9", redis_url="redis://127.0.0.1:9
 
 
 def test_worker_consumer_uses_short_fetch_wait():
-    assert fetch_wait_of(Settings(**SERVICES)) == FETCH_MAX_WAIT_MS <= 100
+    assert fetch_wait_of(Settings().replace(**SERVICES)) == FETCH_MAX_WAIT_MS <= 100
 
 
 def test_fetch_wait_is_a_setting():
@@ -36,5 +36,5 @@ def test_producer_linger_is_a_setting_in_milliseconds():
     async def build(settings: Settings) -> float:
         return create_app(settings, "all", register=False).conf.producer_linger
 
-    assert asyncio.run(build(Settings(**SERVICES))) == 0.002
-    assert asyncio.run(build(Settings(**SERVICES, producer_linger_ms=0))) == 0.0
+    assert asyncio.run(build(Settings().replace(**SERVICES))) == 0.002
+    assert asyncio.run(build(Settings().replace(**SERVICES, producer_linger_ms=0))) == 0.0

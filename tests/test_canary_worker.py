@@ -68,7 +68,7 @@ def posts_on(partitions: list[int], n: int, tag: str) -> list[tuple[int, dict]]:
 
 def send(producer, s, placed: list[tuple[int, dict]]) -> None:
     """Each post to its own partition of ``posts-enriched``; returns once the broker acknowledged them all."""
-    futures = [producer.send(s.topic_enriched, key=post["id"].encode(), value=orjson.dumps(post), partition=p)
+    futures = [producer.send(s.kafka.topic_enriched, key=post["id"].encode(), value=orjson.dumps(post), partition=p)
                for p, post in placed]
     producer.flush()
     for future, (p, _) in zip(futures, placed):
@@ -87,7 +87,7 @@ def served(s, ids: list[str]) -> dict[str, tuple[str, str]] | None:
 def shadow_keys(s) -> list[str]:
     """Every key of this test's prefix that the shadow writes (``shadow_result``, ``shadow_agree``)."""
     r = redis_client(s)
-    return [k.decode() for k in r.scan_iter(match=f"{s.redis_prefix}shadow*", count=1000)]
+    return [k.decode() for k in r.scan_iter(match=f"{s.redis.prefix}shadow*", count=1000)]
 
 
 def test_a_canary_serves_the_first_half_of_the_partitions_until_it_is_turned_off(broker, redis_server, tmp_path):
@@ -110,7 +110,7 @@ def test_a_canary_serves_the_first_half_of_the_partitions_until_it_is_turned_off
         worker = procs[0]
         wait_for(lambda: log_lines(worker, "candidate v2 loaded: canary, share 0.5") == 1, 120, procs,
                  "the worker to load the canary")
-        wait_for(lambda: assigned(worker, s.topic_enriched) == set(range(PARTITIONS)), 60, procs,
+        wait_for(lambda: assigned(worker, s.kafka.topic_enriched) == set(range(PARTITIONS)), 60, procs,
                  "the worker to be assigned every partition")
         send(producer, s, during)
         got = wait_for(lambda: served(s, [p["id"] for _, p in during]), 60, procs, "the canary's results")
@@ -119,7 +119,7 @@ def test_a_canary_serves_the_first_half_of_the_partitions_until_it_is_turned_off
             assert got[post["id"]] == (version, LABEL[version]), \
                 f"partition {p} (canary partitions {sorted(CANARY)}): {post['id']} served by {got[post['id']]}"
         assert not shadow_keys(s), "canary mode shadows nothing (Redis)"
-        assert read_topic(s, s.topic_shadow) == [], "canary mode shadows nothing (topic)"
+        assert read_topic(s, s.kafka.topic_shadow) == [], "canary mode shadows nothing (topic)"
 
         # off: the worker drops the candidate at its next reload check; probe partitions 0-1 until v1 answers
         turned_off = time.monotonic()
@@ -144,7 +144,7 @@ def test_a_canary_serves_the_first_half_of_the_partitions_until_it_is_turned_off
         probed = served(s, [p["id"] for _, p in probes])
         models = [probed[p["id"]][0] for _, p in probes]
         assert models == sorted(models, reverse=True), f"once v1 answered, v2 never again: {models}"
-        assert not shadow_keys(s) and read_topic(s, s.topic_shadow) == []
+        assert not shadow_keys(s) and read_topic(s, s.kafka.topic_shadow) == []
         assert log_lines(worker, "rolled back") == 0, "nothing here should trip the automatic rollback"
 
     every = [post for _, post in during + probes + after]

@@ -62,19 +62,19 @@ def test_pixel_budgeted_sub_batches_keep_order_and_never_drop_an_image():
 def test_a_batch_of_large_images_keeps_the_caption_workers_peak_rss_bounded(broker, redis_server, tiny_model_dir):
     s = make_settings(broker, redis_server, tiny_model_dir, partitions=1, caption_batch_max=N_IMAGES,
                       caption_batch_window_s=3.0, caption_timeout_s=120.0)
-    assert s.caption_batch_max_pixels == 64_000_000 and s.image_max_pixels >= SIDE * SIDE
+    assert s.caption.max_decoded_pixels == 64_000_000 and s.limits.image_max_pixels >= SIDE * SIDE
     images = [solid_png((16 * i, 255 - 16 * i, 90)) for i in range(N_IMAGES)]
     with workers(s, "caption") as procs:
         worker = procs[0]
         produce_lines(s, [image_post("warm", solid_png((1, 2, 3), 64))])
-        wait_for(lambda: read_topic(s, s.topic_enriched), 120, procs, "the warm-up post")
+        wait_for(lambda: read_topic(s, s.kafka.topic_enriched), 120, procs, "the warm-up post")
         time.sleep(1.0)
         before = peak_rss_mb(worker.pid)
         produce_lines(s, [image_post(f"big-{i}", data) for i, data in enumerate(images)])
-        wait_for(lambda: len(read_topic(s, s.topic_enriched)) >= N_IMAGES + 1, 300, procs, "every large image post",
+        wait_for(lambda: len(read_topic(s, s.kafka.topic_enriched)) >= N_IMAGES + 1, 300, procs, "every large image post",
                  every_s=2.0)
         after = peak_rss_mb(worker.pid)
-        out = [orjson.loads(r.value) for r in read_topic(s, s.topic_enriched)]
+        out = [orjson.loads(r.value) for r in read_topic(s, s.kafka.topic_enriched)]
     print(f"caption worker peak RSS: {before:.0f} MB warm, {after:.0f} MB after {N_IMAGES} x {SIDE}x{SIDE} PNGs")
     big = [p for p in out if p["id"].startswith("big-")]
     assert len(big) == N_IMAGES and all(p.get("image_error") is None for p in big), big[:2]

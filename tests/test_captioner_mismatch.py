@@ -149,12 +149,12 @@ def test_a_caption_worker_serving_another_captioner_than_the_model_was_trained_o
     caption, classify = WorkerProcess(s, "caption"), WorkerProcess(classify_settings, "classify")
     with workers_running([caption, classify]):
         produce_lines(s, [orjson.dumps(p) for p in text + images])
-        wait_for(lambda: stored_ids(s) >= {p["id"] for p in text} and len(read_topic(s, s.topic_dlq)) >= 3,
+        wait_for(lambda: stored_ids(s) >= {p["id"] for p in text} and len(read_topic(s, s.kafka.topic_dlq)) >= 3,
                  180, [caption, classify], "text results and the image posts' dead letters")
         _, samples = scrape(port)
         stamps = {orjson.loads(r.value)["id"]: orjson.loads(r.value).get("captioner")
-                  for r in read_topic(s, s.topic_enriched)}
-        dead = [orjson.loads(r.value) for r in read_topic(s, s.topic_dlq)]
+                  for r in read_topic(s, s.kafka.topic_enriched)}
+        dead = [orjson.loads(r.value) for r in read_topic(s, s.kafka.topic_dlq)]
 
     assert stored_ids(s) == {p["id"] for p in text}
     assert stamps == {**{p["id"]: None for p in text}, **{p["id"]: "offline" for p in images}}

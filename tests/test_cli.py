@@ -35,7 +35,7 @@ def test_flags_override_environment_which_overrides_defaults():
     assert s["batch_window_s"] == 0.2 and s["caption_timeout_s"] == 3.5
     assert s["web_enabled"] is False
     assert s["broker_url"] == "kafka://h1:9092,h2:9092"
-    assert run_show([])["partitions"] == Settings().partitions
+    assert run_show([])["partitions"] == Settings().kafka.partitions
 
 
 def test_secrets_come_from_the_environment_and_are_never_printed():

@@ -114,7 +114,7 @@ def calm_posts(texts: list[str], n: int = 60) -> list[dict]:
 def produce_calm(s, posts: list[dict]) -> None:
     """Posts with a description straight to ``posts-enriched`` (standing in for the caption stage, as the
     bench does); the others to ``posts`` like any producer's."""
-    produce_lines(s, [orjson.dumps(p) for p in posts if "caption" in p], topic=s.topic_enriched)
+    produce_lines(s, [orjson.dumps(p) for p in posts if "caption" in p], topic=s.kafka.topic_enriched)
     produce_lines(s, [orjson.dumps(p) for p in posts if "caption" not in p])
 
 

@@ -65,8 +65,8 @@ def committed(settings, topic: str) -> int:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers(settings), request_timeout_ms=5000,
                              client_id="affectstream-test-offsets")
     try:
-        tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
-        offsets = admin.list_group_offsets({settings.app_id: tps})[settings.app_id]
+        tps = [TopicPartition(topic, p) for p in range(settings.kafka.partitions)]
+        offsets = admin.list_group_offsets({settings.kafka.app_id: tps})[settings.kafka.app_id]
     finally:
         admin.close()
     return sum(o.offset for o in offsets.values() if o.offset > 0)
@@ -80,7 +80,7 @@ def audit(settings, posts: list[dict]) -> dict:
     counted = sum(counts["_all"].values())
     per_brand = {b: sum(counts[b].values()) for b in BRANDS}
     expected = collections.Counter(b for p in posts for b in p["brands"])
-    dead = [orjson.loads(r.value) for r in read_topic(settings, settings.topic_dlq)]
+    dead = [orjson.loads(r.value) for r in read_topic(settings, settings.kafka.topic_dlq)]
     return {
         "ids": ids, "stored": stored, "lost": len(ids - stored), "extra": len(stored - ids),
         "counted": counted, "double_counted": max(counted - len(stored & ids), 0),
@@ -155,7 +155,7 @@ def test_sigkilled_classify_worker_loses_no_post_and_counts_none_twice(broker, r
         ids = {p["id"] for p in posts}
         wait_for(lambda: stored_ids(s) >= ids, 300, [caption, second], "a result for every post after the crash")
         time.sleep(1.0)
-        results = read_topic(s, s.topic_sentiment)
+        results = read_topic(s, s.kafka.topic_sentiment)
 
     a = audit(s, posts)
     redelivered = len(results) - len({orjson.loads(r.value)["id"] for r in results})
@@ -189,9 +189,9 @@ def test_redis_outage_mid_stream_retries_without_losing_or_double_counting(broke
         down_at = time.monotonic()
         cpu0 = cpu_seconds(worker.pid)
         time.sleep(3.0)  # acked-before-the-outage offsets get committed within the 1 s commit interval
-        committed_early = committed(s, s.topic_enriched)
+        committed_early = committed(s, s.kafka.topic_enriched)
         time.sleep(7.0)
-        committed_late = committed(s, s.topic_enriched)
+        committed_late = committed(s, s.kafka.topic_enriched)
         outage["cpu"] = cpu_seconds(worker.pid) - cpu0
         outage["seconds"] = time.monotonic() - down_at
         assert worker.alive(), worker.log_tail(60)
@@ -205,7 +205,7 @@ def test_redis_outage_mid_stream_retries_without_losing_or_double_counting(broke
         assert worker.alive()
     try:
         a = audit(s, posts)
-        enriched = read_topic(s, s.topic_enriched)
+        enriched = read_topic(s, s.kafka.topic_enriched)
         r = redis_client(s)
         flagged = [x for x in (orjson.loads(r.get(s.keys.post(p["id"]))) for p in posts if "image" in p)
                    if x["image_error"]]
@@ -555,7 +555,7 @@ def test_kafka_sasl_ssl_and_redis_tls_settings_reach_the_clients():
     pool = make_redis_client(s).connection_pool
     assert pool.connection_kwargs["password"] == "r-secret"
     assert issubclass(pool.connection_class, AsyncSSLConnection)
-    sync_pool = sync_redis.Redis.from_url(s.redis_url, **redis_client_kwargs(s)).connection_pool
+    sync_pool = sync_redis.Redis.from_url(s.redis.url, **redis_client_kwargs(s)).connection_pool
     assert issubclass(sync_pool.connection_class, sync_redis.connection.SSLConnection)
 
     async def tls_handshake_is_attempted():

@@ -158,7 +158,7 @@ def test_the_intake_writes_a_posts_feedback_keys_in_one_slot_on_a_cluster(redis_
 
 def stream_settings(broker, redis_server, **overrides):
     s = settings_for(broker, redis_server, **{"partitions": 2, "web_port": free_port(), **overrides})
-    run = s.app_id.rsplit("-", 1)[-1]
+    run = s.kafka.app_id.rsplit("-", 1)[-1]
     s = s.replace(topic_feedback=f"feedback-{run}", topic_dlq=f"dlq-{run}", topic_posts=f"posts-{run}",
                   topic_enriched=f"enriched-{run}", topic_sentiment=f"sentiment-{run}", topic_alerts=f"alerts-{run}",
                   topic_shadow=f"shadow-{run}")
@@ -169,7 +169,7 @@ def stream_settings(broker, redis_server, **overrides):
 def produce(s, raws: list[bytes]) -> None:
     from affectstream.streaming.tools.producer import produce_lines
 
-    produce_lines(s, raws, topic=s.topic_feedback)
+    produce_lines(s, raws, topic=s.kafka.topic_feedback)
 
 
 @pytest.mark.integration
@@ -180,7 +180,7 @@ def test_the_monitors_intake_keeps_good_corrections_and_dead_letters_bad_ones_wi
     bad = [b"{oops", record(post_id="ghost"), record(post_id="m1", label="sarcastic"), record(post_id="m2", target="voltcar")]
     with workers_running([WorkerProcess(s, "monitor")]) as procs:
         produce(s, good + bad + good)       # the good ones twice: redelivered records store once
-        dead = wait_for(lambda: len(read_topic(s, s.topic_dlq)) >= 4 and read_topic(s, s.topic_dlq), 90, procs,
+        dead = wait_for(lambda: len(read_topic(s, s.kafka.topic_dlq)) >= 4 and read_topic(s, s.kafka.topic_dlq), 90, procs,
                         "the bad corrections in the DLQ")
         wait_for(lambda: history(s, "m2")[0], 30, procs, "the good corrections in Redis")
         time_to_settle = wait_for(lambda: "feedback duplicate" in procs[0].log_tail(400), 30, procs, "the repeats")
@@ -207,9 +207,9 @@ def test_the_bulk_command_checks_every_line_sends_the_good_ones_and_counts_the_r
     assert "sent 3 corrections" in result.output and "rejected 3" in result.output
     for reason in ("unknown_post 1", "label_not_in_model 1", "invalid_json 1"):
         assert reason in result.output
-    sent = [orjson.loads(r.value) for r in read_topic(s, s.topic_feedback)]
+    sent = [orjson.loads(r.value) for r in read_topic(s, s.kafka.topic_feedback)]
     assert sorted(r["post_id"] for r in sent) == ["b0", "b1", "b2"]
     assert {r["old_label"] for r in sent} == {"positive", "neutral"}
     assert next(r for r in sent if r["post_id"] == "b2")["ts"] > T0        # stamped at the import
     dry = CliRunner().invoke(main, ["feedback", "--dry-run", str(path)], env=settings_env(s))
-    assert "checked 3 corrections" in dry.output and len(read_topic(s, s.topic_feedback)) == 3
+    assert "checked 3 corrections" in dry.output and len(read_topic(s, s.kafka.topic_feedback)) == 3

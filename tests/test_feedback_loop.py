@@ -71,7 +71,7 @@ def test_each_posts_input_is_stored_once_beside_its_first_result(redis_server, t
         assert stored == {"text": post["text"], "caption": post.get("caption"), "brands": post["brands"],
                           "label": words_label(post["text"]), "model": "v1"}, "the first answer's input stands"
         assert results[post["id"]]["label"] == words_label(post["text"])
-    assert all(settings.result_ttl_s - 60 < ttl <= settings.result_ttl_s for ttl in ttls)
+    assert all(settings.redis.result_ttl_s - 60 < ttl <= settings.redis.result_ttl_s for ttl in ttls)
     assert all("text" not in result for result in results.values()), "the Result carries no post text"
 
 
@@ -196,7 +196,7 @@ def test_corrections_retrain_shadow_promote_and_bad_candidates_are_refused_or_ro
         assert sum(n for (dep, cand), n in agree["all"].items() if (dep, cand) == ("positive", "negative")) >= \
             0.75 * len(lookalikes_a), agree["all"]
         assert set(agree) - {"all"} <= set(BRANDS) and set(agree) > {"all"}, "and per brand"
-        assert len(read_topic(s, s.topic_shadow)) == len(shadow_ids)
+        assert len(read_topic(s, s.kafka.topic_shadow)) == len(shadow_ids)
 
         # promote: the loaded candidate takes over; later results carry v2 and the look-alikes change label
         cli(env, "model", "promote", "v2", "--reason", "shadow agreed with the analysts")

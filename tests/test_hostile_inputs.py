@@ -528,7 +528,7 @@ def test_thousands_of_hostile_messages_never_crash_the_worker_nor_lose_a_valid_p
     image_root = make_image_root(tmp_path / "images")
     s = make_settings(broker, redis_server, tiny_model_dir, image_root=image_root, fetch_timeout_s=2.0,
                       caption_batch_max=32, batch_max=32)
-    assert s.allow_private_urls is False
+    assert s.limits.allow_private_urls is False
     hand = hand_corpus(web, image_root, tripwire.port)
     n_valid = N_MESSAGES // VALID_EVERY
     n_generated = max(N_MESSAGES - n_valid - len(hand), 0)
@@ -555,7 +555,7 @@ def test_thousands_of_hostile_messages_never_crash_the_worker_nor_lose_a_valid_p
         half = total // 2
 
         def outcomes() -> int:
-            return len(read_topic(s, s.topic_sentiment)) + len(read_topic(s, s.topic_dlq))
+            return len(read_topic(s, s.kafka.topic_sentiment)) + len(read_topic(s, s.kafka.topic_dlq))
         produce_lines(s, lines[:half])
         wait_for(lambda: outcomes() >= half + len(warmup), 600 if FULL else 240, procs,
                  "an outcome for the first half", every_s=2.0)
@@ -566,8 +566,8 @@ def test_thousands_of_hostile_messages_never_crash_the_worker_nor_lose_a_valid_p
         time.sleep(1.0)
         rss_after = vm_rss_mb(worker.pid)
         assert worker.alive()
-        results = [orjson.loads(r.value) for r in read_topic(s, s.topic_sentiment)]
-        dead = [orjson.loads(r.value) for r in read_topic(s, s.topic_dlq)]
+        results = [orjson.loads(r.value) for r in read_topic(s, s.kafka.topic_sentiment)]
+        dead = [orjson.loads(r.value) for r in read_topic(s, s.kafka.topic_dlq)]
 
     # exactly one outcome per message
     assert len(results) + len(dead) == total + len(warmup)

@@ -84,10 +84,10 @@ def reason(fn, *args) -> str:
 
 
 def url_ref(url: str, **settings) -> str:
-    return reason(load_image_bytes, ImageRef("url", url), Settings(fetch_timeout_s=1.0, **settings))
+    return reason(load_image_bytes, ImageRef("url", url), Settings().replace(fetch_timeout_s=1.0, **settings))
 
 
-LOCAL = Settings(allow_private_urls=True, fetch_timeout_s=1.0, image_max_bytes=2000)
+LOCAL = Settings().replace(allow_private_urls=True, fetch_timeout_s=1.0, image_max_bytes=2000)
 
 
 # --- SSRF -------------------------------------------------------------------------------------------
@@ -179,7 +179,7 @@ def test_connection_refused_is_fetch_failed():
 # --- b64 --------------------------------------------------------------------------------------------
 
 def test_b64_decodes_strictly():
-    s = Settings(image_max_bytes=200)
+    s = Settings().replace(image_max_bytes=200)
     good = base64.b64encode(PNG).decode()
     assert load_image_bytes(ImageRef("b64", good), s) == PNG
     assert load_image_bytes(ImageRef("b64", "data:image/png;base64," + good), s) == PNG
@@ -206,7 +206,7 @@ def image_root(tmp_path):
 
 
 def test_path_reads_only_under_root(image_root, tmp_path):
-    s = Settings(image_root=str(image_root), image_max_bytes=200)
+    s = Settings().replace(image_root=str(image_root), image_max_bytes=200)
     assert load_image_bytes(ImageRef("path", "sub/a.png"), s) == PNG
     assert load_image_bytes(ImageRef("path", str(image_root / "sub" / "a.png")), s) == PNG
     assert load_image_bytes(ImageRef("path", "inside.png"), s) == PNG  # symlink staying inside is fine

@@ -258,7 +258,7 @@ def test_a_caption_worker_writes_text_and_image_mentions_to_posts_enriched(broke
              {"id": "n1", "text": "a nimbus cloud over the city skyline"}]
     with workers(s, "caption") as procs:
         produce_lines(s, [orjson.dumps(p) for p in posts])
-        records = wait_for(lambda: (r := read_topic(s, s.topic_enriched)) and len(r) >= 3 and r, 180, procs,
+        records = wait_for(lambda: (r := read_topic(s, s.kafka.topic_enriched)) and len(r) >= 3 and r, 180, procs,
                            "three posts on posts-enriched")
     by_id = {r.key.decode(): orjson.loads(r.value) for r in records}
     t1 = by_id["t1"]["mentions"]

@@ -41,7 +41,7 @@ def test_metrics_endpoint_counts_every_result_and_every_dead_letter_by_reason(br
     worker = WorkerProcess(s, "all")
     with workers_running([worker], log_lines=60):
         produce_lines(s, [orjson.dumps(p) for p in good[:12]] + bad + [orjson.dumps(p) for p in good[12:]])
-        wait_for(lambda: len(stored_ids(s)) >= len(good) and len(read_topic(s, s.topic_dlq)) >= len(bad), 90,
+        wait_for(lambda: len(stored_ids(s)) >= len(good) and len(read_topic(s, s.kafka.topic_dlq)) >= len(bad), 90,
                  [worker], "every result and dead letter")
         content_type, samples = scrape(port)
         log = worker.log_tail(400)

@@ -32,7 +32,7 @@ def make_settings(broker, redis_server, model_dir, **overrides):
     values = dict(model_dir=str(model_dir), captioner="none", batch_max=16, batch_window_s=0.05,
                   caption_batch_window_s=0.05, partitions=4)
     s = settings_for(broker, redis_server, **{**values, **overrides})
-    run = s.app_id.rsplit("-", 1)[-1]
+    run = s.kafka.app_id.rsplit("-", 1)[-1]
     s = s.replace(topic_posts=f"posts-{run}", topic_enriched=f"enriched-{run}", topic_sentiment=f"sentiment-{run}",
                   topic_dlq=f"dlq-{run}", topic_alerts=f"alerts-{run}")
     create_topics(s)
@@ -77,7 +77,7 @@ def read_topic(settings, topic: str) -> list:
 
 
 def redis_client(settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url)
+    return redis.Redis.from_url(settings.redis.url)
 
 
 def stored_ids(settings) -> set[str]:
@@ -143,7 +143,7 @@ def test_every_post_gets_exactly_one_result_with_rationale_and_image_posts_a_cap
         produce_lines(s, lines_of(posts))
         ids = {p["id"] for p in posts}
         wait_for(lambda: stored_ids(s) >= ids, 120, procs, "a result in Redis for every post")
-        results = [orjson.loads(r.value) for r in read_topic(s, s.topic_sentiment)]
+        results = [orjson.loads(r.value) for r in read_topic(s, s.kafka.topic_sentiment)]
 
     assert stored_ids(s) == ids
     by_id = {r["id"]: r for r in results}
@@ -182,9 +182,9 @@ def test_malformed_messages_go_to_the_dlq_while_good_ones_flow(broker, redis_ser
     with workers(s, "all") as procs:
         produce_lines(s, lines)
         ids = {p["id"] for p in good} | {with_text["id"]}
-        wait_for(lambda: stored_ids(s) >= ids and len(read_topic(s, s.topic_dlq)) >= len(bad), 90, procs,
+        wait_for(lambda: stored_ids(s) >= ids and len(read_topic(s, s.kafka.topic_dlq)) >= len(bad), 90, procs,
                  "results for the good posts and dead letters for the bad ones")
-        dead = [orjson.loads(r.value) for r in read_topic(s, s.topic_dlq)]
+        dead = [orjson.loads(r.value) for r in read_topic(s, s.kafka.topic_dlq)]
 
     assert stored_ids(s) == ids
     reasons = {(d["post_id"], d["stage"], d["reason"]) for d in dead}
@@ -206,10 +206,10 @@ def test_replaying_the_same_posts_leaves_counts_unchanged(broker, redis_server, 
     posts = text_posts(24, prefix="replay")
     with workers(s, "all") as procs:
         produce_lines(s, lines_of(posts))
-        wait_for(lambda: len(read_topic(s, s.topic_sentiment)) >= len(posts), 90, procs, "first pass")
+        wait_for(lambda: len(read_topic(s, s.kafka.topic_sentiment)) >= len(posts), 90, procs, "first pass")
         before = brand_counts(s)
         produce_lines(s, lines_of(posts))  # a producer retry / upstream replay
-        wait_for(lambda: len(read_topic(s, s.topic_sentiment)) >= 2 * len(posts), 60, procs, "second pass")
+        wait_for(lambda: len(read_topic(s, s.kafka.topic_sentiment)) >= 2 * len(posts), 60, procs, "second pass")
         after = brand_counts(s)
 
     assert after == before
@@ -225,14 +225,14 @@ def test_two_classify_workers_split_the_partitions_and_produce_every_result_once
         classifiers = procs[1:]
 
         def split() -> bool:
-            parts = [assigned(w, s.topic_enriched) for w in classifiers]
+            parts = [assigned(w, s.kafka.topic_enriched) for w in classifiers]
             return all(parts) and not (parts[0] & parts[1]) and parts[0] | parts[1] == set(range(4))
 
         wait_for(split, 60, procs, "the classify workers to share the posts-enriched partitions")
         produce_lines(s, lines_of(posts))
         ids = {p["id"] for p in posts}
         wait_for(lambda: stored_ids(s) >= ids, 90, procs, "a result for every post")
-        results = read_topic(s, s.topic_sentiment)
+        results = read_topic(s, s.kafka.topic_sentiment)
         logs = [open(w.log_path, errors="replace").read() for w in classifiers]
 
     assert all("classified batch" in log for log in logs), "both classify workers must have worked"

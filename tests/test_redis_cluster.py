@@ -112,10 +112,10 @@ def test_stream_through_a_cluster_counts_exactly_and_redeliveries_count_once(bro
     posts = text_posts(300, prefix="cl") + ODD
     ids = {p["id"] for p in posts}
     with workers(s, "classify") as procs:
-        produce_lines(s, lines_of(posts), topic=s.topic_enriched)
+        produce_lines(s, lines_of(posts), topic=s.kafka.topic_enriched)
         wait_for(lambda: len(stored_results(s, ids)) == len(ids), 120, procs, "a result for every post")
-        produce_lines(s, lines_of(posts), topic=s.topic_enriched)  # every post delivered again
-        wait_for(lambda: len(read_topic(s, s.topic_sentiment)) >= 2 * len(posts), 120, procs, "the second pass")
+        produce_lines(s, lines_of(posts), topic=s.kafka.topic_enriched)  # every post delivered again
+        wait_for(lambda: len(read_topic(s, s.kafka.topic_sentiment)) >= 2 * len(posts), 120, procs, "the second pass")
         stored = stored_results(s, ids)
         counts = bucket_counts(s)
 
@@ -134,7 +134,7 @@ def test_a_master_killed_mid_stream_and_restarted_loses_nothing(broker, redis_cl
 
     with workers(s, "classify") as procs:
         producer = threading.Thread(target=produce_lines, args=(s, lines_of(posts)),
-                                    kwargs={"topic": s.topic_enriched, "rate": 50.0}, daemon=True)
+                                    kwargs={"topic": s.kafka.topic_enriched, "rate": 50.0}, daemon=True)
         producer.start()
         wait_for(lambda: len(stored_results(s, ids)) >= 300, 120, procs, "300 results before the crash")
         outage["stored_before"] = len(stored_results(s, ids))

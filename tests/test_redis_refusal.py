@@ -53,9 +53,9 @@ def test_redis_refusing_writes_mid_stream_backs_off_and_resumes_without_loss(bro
             wait_for(lambda: refuses(r), 20, [worker], "Redis refusing writes (OOM)")
             refused_at, cpu0 = time.monotonic(), cpu_seconds(worker.pid)
             time.sleep(3.0)  # offsets acked before the refusal are committed within the 1 s commit interval
-            committed_early, stored_early = committed(s, s.topic_enriched), len(stored_ids(s))
+            committed_early, stored_early = committed(s, s.kafka.topic_enriched), len(stored_ids(s))
             time.sleep(7.0)
-            committed_late, stored_late = committed(s, s.topic_enriched), len(stored_ids(s))
+            committed_late, stored_late = committed(s, s.kafka.topic_enriched), len(stored_ids(s))
             refused_s, cpu = time.monotonic() - refused_at, cpu_seconds(worker.pid) - cpu0
             assert worker.alive(), worker.log_tail(60)
             r.config_set("maxmemory", "0")

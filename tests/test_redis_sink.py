@@ -76,7 +76,7 @@ def test_results_are_stored_and_counted_per_brand_minute(redis_server):
     counts, stored, ttl, keys = asyncio.run(run())
     assert counts == EXPECTED
     assert stored == result(3).json and Result.from_json(stored) == result(3).result
-    assert 0 < ttl <= settings.bucket_ttl_s
+    assert 0 < ttl <= settings.redis.bucket_ttl_s
     assert len(keys) == 10
 
 

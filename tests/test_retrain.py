@@ -151,8 +151,8 @@ def committed_total(s, group: str) -> int:
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers(s), group_id=group, enable_auto_commit=False)
     try:
-        return sum(consumer.committed(TopicPartition(s.topic_feedback, p)) or 0
-                   for p in consumer.partitions_for_topic(s.topic_feedback) or ())
+        return sum(consumer.committed(TopicPartition(s.kafka.topic_feedback, p)) or 0
+                   for p in consumer.partitions_for_topic(s.kafka.topic_feedback) or ())
     finally:
         consumer.close(autocommit=False)
 
@@ -188,7 +188,7 @@ def test_the_retrain_job_takes_what_the_intake_kept_registers_a_candidate_and_re
     classified(s, first + later, "v1")
     bad = [orjson.dumps({"post_id": "ghost", "label": "negative", "analyst": "ana", "ts": T0}), b"{nope"]
     with workers_running([WorkerProcess(s, "monitor")]) as procs:
-        produce_lines(s, corrections_of(first) + bad, topic=s.topic_feedback)
+        produce_lines(s, corrections_of(first) + bad, topic=s.kafka.topic_feedback)
         wait_for(lambda: committed_total(s, intake_group(s)) == 32, 90, procs, "the intake to take in 32 records")
         # where MLflow is installed (mlflow-skinny is enough), the first run also logs there
         tracked = {"MLFLOW_TRACKING_URI": (tmp_path / "mlruns").as_uri(), "MLFLOW_ALLOW_FILE_STORE": "true"} if MLFLOW else {}
@@ -211,7 +211,7 @@ def test_the_retrain_job_takes_what_the_intake_kept_registers_a_candidate_and_re
         again = CliRunner().invoke(main, job, env=env, catch_exceptions=False)   # nothing new since v2
         assert again.exit_code == 0 and "read 0, kept 0" in again.output and "no new corrections since v2" in again.output
 
-        produce_lines(s, corrections_of(later), topic=s.topic_feedback)
+        produce_lines(s, corrections_of(later), topic=s.kafka.topic_feedback)
         wait_for(lambda: committed_total(s, intake_group(s)) == 38, 90, procs, "the intake to take in 6 more")
         flood = CliRunner().invoke(main, job, env=env, catch_exceptions=False)
         # 36 corrections now move posts out of 'positive', which has 64 base training examples: over half
@@ -222,7 +222,7 @@ def test_the_retrain_job_takes_what_the_intake_kept_registers_a_candidate_and_re
     assert sabotaged.exit_code == 3, sabotaged.output
     assert "read 0, kept 0" in sabotaged.output and "NOT PROPOSED: worse on base" in sabotaged.output
     assert Registry(tmp_path / "reg").versions() == ["v1", "v2"]                  # the bad candidate is not registered
-    assert committed_total(s, s.app_id + "-retrain") == 38
+    assert committed_total(s, s.kafka.app_id + "-retrain") == 38
 
 
 @pytest.mark.skipif(not MLFLOW, reason="needs mlflow (pip install mlflow-skinny)")

@@ -95,7 +95,7 @@ def test_rejections_carry_a_reason(data, reason):
 
 
 def test_oversized_message_is_rejected_before_parsing():
-    assert reason_of(post(text="x" * 100), Settings(max_message_bytes=50)) == "message_too_large"
+    assert reason_of(post(text="x" * 100), Settings().replace(max_message_bytes=50)) == "message_too_large"
 
 
 def test_rejection_after_id_carries_post_id():

@@ -32,14 +32,14 @@ def test_topics_are_created_with_the_configured_partitions(broker):
     create_topics(settings)  # idempotent
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers(settings))
     try:
-        described = {t["name"]: len(t["partitions"]) for t in admin.describe_topics([settings.topic_posts,
-                                                                                      settings.topic_dlq])}
+        described = {t["name"]: len(t["partitions"]) for t in admin.describe_topics([settings.kafka.topic_posts,
+                                                                                      settings.kafka.topic_dlq])}
     finally:
         admin.close()
-    assert described == {settings.topic_posts: 3, settings.topic_dlq: 3}
+    assert described == {settings.kafka.topic_posts: 3, settings.kafka.topic_dlq: 3}
     consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers(settings))
     try:
-        assert consumer.partitions_for_topic(settings.topic_sentiment) == {0, 1, 2}
+        assert consumer.partitions_for_topic(settings.kafka.topic_sentiment) == {0, 1, 2}
     finally:
         consumer.close()
 
@@ -48,11 +48,11 @@ def test_produce_and_consume_one_message(broker):
     settings = settings_for(broker, partitions=1, **unique_topics())
     create_topics(settings)
     producer = KafkaProducer(bootstrap_servers=bootstrap_servers(settings), **kafka_client_kwargs(settings))
-    producer.send(settings.topic_posts, key=b"p1", value=b'{"id":"p1","text":"hi"}').get(timeout=10)
+    producer.send(settings.kafka.topic_posts, key=b"p1", value=b'{"id":"p1","text":"hi"}').get(timeout=10)
     producer.close()
     consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers(settings), auto_offset_reset="earliest",
                              consumer_timeout_ms=10_000)
-    consumer.assign([TopicPartition(settings.topic_posts, 0)])
+    consumer.assign([TopicPartition(settings.kafka.topic_posts, 0)])
     try:
         message = next(iter(consumer))
     finally:
@@ -69,11 +69,11 @@ def test_redis_starts_and_answers(redis_server):
 def test_redis_password_is_required_when_set():
     service = start_redis(password="s3cret/pw")
     try:
-        assert "s3cret" not in Settings(redis_url=service.url).redacted()["redis_url"]
+        assert "s3cret" not in Settings().replace(redis_url=service.url).redacted()["redis_url"]
         with_password = redis.Redis.from_url(service.url)
         assert with_password.ping()
         from_settings = redis.Redis.from_url(f"redis://127.0.0.1:{service.port}/0",
-                                             **redis_client_kwargs(Settings(redis_password="s3cret/pw")))
+                                             **redis_client_kwargs(Settings().replace(redis_password="s3cret/pw")))
         assert from_settings.ping()
         without = redis.Redis.from_url(f"redis://127.0.0.1:{service.port}/0", retry=Retry(NoBackoff(), 0))
         with pytest.raises(redis.exceptions.AuthenticationError):
@@ -84,19 +84,19 @@ def test_redis_password_is_required_when_set():
 
 
 def test_kafka_client_kwargs_for_sasl_ssl():
-    s = Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
+    s = Settings().replace(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
                  kafka_sasl_username="u", kafka_sasl_password="p", kafka_ssl_cafile="/ca.pem")
     assert kafka_client_kwargs(s) == {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
                                       "sasl_plain_username": "u", "sasl_plain_password": "p",
                                       "ssl_cafile": "/ca.pem"}
     assert kafka_client_kwargs(Settings()) == {"security_protocol": "PLAINTEXT"}
-    assert bootstrap_servers(Settings(broker_url="kafka://a:1;b:2")) == ["a:1", "b:2"]
+    assert bootstrap_servers(Settings().replace(broker_url="kafka://a:1;b:2")) == ["a:1", "b:2"]
 
 
 def test_embedded_services_start_what_is_empty_and_stop_it():
-    with EmbeddedServices(Settings(broker_url="", redis_url="", **unique_topics()), create_topics=False) as svc:
-        assert svc.settings.broker_url.startswith("kafka://127.0.0.1:")
-        assert redis.Redis.from_url(svc.settings.redis_url).ping()
+    with EmbeddedServices(Settings().replace(broker_url="", redis_url="", **unique_topics()), create_topics=False) as svc:
+        assert svc.settings.kafka.brokers.startswith("kafka://127.0.0.1:")
+        assert redis.Redis.from_url(svc.settings.redis.url).ping()
         pids = [s.pid for s in svc.services]
     assert not any(running(pid) for pid in pids)
 
@@ -115,7 +115,7 @@ def test_children_die_when_the_parent_is_terminated(tmp_path):
         import sys, time
         from affectstream.streaming.tools.services import EmbeddedServices
         from affectstream.streaming.worker.settings import Settings
-        with EmbeddedServices(Settings(broker_url="kafka://unused:1", redis_url="")) as svc:
+        with EmbeddedServices(Settings().replace(broker_url="kafka://unused:1", redis_url="")) as svc:
             print(svc.services[0].pid, flush=True)
             time.sleep(60)
     """)

@@ -39,7 +39,7 @@ class ToySink(Sink):
 
 def test_built_in_and_user_sinks_resolve_in_order():
     assert sink_classes(Settings()) == [RedisSink, TopicSink]
-    assert sink_classes(Settings(sinks=" topic , tests.test_sinks:ToySink ")) == [TopicSink, ToySink]
+    assert sink_classes(Settings().replace(sinks=" topic , tests.test_sinks:ToySink ")) == [TopicSink, ToySink]
 
 
 @pytest.mark.parametrize("sinks, message", [
@@ -51,14 +51,14 @@ def test_built_in_and_user_sinks_resolve_in_order():
 ])
 def test_a_bad_sinks_setting_is_a_clear_error(sinks, message):
     with pytest.raises(SinkConfigError, match=message):
-        sink_classes(Settings(sinks=sinks))
+        sink_classes(Settings().replace(sinks=sinks))
 
 
 def test_unknown_sink_stops_the_classify_worker_at_start_up():
     from affectstream.streaming.worker.app import create_app
 
     async def build():
-        create_app(Settings(broker_url="kafka://127.0.0.1:9", redis_url="redis://127.0.0.1:9/0", sinks="webhook"),
+        create_app(Settings().replace(broker_url="kafka://127.0.0.1:9", redis_url="redis://127.0.0.1:9/0", sinks="webhook"),
                    "classify")
 
     with pytest.raises(SinkConfigError, match="unknown sink 'webhook'"):
@@ -67,7 +67,7 @@ def test_unknown_sink_stops_the_classify_worker_at_start_up():
 
 def test_a_sink_that_fails_to_construct_names_itself():
     with pytest.raises(SinkConfigError, match="TopicSink failed to start"):
-        build_sinks(Settings(sinks="topic"), app=None)
+        build_sinks(Settings().replace(sinks="topic"), app=None)
 
 
 # --- ack only after every sink accepted (the stage skeleton, without Kafka) -------------------------------
@@ -202,13 +202,13 @@ def test_a_sink_of_ones_own_sees_every_result_of_a_streamed_run(broker, redis_se
     with workers(s, "all") as procs:
         produce_lines(s, lines_of(posts[:20]) + bad + lines_of(posts[20:]))
         wait_for(lambda: set(toy_ids()) >= ids and stored_ids(s) >= ids
-                 and len(read_topic(s, s.topic_sentiment)) >= len(ids), 120, procs, "every result in every sink")
-        topic_ids = [orjson.loads(r.value)["id"] for r in read_topic(s, s.topic_sentiment)]
+                 and len(read_topic(s, s.kafka.topic_sentiment)) >= len(ids), 120, procs, "every result in every sink")
+        topic_ids = [orjson.loads(r.value)["id"] for r in read_topic(s, s.kafka.topic_sentiment)]
 
     seen = toy_ids()
     assert sorted(seen) == sorted(ids), "each valid post exactly once in the toy sink, nothing else"
     assert stored_ids(s) == ids
     assert sorted(topic_ids) == sorted(ids)
     lines = {orjson.loads(line)["id"]: line for line in out.read_bytes().splitlines()}
-    for record in read_topic(s, s.topic_sentiment):  # the same bytes in every sink
+    for record in read_topic(s, s.kafka.topic_sentiment):  # the same bytes in every sink
         assert record.value == lines[orjson.loads(record.value)["id"]]

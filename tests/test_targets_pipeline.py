@@ -260,13 +260,13 @@ def test_a_stream_counts_each_post_and_brand_once_with_its_target_label(broker, 
     posts = stream_posts()
     lines = [orjson.dumps(p) for p in posts]
     with workers(s, "classify") as procs:
-        produce_lines(s, lines, topic=s.topic_enriched)
+        produce_lines(s, lines, topic=s.kafka.topic_enriched)
         ids = {p["id"] for p in posts}
         wait_for(lambda: stored_ids(s) >= ids, 120, procs, "a result for every post")
         first_counts = brand_counts(s)
-        produce_lines(s, lines, topic=s.topic_enriched)   # every post delivered again
-        wait_for(lambda: len(read_topic(s, s.topic_sentiment)) >= 2 * len(posts), 90, procs, "the second pass")
-        records = read_topic(s, s.topic_sentiment)
+        produce_lines(s, lines, topic=s.kafka.topic_enriched)   # every post delivered again
+        wait_for(lambda: len(read_topic(s, s.kafka.topic_sentiment)) >= 2 * len(posts), 90, procs, "the second pass")
+        records = read_topic(s, s.kafka.topic_sentiment)
     assert brand_counts(s) == first_counts, "a redelivered post counts no brand twice"
 
     # one message per post and delivery, keyed by the post id, targets inside

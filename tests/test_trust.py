@@ -98,11 +98,11 @@ def test_planted_captions_never_reach_results_and_bad_enrichment_goes_to_the_dlq
                    {"id": "enriched-bad", "text": "meh", "image_error": "totally_fine"}]
     with workers(s, "all") as procs:
         produce_lines(s, [orjson.dumps(p) for p in on_posts])
-        produce_lines(s, [orjson.dumps(p) for p in on_enriched], topic=s.topic_enriched)
+        produce_lines(s, [orjson.dumps(p) for p in on_enriched], topic=s.kafka.topic_enriched)
         wait_for(lambda: stored_ids(s) >= {"plant-text", "plant-image", "enriched-ok"}, 120, procs, "results")
-        wait_for(lambda: read_topic(s, s.topic_dlq), 30, procs, "the dead letter")
-        results = {r["id"]: r for r in (orjson.loads(x.value) for x in read_topic(s, s.topic_sentiment))}
-        dead = [orjson.loads(x.value) for x in read_topic(s, s.topic_dlq)]
+        wait_for(lambda: read_topic(s, s.kafka.topic_dlq), 30, procs, "the dead letter")
+        results = {r["id"]: r for r in (orjson.loads(x.value) for x in read_topic(s, s.kafka.topic_sentiment))}
+        dead = [orjson.loads(x.value) for x in read_topic(s, s.kafka.topic_dlq)]
     assert results["plant-text"]["caption"] is None and results["plant-text"]["image_error"] is None
     assert results["plant-image"]["caption"] is None and results["plant-image"]["image_error"] == "not_an_image"
     for post_id in ("plant-text", "plant-image"):

@@ -35,15 +35,15 @@ TOKEN = "s3cret-token-for-tests"
 @pytest.mark.parametrize("bind", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
 def test_loopback_needs_no_token(bind):
     assert is_loopback(bind)
-    check_web_exposure(Settings(web_bind=bind))
+    check_web_exposure(Settings().replace(web_bind=bind))
 
 
 @pytest.mark.parametrize("bind", ["0.0.0.0", "::", "10.1.2.3", "dashboard.example"])
 def test_any_other_interface_refuses_to_start_without_a_token(bind):
     with pytest.raises(WebExposureError, match="AFFECTSTREAM_WEB_AUTH_TOKEN"):
-        check_web_exposure(Settings(web_bind=bind))
-    check_web_exposure(Settings(web_bind=bind, web_auth_token=TOKEN))
-    check_web_exposure(Settings(web_bind=bind, web_enabled=False))  # no web server, nothing exposed
+        check_web_exposure(Settings().replace(web_bind=bind))
+    check_web_exposure(Settings().replace(web_bind=bind, web_auth_token=TOKEN))
+    check_web_exposure(Settings().replace(web_bind=bind, web_enabled=False))  # no web server, nothing exposed
 
 
 def test_the_worker_command_says_why_it_will_not_listen_everywhere_without_a_token():

@@ -14,7 +14,7 @@
 * ``GET /api/feedback?limit=50`` — the newest corrections (latest per post and target), newest first.
 * ``GET /api/shadow[?version=…]`` — the candidate's agreement with the deployed model, per deployed label and
   per brand (``RedisKeys.shadow_agree``), and both models' agreement with the analysts' latest corrections
-  of recently corrected posts; the version defaults to the registry's candidate (``settings.model_registry``).
+  of recently corrected posts; the version defaults to the registry's candidate (``settings.classify.model_registry``).
 
 Reads and writes sit behind the same token middleware as the rest of the view (``auth``).
 """
@@ -151,12 +151,12 @@ def _label_of(result: dict, target: str) -> str | None:
 def shadow_version(settings: Settings, asked: str | None) -> tuple[str | None, dict | None]:
     """The version to report (asked, else the registry's candidate) and the registry's rollout, if any."""
     rollout = None
-    if settings.model_registry:
+    if settings.classify.model_registry:
         from dataclasses import asdict
 
         from affectstream.model.registry import Registry
 
-        rollout = asdict(Registry(settings.model_registry).rollout())
+        rollout = asdict(Registry(settings.classify.model_registry).rollout())
     return asked or (rollout or {}).get("candidate"), rollout
 
 
@@ -175,7 +175,7 @@ def register_feedback_web(app: faust.App, settings: Settings, hub) -> None:
             return no_cache(self.json(await recent_feedback(hub.client, settings, limit)))
 
         async def post(self, request):
-            if not settings.web_auth_token:
+            if not settings.web.auth_token:
                 return self.json({"error": "auth_required", "message": "corrections need a server with "
                                   "AFFECTSTREAM_WEB_AUTH_TOKEN set"}, status=403)
             if request.content_type != "application/json":
@@ -196,7 +196,7 @@ def register_feedback_web(app: faust.App, settings: Settings, hub) -> None:
     class PostView(faust.web.View):
         async def get(self, request):
             post_id = request.query.get("id", "")
-            if not post_id or len(post_id) > settings.max_id_chars:
+            if not post_id or len(post_id) > settings.limits.max_id_chars:
                 return self.json({"error": "missing_post_id"}, status=400)
             client, keys = hub.client, settings.keys
             stored, history = await asyncio.gather(client.get(keys.post(post_id)),

@@ -140,7 +140,7 @@ class LiveHub:
             self._arrivals.append((second, 1))
         ms = event_ms(result.created_at, result.processed_at or _now_ms())
         minute = minute_bucket(ms)
-        for brand in result.bucket_labels(self.settings.untargeted_brand):  # the buckets the sink counted it in
+        for brand in result.bucket_labels(self.settings.brands.untargeted):  # the buckets the sink counted it in
             if brand != ALL_BRANDS:
                 self.dirty.add((brand, minute))
             if ms <= _now_ms() + FUTURE_SLACK_MS and ms > self._index.get(brand, -1):
@@ -180,7 +180,7 @@ class LiveHub:
                 found[brand] = max(found.get(brand, 0), ms)
         if found:
             await self.client.zadd(key, found, gt=True)
-            await self.client.expire(key, self.settings.bucket_ttl_s)
+            await self.client.expire(key, self.settings.redis.bucket_ttl_s)
 
     async def flush_index(self) -> None:
         if not self._index:
@@ -190,7 +190,7 @@ class LiveHub:
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.zadd(key, pending, gt=True)
-                pipe.expire(key, self.settings.bucket_ttl_s)
+                pipe.expire(key, self.settings.redis.bucket_ttl_s)
                 await pipe.execute()
         except Exception as e:  # noqa: BLE001 - retried at the next flush
             for brand, ms in pending.items():
@@ -316,7 +316,7 @@ class LiveHub:
             if not shift.fired:
                 continue
             alert = make_alert(brand, minute, shift, rule, _now_ms())
-            ttl = max(s.bucket_ttl_s, 60 * rule.cooldown_minutes)
+            ttl = max(s.redis.bucket_ttl_s, 60 * rule.cooldown_minutes)
             message = await self.outbox.claim(alert, rule, ttl, _now_ms())
             if message is not None:
                 log.warning("ALERT brand=%s minute=%s %s share %.2f (baseline %.2f) n=%d z=%.1f", brand, minute,

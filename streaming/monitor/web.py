@@ -1,6 +1,6 @@
 """The operators' view on a faust worker's web server (faust web views on aiohttp).
 
-``register_web(app, settings)`` adds, when ``settings.web_enabled``:
+``register_web(app, settings)`` adds, when ``settings.web.enabled``:
 
 * ``/`` (+ ``/app.js``, ``/style.css``): the live dashboard, plain files shipped in ``monitor/dashboard``;
 * ``/api/brands?minutes=60[&end=…&limit=…&offset=…]``: per-brand label counts per minute from the Redis
@@ -16,7 +16,7 @@
 * ``/api/feedback`` (GET the newest corrections, POST one), ``/api/post``, ``/api/shadow``: analysts'
   corrections and the candidate model's agreement (``feedback_web``);
 
-all of it behind ``settings.web_auth_token`` when one is set (``auth``: a bearer header, or a session cookie
+all of it behind ``settings.web.auth_token`` when one is set (``auth``: a bearer header, or a session cookie
 the browser gets by opening ``/?token=…`` once);
 
 and the timers: stats to the SSE clients and the brand index to Redis every ``STATS_INTERVAL_S``, alert
@@ -63,7 +63,7 @@ MONITOR_APP_SUFFIX = MONITOR_GROUP_SUFFIX  # the monitor's consumer group: <app_
 
 def monitor_settings(settings: Settings) -> Settings:
     """Settings of a monitor process (``--role monitor``): web on, its own consumer group."""
-    return settings.replace(app_id=settings.app_id + MONITOR_APP_SUFFIX, web_enabled=True)
+    return settings.replace(app_id=settings.kafka.app_id + MONITOR_APP_SUFFIX, web_enabled=True)
 
 
 def _asset(name: str) -> bytes:
@@ -84,8 +84,8 @@ def register_web(app: faust.App, settings: Settings, rule: AlertRule = AlertRule
     hub = LiveHub(settings, rule)
     app.affect_hub = hub  # type: ignore[attr-defined]
     alerts_topic = app.affect_topics["alerts"]  # type: ignore[attr-defined]
-    if settings.web_auth_token:  # every route, faust's own included; off loopback create_app insists on it
-        app.web.web_app.middlewares.append(token_middleware(settings.web_auth_token))
+    if settings.web.auth_token:  # every route, faust's own included; off loopback create_app insists on it
+        app.web.web_app.middlewares.append(token_middleware(settings.web.auth_token))
 
     def no_cache(response):
         response.headers["Cache-Control"] = "no-store"

@@ -2,13 +2,13 @@
 
 1. start an embedded broker and Redis (``EmbeddedServices``; ``--external`` uses the configured ones),
    create the topics;
-2. ensure a model: ``settings.model_dir`` when it holds a trained model, else an untrained one built
+2. ensure a model: ``settings.classify.model_dir`` when it holds a trained model, else an untrained one built
    from the packaged encoder (with a loud warning: its labels mean nothing until ``affectstream train``);
 3. start worker process(es) ``affectstream worker --role all`` (``workers.WorkerProcess``: subprocesses,
    so faust owns its own event loop and signal handling and a crash cannot take the view down); they are
    stopped (SIGTERM, then SIGKILL) on exit, Ctrl-C or error, and die with this process on Linux. Unless
-   web is disabled, the first worker serves the live dashboard on ``settings.web_bind`` (loopback by
-   default), port ``settings.web_port`` (or a free port when that one is taken), and the demo prints
+   web is disabled, the first worker serves the live dashboard on ``settings.web.bind`` (loopback by
+   default), port ``settings.web.port`` (or a free port when that one is taken), and the demo prints
    ``dashboard: http://127.0.0.1:PORT/``; the other workers open no port;
 4. stream the bundled sample (``created_at`` shifted so the newest post is "now") and show results as
    they arrive (from the ``sentiment`` and DLQ topics) and per-brand counts (from the Redis minute
@@ -65,21 +65,21 @@ def shift_to_now(lines: list[bytes], now_ms: int | None = None) -> list[bytes]:
 
 
 def dashboard_port(settings: Settings) -> int:
-    """``settings.web_port`` when it is free, else any free port (a second demo, or a worker on 6066)."""
+    """``settings.web.port`` when it is free, else any free port (a second demo, or a worker on 6066)."""
     from affectstream.streaming.tools.services import free_port
 
-    family = socket.AF_INET6 if ":" in settings.web_bind else socket.AF_INET
+    family = socket.AF_INET6 if ":" in settings.web.bind else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         try:
-            probe.bind((settings.web_bind, settings.web_port))
-            return settings.web_port
+            probe.bind((settings.web.bind, settings.web.port))
+            return settings.web.port
         except OSError:
             return free_port()
 
 
 def dashboard_url(settings: Settings, port: int) -> str:
     """Where to open the dashboard: loopback when the server listens there or on every interface."""
-    host = settings.web_bind
+    host = settings.web.bind
     if host in ("0.0.0.0", "", "localhost") or host.startswith("127."):
         host = "127.0.0.1"
     elif ":" in host:
@@ -100,7 +100,7 @@ def ensure_model(settings: Settings, say=print) -> tuple[Path, bool]:
     """(model directory, trained?) — the configured model if trained, else a cached untrained one."""
     from affectstream.model.deploy import build_untrained, is_trained
 
-    configured = Path(settings.model_dir)
+    configured = Path(settings.classify.model_dir)
     if is_trained(configured):
         return configured, True
     path = configured.parent / "untrained"
@@ -169,12 +169,12 @@ def run_demo(settings: Settings, *, sample: Path, live: bool = True, rate: float
     with EmbeddedServices(settings) as services:
         s = services.settings
         try:
-            if settings.broker_url:  # external: make sure the topics exist
+            if settings.kafka.brokers:  # external: make sure the topics exist
                 create_topics(s)
             say(f"broker {s.redacted()['broker_url']}   redis {s.redacted()['redis_url']}")
             model_dir, trained = ensure_model(s, say)
-            s = s.replace(model_dir=str(model_dir), web_enabled=False, brands_file=s.brands_file or str(BRANDS_FILE))
-            web_port = dashboard_port(settings) if settings.web_enabled else None
+            s = s.replace(model_dir=str(model_dir), web_enabled=False, brands_file=s.brands.file or str(BRANDS_FILE))
+            web_port = dashboard_port(settings) if settings.web.enabled else None
             for i in range(workers):
                 # the first worker serves the dashboard (and /metrics); the others run without web
                 web = {"web_enabled": True, "web_port": web_port} if i == 0 and web_port else {}
@@ -183,7 +183,7 @@ def run_demo(settings: Settings, *, sample: Path, live: bool = True, rate: float
             if web_port:
                 url = dashboard_url(settings, web_port)
                 say(f"dashboard: {url}   (metrics: {url}metrics)")
-                if settings.web_auth_token:
+                if settings.web.auth_token:
                     say("  (token required: open the dashboard once with ?token=<AFFECTSTREAM_WEB_AUTH_TOKEN>; "
                         "API and /metrics clients send Authorization: Bearer <token>)")
             since_ms = int(time.time() * 1000) - 1000

@@ -49,7 +49,7 @@ class Watcher:
 
     def __init__(self, settings: Settings, progress: Progress, since_ms: int):
         self.settings, self.progress, self.since_ms = settings, progress, since_ms
-        self.consumer = topic_consumer(settings, [settings.topic_sentiment, settings.topic_dlq],
+        self.consumer = topic_consumer(settings, [settings.kafka.topic_sentiment, settings.kafka.topic_dlq],
                                        from_beginning=True, client_id="affectstream-demo")
         self.redis = sync_redis(settings)
 
@@ -62,7 +62,7 @@ class Watcher:
                 now = time.monotonic()
                 p.first_result_at = p.first_result_at or now
                 p.last_result_at = now
-                if tp.topic == self.settings.topic_dlq:
+                if tp.topic == self.settings.kafka.topic_dlq:
                     letter = orjson.loads(record.value)
                     p.dlq += 1
                     p.dlq_reasons[f"{letter.get('stage')}/{letter.get('reason')}"] += 1

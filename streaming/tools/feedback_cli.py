@@ -93,7 +93,7 @@ def produce_corrections(settings: Settings, corrections: list[Correction]) -> No
 
     producer = make_producer(settings)
     try:
-        futures = [producer.send(settings.topic_feedback, key=c.post_id.encode(), value=c.to_json())
+        futures = [producer.send(settings.kafka.topic_feedback, key=c.post_id.encode(), value=c.to_json())
                    for c in corrections]
         producer.flush()
         for future in futures:
@@ -105,7 +105,7 @@ def produce_corrections(settings: Settings, corrections: list[Correction]) -> No
 def _registry(settings: Settings, root: str | None):
     from affectstream.model.registry import Registry
 
-    root = root or settings.model_registry
+    root = root or settings.classify.model_registry
     if not root:
         raise click.UsageError("no model registry: pass --registry DIR or set AFFECTSTREAM_MODEL_REGISTRY")
     return Registry(root)
@@ -134,7 +134,7 @@ def commands(settings_options: Callable) -> list[click.Command]:
                             help="The training preset the candidate is trained with.")(fn)
 
     registry_option = click.option("--registry", "registry_root", default=None,
-                                   help="Registry root (default: settings.model_registry).")
+                                   help="Registry root (default: settings.classify.model_registry).")
 
     @click.command("feedback")
     @click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
@@ -148,7 +148,7 @@ def commands(settings_options: Callable) -> list[click.Command]:
         if accepted and not dry_run:
             produce_corrections(settings, accepted)
         reasons = ", ".join(f"{reason} {n}" for reason, n in report.rejected.most_common())
-        click.echo(f"{'checked' if dry_run else 'sent'} {report.accepted} corrections to {settings.topic_feedback}; "
+        click.echo(f"{'checked' if dry_run else 'sent'} {report.accepted} corrections to {settings.kafka.topic_feedback}; "
                    f"rejected {sum(report.rejected.values())}{f' ({reasons})' if reasons else ''}")
         for example in report.examples:
             click.echo(f"  {example}", err=True)
@@ -183,7 +183,7 @@ def commands(settings_options: Callable) -> list[click.Command]:
         options = RetrainOptions(**{k: v for k, v in given.items() if v is not None}, sabotage=sabotage)
         root = _registry(settings, registry_root).root
         started = time.perf_counter()
-        cfg = config_from(no_resume=True, **flags).replace(device=settings.device, threads=settings.threads)
+        cfg = config_from(no_resume=True, **flags).replace(device=settings.worker.device, threads=settings.worker.threads)
         report = run_retrain(settings, cfg, options, registry_root=str(root), work_dir=work_dir)
         i = report.intake
         click.echo(f"feedback: read {i.read}, kept {i.kept}, skipped {dict(i.skipped) or 0}; offsets {i.offsets}")

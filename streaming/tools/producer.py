@@ -48,7 +48,7 @@ def make_producer(settings: Settings):
         enable_idempotence=False,
         linger_ms=5,
         retries=5,
-        max_request_size=settings.max_message_bytes,
+        max_request_size=settings.limits.max_message_bytes,
         **kafka_client_kwargs(settings),
     )
 
@@ -56,7 +56,7 @@ def make_producer(settings: Settings):
 def produce_lines(settings: Settings, lines: Iterable[bytes], *, topic: str | None = None, rate: float = 0.0,
                   progress: bool = False, total: int | None = None, producer=None) -> ProduceStats:
     """Send every line (key = post id when readable); returns after the broker acknowledged them all."""
-    topic = topic or settings.topic_posts
+    topic = topic or settings.kafka.topic_posts
     stats = ProduceStats(topic=topic)
     own = producer is None
     producer = producer or make_producer(settings)

@@ -200,12 +200,12 @@ class EmbeddedServices:
 
     def _start(self) -> None:
         changes: dict[str, Any] = {}
-        if not self._requested.broker_url:
+        if not self._requested.kafka.brokers:
             broker = start_broker()
             self.services.append(broker)
             changes["broker_url"] = broker.url
-        if not self._requested.redis_url:
-            redis = start_redis(password=self._requested.redis_password or None)
+        if not self._requested.redis.url:
+            redis = start_redis(password=self._requested.redis.password or None)
             self.services.append(redis)
             changes["redis_url"] = f"redis://127.0.0.1:{redis.port}/0"  # password stays in settings only
         self.settings = self._requested.replace(**changes)

@@ -74,7 +74,7 @@ def topic_consumer(settings: Settings, topics: Iterable[str], *, from_beginning:
 
 def tail(settings: Settings, *, from_beginning: bool = False, as_json: bool = False, limit: int = 0,
          dlq: bool = False) -> int:
-    topic = settings.topic_dlq if dlq else settings.topic_sentiment
+    topic = settings.kafka.topic_dlq if dlq else settings.kafka.topic_sentiment
     console = Console(file=sys.stdout, highlight=False, soft_wrap=True)
     consumer = topic_consumer(settings, [topic], from_beginning=from_beginning)
     seen = 0

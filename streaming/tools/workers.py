@@ -4,14 +4,13 @@ exactly as deployed, so faust owns its event loop and signal handling and a cras
 down."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
 import tempfile
 
 from affectstream.streaming.tools.processes import die_with_parent, log_tail, stop_process
-from affectstream.streaming.worker.settings import ENV_PREFIX, Settings
+from affectstream.streaming.worker.settings import Settings, env_name
 
 STOP_TIMEOUT_S = 20.0
 
@@ -20,8 +19,8 @@ def settings_env(settings: Settings, base: dict | None = None) -> dict[str, str]
     """The environment that makes ``Settings.load()`` in a child process return ``settings``.
     (Environment, not argv: secrets must not show up in ``ps``.)"""
     env = dict(os.environ if base is None else base)
-    for name, value in dataclasses.asdict(settings).items():
-        env[ENV_PREFIX + name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+    for name, value in settings.by_name().items():
+        env[env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env
 
@@ -34,18 +33,18 @@ class WorkerProcess:
                  extra_args: list[str] | None = None, loglevel: str = "info", web_by_role: bool = False):
         """``web_by_role``: say nothing about web (no flag, no variable), as an operator starting
         ``affectstream worker`` by hand, so the role decides (only the monitor opens the port); otherwise
-        ``settings.web_enabled`` is passed explicitly."""
+        ``settings.web.enabled`` is passed explicitly."""
         self.role = role
         if log_path is None:
             fd, log_path = tempfile.mkstemp(prefix=f"affectstream-worker-{role}-", suffix=".log")
             os.close(fd)
         self.log_path = log_path
-        web = [] if web_by_role else ["--with-web" if settings.web_enabled else "--without-web"]
+        web = [] if web_by_role else ["--with-web" if settings.web.enabled else "--without-web"]
         cmd = [sys.executable, "-m", "affectstream.cli", "worker", "--role", role, *web,
                "--no-create-topics", "--loglevel", loglevel, *(extra_args or [])]
         env = settings_env(settings)
         if web_by_role:
-            env.pop(ENV_PREFIX + "WEB_ENABLED")
+            env.pop(env_name("web_enabled"))
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          env=env, cwd=os.getcwd(),

@@ -20,7 +20,7 @@ import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from affectstream.streaming.worker.kafka_config import broker_credentials, broker_urls, topic_names
-from affectstream.streaming.worker.settings import Settings
+from affectstream.streaming.worker.settings import KafkaSettings, Settings
 
 # How long the broker may hold a consumer's fetch when it has no new data (aiokafka ``fetch_max_wait_ms``).
 # faust hard-codes 1500 ms, and Tansu does not answer a waiting fetch when data arrives: it holds it for
@@ -29,9 +29,9 @@ from affectstream.streaming.worker.settings import Settings
 # 27 / 54 at 100, 10 / 28 at 50, 6 / 12 at 20. At 1500 that wait was the end-to-end latency floor
 # (~630 ms p50 even at 25% load). The price is empty fetches while idle: worker + broker CPU at idle was
 # 1.4% of a core at 1500, 4.6% at 50, 9.2% at 20 — 50 ms keeps the added latency under ~25 ms.
-# ``Settings.fetch_max_wait_ms`` overrides it per worker (a Kafka broker answers as soon as data arrives,
+# ``settings.kafka.fetch_max_wait_ms`` overrides it per worker (a Kafka broker answers as soon as data arrives,
 # so there it only sets how often an idle consumer asks).
-FETCH_MAX_WAIT_MS = Settings.fetch_max_wait_ms
+FETCH_MAX_WAIT_MS = KafkaSettings.fetch_max_wait_ms
 
 ROLES = ("caption", "classify", "all", "monitor")  # monitor: no agents; the CLI adds web + alerts
 WILDCARD_BINDS = ("0.0.0.0", "::", "")
@@ -54,9 +54,9 @@ def is_loopback(host: str) -> bool:
 def check_web_exposure(settings: Settings) -> None:
     """Refuse a web server bound off loopback without a token: the dashboard, API, SSE and /metrics would be
     open to anyone who can reach the interface."""
-    if settings.web_enabled and not is_loopback(settings.web_bind) and not settings.web_auth_token:
+    if settings.web.enabled and not is_loopback(settings.web.bind) and not settings.web.auth_token:
         raise WebExposureError(
-            f"the web server would listen on {settings.web_bind or '*'}:{settings.web_port} without "
+            f"the web server would listen on {settings.web.bind or '*'}:{settings.web.port} without "
             "authentication: set AFFECTSTREAM_WEB_AUTH_TOKEN (clients send 'Authorization: Bearer <token>'), "
             "or bind to loopback (AFFECTSTREAM_WEB_BIND=127.0.0.1)")
 
@@ -74,7 +74,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         if not hasattr(consumer, "_fetch_max_wait_ms"):
             raise RuntimeError("aiokafka changed: AIOKafkaConsumer has no _fetch_max_wait_ms to lower")
         settings = getattr(self.app, "affect_settings", None)
-        consumer._fetch_max_wait_ms = settings.fetch_max_wait_ms if settings is not None else FETCH_MAX_WAIT_MS
+        consumer._fetch_max_wait_ms = settings.kafka.fetch_max_wait_ms if settings is not None else FETCH_MAX_WAIT_MS
         return consumer
 
 
@@ -102,7 +102,7 @@ def create_app(settings: Settings, role: str = "all", *, register: bool = True) 
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     check_web_exposure(settings)
     app = AffectApp(
-        settings.app_id,
+        settings.kafka.app_id,
         broker=broker_urls(settings),
         broker_credentials=broker_credentials(settings),
         key_serializer="raw",
@@ -114,26 +114,26 @@ def create_app(settings: Settings, role: str = "all", *, register: bool = True) 
         # a short linger lets one micro-batch's records share a produce request per partition: at 400 posts/s
         # on the bench host the broker's CPU per post fell 1.23 -> 0.76-0.82 ms and p99 at 50 % load 170 ->
         # 101-104 ms at 2 ms (5 ms: 110-121, two runs each; 1 ms: 94 at a lower rate, 10 ms: 134, one run each)
-        producer_linger=settings.producer_linger_ms / 1000,
-        broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        producer_linger=settings.kafka.producer_linger_ms / 1000,
+        broker_session_timeout=settings.kafka.session_timeout_s,
+        broker_heartbeat_interval=settings.kafka.heartbeat_interval_s,
         broker_commit_interval=1.0,
         consumer_auto_offset_reset="earliest",
         # one message at most this big; images arrive inline as base64
-        producer_max_request_size=settings.max_message_bytes,
-        consumer_max_fetch_size=settings.max_message_bytes,
-        topic_partitions=settings.partitions,
-        topic_replication_factor=settings.replication_factor,
+        producer_max_request_size=settings.limits.max_message_bytes,
+        consumer_max_fetch_size=settings.limits.max_message_bytes,
+        topic_partitions=settings.kafka.partitions,
+        topic_replication_factor=settings.kafka.replication_factor,
         # No tables: counted state lives in Redis (Table recovery is unreliable on Tansu), and without
         # tables nothing needs the assignor's leader topic.
         topic_disable_leader=True,
         store="memory://",
         # faust makes its data folder even with nothing to keep in it: not in the working directory
-        datadir=str(Path(tempfile.gettempdir()) / f"faust-{settings.app_id}-data"),
-        web_enabled=settings.web_enabled,
-        web_port=settings.web_port,
-        web_bind=settings.web_bind,           # faust's own default is 0.0.0.0; web_host is only the advertised URL
-        web_host=_advertised_host(settings.web_bind),
+        datadir=str(Path(tempfile.gettempdir()) / f"faust-{settings.kafka.app_id}-data"),
+        web_enabled=settings.web.enabled,
+        web_port=settings.web.port,
+        web_bind=settings.web.bind,           # faust's own default is 0.0.0.0; web_host is only the advertised URL
+        web_host=_advertised_host(settings.web.bind),
         # no tables here: the built-in table, router, graph and stats endpoints would only expose internals
         web_tables_enabled=False,
         web_router_enabled=False,
@@ -151,8 +151,8 @@ def create_app(settings: Settings, role: str = "all", *, register: bool = True) 
 def declare_topics(app: faust.App, settings: Settings) -> dict[str, faust.TopicT]:
     """The contract topics with their partition counts (faust creates missing ones on start)."""
     def topic(name: str) -> faust.TopicT:
-        return app.topic(name, key_type=bytes, value_type=bytes, partitions=settings.partitions,
-                         replicas=settings.replication_factor)
+        return app.topic(name, key_type=bytes, value_type=bytes, partitions=settings.kafka.partitions,
+                         replicas=settings.kafka.replication_factor)
 
     return {role: topic(name) for role, name in topic_names(settings).items()}
 

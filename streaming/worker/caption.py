@@ -89,7 +89,7 @@ class Captioning(Stage):
         self.settings = settings
         self.captioner = captioner
         self.cache = cache
-        self.limits = ImageLimits(max_bytes=settings.image_max_bytes, max_pixels=settings.image_max_pixels)
+        self.limits = ImageLimits(max_bytes=settings.limits.image_max_bytes, max_pixels=settings.limits.image_max_pixels)
         self.io_pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="image-io")
         # one decoding thread: memory freed after a large decode stays in the freeing thread's malloc arena,
         # so decoding in turn on 4 threads held ~4 x one decode (measured: 570 vs 140 MB over 16 large PNGs)
@@ -98,8 +98,8 @@ class Captioning(Stage):
         self.model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner")
         self._stuck = None  # concurrent Future of a describe call that timed out and still runs
         self.max_side = getattr(captioner, "max_input_side", None)  # decode reduced towards it
-        self.mentions = (MentionDetector(settings.brands_file, settings.max_mentions_per_post)
-                         if settings.brands_file else None)
+        self.mentions = (MentionDetector(settings.brands.file, settings.brands.max_mentions_per_post)
+                         if settings.brands.file else None)
         self.check_every_s = check_every_s
         self._watcher: asyncio.Task | None = None
 
@@ -107,7 +107,7 @@ class Captioning(Stage):
         log.info("captioner %s ready", self.captioner.name)
         if self.mentions is not None:
             matcher = await asyncio.get_running_loop().run_in_executor(None, self.mentions.load)
-            log.info("brands file %s: %s", self.settings.brands_file, matcher.catalog.summary())
+            log.info("brands file %s: %s", self.settings.brands.file, matcher.catalog.summary())
             self._watcher = run_every(self.check_every_s, self.maybe_reload_brands, "brands file reload check")
 
     async def maybe_reload_brands(self) -> bool:
@@ -223,7 +223,7 @@ class Captioning(Stage):
             *(loop.run_in_executor(self.decode_pool, _pixels, misses[s], self.limits, self.max_side) for s in shas))
         captions: dict[str, str] = {}
         failed: dict[str, tuple[str, str]] = {}
-        for group in pixel_budgeted(shas, costs, self.settings.caption_batch_max_pixels):
+        for group in pixel_budgeted(shas, costs, self.settings.caption.max_decoded_pixels):
             fresh, bad = await self._describe_batch({s: misses[s] for s in group})
             captions.update(fresh)
             failed.update(bad)
@@ -247,7 +247,7 @@ class Captioning(Stage):
                 image_shas.append(sha)
         if not images:
             return {}, failed
-        timeout = self.settings.caption_timeout_s
+        timeout = self.settings.caption.timeout_s
         if self._stuck is not None and not self._stuck.done():
             # the captioner thread is still inside a call that timed out: do not queue behind it
             log.warning("captioner still busy with a timed-out call; %d images go on text-only", len(images))
@@ -348,8 +348,8 @@ def _reason(exc: BaseException, default: str) -> str:
 def build_stage(settings: Settings) -> Captioning:
     from affectstream.model.captioners import build_captioner
 
-    captioner = build_captioner(settings.captioner, settings.device,
-                                trust_remote_code=settings.captioner_trust_remote_code)
+    captioner = build_captioner(settings.caption.captioner, settings.worker.device,
+                                trust_remote_code=settings.caption.trust_remote_code)
     return Captioning(settings, captioner, cache=CaptionCache(settings))
 
 
@@ -358,4 +358,4 @@ def register(app: faust.App, settings: Settings) -> str:
     import affectstream.model.captioners  # noqa: F401 - heavy imports now, not on the event loop
 
     return register_stage(app, settings, name="caption", source="posts", build=lambda: build_stage(settings),
-                          batch_max=settings.caption_batch_max, within=settings.caption_batch_window_s)
+                          batch_max=settings.caption.micro_batch_max, within=settings.caption.micro_batch_window_s)

@@ -49,7 +49,7 @@ class CaptionCache:
             return
         try:
             await asyncio.wait_for(
-                self.client.set(self.settings.keys.caption(captioner, sha), caption, ex=self.settings.caption_ttl_s),
+                self.client.set(self.settings.keys.caption(captioner, sha), caption, ex=self.settings.redis.caption_ttl_s),
                 CACHE_TIMEOUT_S)
         except FAILURES as e:
             self._failed(e)

@@ -139,9 +139,9 @@ class Classifying(Stage):
     def __init__(self, settings: Settings, load_predictor, *, watch: bool = True,
                  check_every_s: float = RELOAD_CHECK_S, load_model: Callable[[str], Any] | None = None,
                  send_shadow=None, redis_client: Any = None):
-        if settings.captioner_mismatch not in MISMATCH_ACTIONS:
+        if settings.classify.captioner_mismatch not in MISMATCH_ACTIONS:
             raise ValueError(f"AFFECTSTREAM_CAPTIONER_MISMATCH must be one of {', '.join(MISMATCH_ACTIONS)}, "
-                             f"got {settings.captioner_mismatch!r}")
+                             f"got {settings.classify.captioner_mismatch!r}")
         self.settings = settings
         self.load_predictor = load_predictor
         self.load_model = load_model
@@ -149,7 +149,7 @@ class Classifying(Stage):
         self.predictor = None
         self._candidate: Candidate | None = None
         self.slot: CandidateSlot | None = None     # the registry's candidate while a rollout is on
-        self.registry = Registry(settings.model_registry) if settings.model_registry else None
+        self.registry = Registry(settings.classify.model_registry) if settings.classify.model_registry else None
         self.model_dir = serving_dir(settings)
         self.watch = watch
         self.check_every_s = check_every_s
@@ -342,13 +342,13 @@ class Classifying(Stage):
         return items
 
     async def _score(self, predictor, posts: list[Post], **kwargs) -> list[Scored]:
-        return await score(self.pool, predictor, posts, self.settings.max_targets_per_post, **kwargs)
+        return await score(self.pool, predictor, posts, self.settings.brands.max_targets_per_post, **kwargs)
 
     def _check_captioner(self, parsed: list[tuple[Post, bytes]], predictor, out: ClassifyBatch
                          ) -> list[tuple[Post, bytes]]:
         """The train/serve check (module docstring, step 1): returns the posts to classify."""
         trained = trained_captioner(predictor)
-        reject = self.settings.captioner_mismatch == "reject"
+        reject = self.settings.classify.captioner_mismatch == "reject"
         keep = []
         for post, raw in parsed:
             if not captioner_mismatch(post, trained):
@@ -370,14 +370,14 @@ class Classifying(Stage):
 
 def serving_dir(settings: Settings) -> str:
     """The directory the stage serves and watches: the registry's ``current`` link, else ``model_dir``."""
-    return str(Registry(settings.model_registry).current_dir()) if settings.model_registry else settings.model_dir
+    return str(Registry(settings.classify.model_registry).current_dir()) if settings.classify.model_registry else settings.classify.model_dir
 
 
 def load_model(settings: Settings, model_dir: str):
-    """Every model the stage serves (deployed or candidate) is loaded here, on ``settings.inference_backend``."""
+    """Every model the stage serves (deployed or candidate) is loaded here, on ``settings.classify.inference_backend``."""
     from affectstream.model.serving import load_predictor  # torch: imported by register(), before the loop runs
-    predictor = load_predictor(model_dir, settings.inference_backend, device=settings.device, threads=settings.threads,
-                               top_k=settings.top_k or None, lanes=settings.onnx_lanes)
+    predictor = load_predictor(model_dir, settings.classify.inference_backend, device=settings.worker.device, threads=settings.worker.threads,
+                               top_k=settings.classify.top_k or None, lanes=settings.classify.onnx_lanes)
     log.info("model %s served on %s (%s)", predictor.version, predictor.backend, predictor.backend_reason)
     return predictor
 
@@ -389,12 +389,12 @@ def build_stage(settings: Settings, app: faust.App | None = None) -> Classifying
 
 
 def register(app: faust.App, settings: Settings) -> str:
-    """Attach the classify agent to ``app``; returns its name. An unknown sink in ``settings.sinks`` raises
+    """Attach the classify agent to ``app``; returns its name. An unknown sink in ``settings.classify.sinks`` raises
     ``SinkConfigError`` here, at start-up."""
     classes = sink_classes(settings)
     import affectstream.model.serving  # noqa: F401 - import torch now: importing it inside the agent blocks the loop
 
     return register_stage(app, settings, name="classify", source="enriched",
                           build=lambda: build_stage(settings, app),
-                          batch_max=settings.batch_max, within=settings.batch_window_s,
+                          batch_max=settings.classify.micro_batch_max, within=settings.classify.micro_batch_window_s,
                           sinks=build_sinks(settings, app, classes))

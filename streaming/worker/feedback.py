@@ -57,7 +57,7 @@ REASONS = ("invalid_json", "not_an_object", "too_large", "missing_post_id", "mis
 
 def intake_group(settings: Settings) -> str:
     """The consumer group of the intake agent (the monitor's): the retrain job reads up to its offsets."""
-    return settings.app_id + MONITOR_GROUP_SUFFIX
+    return settings.kafka.app_id + MONITOR_GROUP_SUFFIX
 
 
 class FeedbackError(ValueError):

@@ -1,10 +1,10 @@
 """Image references -> bytes, with every limit enforced (blocking: callers run this in an executor).
 
 - b64: strict base64 (an optional ``data:...;base64,`` prefix and ASCII whitespace are tolerated).
-- path: only under ``settings.image_root`` after resolving symlinks; regular files only.
+- path: only under ``settings.limits.image_root`` after resolving symlinks; regular files only.
 - url: http(s) only; the host is resolved once and every address must be public (no private,
   loopback, link-local, multicast, reserved, unspecified, CGNAT, nor IPv6 forms embedding those)
-  unless ``settings.allow_private_urls``. The connection goes to the vetted address (no second DNS
+  unless ``settings.limits.allow_private_urls``. The connection goes to the vetted address (no second DNS
   lookup, so no DNS rebinding); at most 3 redirects, each re-checked; byte cap; total timeout, host name
   lookups included.
 
@@ -45,12 +45,12 @@ AddressPolicy = Callable[[IPAddress], bool]
 
 def load_image_bytes(ref: ImageRef, settings: Settings) -> bytes:
     if ref.kind == "b64":
-        return decode_b64(ref.value, settings.image_max_bytes)
+        return decode_b64(ref.value, settings.limits.image_max_bytes)
     if ref.kind == "path":
-        return read_path(ref.value, settings.image_root, settings.image_max_bytes)
+        return read_path(ref.value, settings.limits.image_root, settings.limits.image_max_bytes)
     if ref.kind == "url":
-        policy = (lambda ip: True) if settings.allow_private_urls else is_public_address
-        return fetch_url(ref.value, settings.image_max_bytes, settings.fetch_timeout_s, policy)
+        policy = (lambda ip: True) if settings.limits.allow_private_urls else is_public_address
+        return fetch_url(ref.value, settings.limits.image_max_bytes, settings.limits.fetch_timeout_s, policy)
     raise InvalidPost("bad_image_ref", f"unknown image kind {ref.kind!r}")
 
 

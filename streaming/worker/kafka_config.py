@@ -13,7 +13,7 @@ from affectstream.streaming.worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# role in the pipeline -> the setting naming its topic (docs/contracts.md: Topics)
+# role in the pipeline -> the setting naming its topic (docs/contracts.md: Topics), by its flat name
 TOPIC_SETTINGS = {
     "posts": "topic_posts",
     "enriched": "topic_enriched",
@@ -27,13 +27,13 @@ TOPIC_SETTINGS = {
 
 def topic_names(settings: Settings) -> dict[str, str]:
     """Role -> topic name, e.g. {"posts": "posts", "enriched": "posts-enriched", ...}."""
-    return {role: getattr(settings, field) for role, field in TOPIC_SETTINGS.items()}
+    return {role: settings.value(name) for role, name in TOPIC_SETTINGS.items()}
 
 
 def bootstrap_servers(settings: Settings) -> list[str]:
     """"kafka://h1:9092;h2:9092" (faust style) or "h1:9092,h2:9092" -> ["h1:9092", "h2:9092"]."""
     servers = []
-    for part in settings.broker_url.replace(",", ";").split(";"):
+    for part in settings.kafka.brokers.replace(",", ";").split(";"):
         part = part.strip()
         if "://" in part:
             part = part.split("://", 1)[1]
@@ -44,7 +44,7 @@ def bootstrap_servers(settings: Settings) -> list[str]:
 
 def broker_urls(settings: Settings) -> list[str]:
     """The same servers as faust's list of ``scheme://host:port`` URLs (scheme ``kafka`` unless given)."""
-    raw = settings.broker_url.strip()
+    raw = settings.kafka.brokers.strip()
     scheme = raw.split("://", 1)[0] if "://" in raw else "kafka"
     hosts = bootstrap_servers(settings)
     if not hosts:
@@ -53,14 +53,14 @@ def broker_urls(settings: Settings) -> list[str]:
 
 
 def _protocol(settings: Settings) -> str:
-    protocol = settings.kafka_security_protocol.upper() or "PLAINTEXT"
+    protocol = settings.kafka.security_protocol.upper() or "PLAINTEXT"
     if protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
-        raise ValueError(f"unknown kafka_security_protocol {settings.kafka_security_protocol!r}")
+        raise ValueError(f"unknown kafka_security_protocol {settings.kafka.security_protocol!r}")
     return protocol
 
 
 def _ssl_context(settings: Settings) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=settings.kafka_ssl_cafile or None)
+    return ssl.create_default_context(cafile=settings.kafka.ssl_cafile or None)
 
 
 def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
@@ -71,8 +71,8 @@ def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | No
     context = _ssl_context(settings) if protocol.endswith("SSL") else None
     if protocol == "SSL":
         return faust.SSLCredentials(context)
-    return faust.SASLCredentials(username=settings.kafka_sasl_username, password=settings.kafka_sasl_password,
-                                 mechanism=settings.kafka_sasl_mechanism or "PLAIN", ssl_context=context)
+    return faust.SASLCredentials(username=settings.kafka.sasl_username, password=settings.kafka.sasl_password,
+                                 mechanism=settings.kafka.sasl_mechanism or "PLAIN", ssl_context=context)
 
 
 def kafka_client_kwargs(settings: Settings, flavor: str = "kafka-python") -> dict[str, Any]:
@@ -80,19 +80,19 @@ def kafka_client_kwargs(settings: Settings, flavor: str = "kafka-python") -> dic
     protocol = _protocol(settings)
     kwargs: dict[str, Any] = {"security_protocol": protocol}
     if protocol.startswith("SASL"):
-        kwargs.update(sasl_mechanism=settings.kafka_sasl_mechanism or "PLAIN",
-                      sasl_plain_username=settings.kafka_sasl_username,
-                      sasl_plain_password=settings.kafka_sasl_password)
+        kwargs.update(sasl_mechanism=settings.kafka.sasl_mechanism or "PLAIN",
+                      sasl_plain_username=settings.kafka.sasl_username,
+                      sasl_plain_password=settings.kafka.sasl_password)
     if protocol.endswith("SSL"):
         if flavor == "aiokafka":
             kwargs["ssl_context"] = _ssl_context(settings)
-        elif settings.kafka_ssl_cafile:
-            kwargs["ssl_cafile"] = settings.kafka_ssl_cafile
+        elif settings.kafka.ssl_cafile:
+            kwargs["ssl_cafile"] = settings.kafka.ssl_cafile
     return kwargs
 
 
 def create_topics(settings: Settings, timeout_s: float = 30.0) -> None:
-    """Create every contract topic with settings.partitions (auto-created topics would get the broker
+    """Create every contract topic with settings.kafka.partitions (auto-created topics would get the broker
     default). Idempotent; retried while the broker starts."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -106,8 +106,8 @@ def create_topics(settings: Settings, timeout_s: float = 30.0) -> None:
                                      request_timeout_ms=10_000, **kafka_client_kwargs(settings))
             for name in list(pending):
                 try:
-                    admin.create_topics([NewTopic(name, settings.partitions, settings.replication_factor)])
-                    log.info("topic %s created with %d partitions", name, settings.partitions)
+                    admin.create_topics([NewTopic(name, settings.kafka.partitions, settings.kafka.replication_factor)])
+                    log.info("topic %s created with %d partitions", name, settings.kafka.partitions)
                 except TopicAlreadyExistsError:
                     log.info("topic %s already exists", name)
                 pending.remove(name)

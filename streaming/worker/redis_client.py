@@ -20,10 +20,10 @@ def redis_client_kwargs(settings: Settings, flavor: str = "sync") -> dict[str, A
     on to the connection, which then fails with TypeError at the first connect; so ``redis_tls`` on a
     ``redis://`` URL selects the flavor's SSLConnection explicitly (certificates verified by default)."""
     kwargs: dict[str, Any] = {}
-    if settings.redis_password:
-        kwargs["password"] = settings.redis_password
-    if settings.redis_tls and not settings.redis_url.startswith("rediss://"):
-        if settings.redis_cluster:  # the cluster client builds its connections itself
+    if settings.redis.password:
+        kwargs["password"] = settings.redis.password
+    if settings.redis.tls and not settings.redis.url.startswith("rediss://"):
+        if settings.redis.cluster:  # the cluster client builds its connections itself
             kwargs["ssl"] = True
             return kwargs
         if flavor == "asyncio":
@@ -42,9 +42,9 @@ def async_redis(settings: Settings):
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
 
-    cls = RedisCluster if settings.redis_cluster else aioredis.Redis
+    cls = RedisCluster if settings.redis.cluster else aioredis.Redis
     return cls.from_url(
-        settings.redis_url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30,
+        settings.redis.url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1), **redis_client_kwargs(settings, "asyncio"))
 
 
@@ -53,5 +53,5 @@ def sync_redis(settings: Settings, **kwargs: Any):
     import redis
     from redis.cluster import RedisCluster
 
-    cls = RedisCluster if settings.redis_cluster else redis.Redis
-    return cls.from_url(settings.redis_url, **redis_client_kwargs(settings, "sync"), **kwargs)
+    cls = RedisCluster if settings.redis.cluster else redis.Redis
+    return cls.from_url(settings.redis.url, **redis_client_kwargs(settings, "sync"), **kwargs)

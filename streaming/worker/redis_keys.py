@@ -23,7 +23,7 @@ MINUTE_FORMAT = "%Y%m%d%H%M"    # UTC minute of a bucket
 
 @dataclass(frozen=True)
 class RedisKeys:
-    """Every key under one prefix (``settings.redis_prefix``, default ``as:``)."""
+    """Every key under one prefix (``settings.redis.prefix``, default ``as:``)."""
     prefix: str = "as:"
 
     def __post_init__(self) -> None:

@@ -8,7 +8,7 @@ rationale *toward that brand* and the mentions that made it a target::
      "mentions": [{"brand", "name", "alias", "source", "span": [start, end]}]}
 
 ``label``/``scores``/``rationale`` at the top stay the post-level prediction; ``brands`` lists the targets'
-brand ids; ``targets_overflow`` counts the targets left out by ``settings.max_targets_per_post``.
+brand ids; ``targets_overflow`` counts the targets left out by ``settings.brands.max_targets_per_post``.
 ``bucket_labels`` says which label counts in which brand-minute bucket (the Redis sink and the monitor)."""
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class Result:
     image_error: str | None = None
     brands: list[str] = field(default_factory=list)  # the targets' brand ids, in target order
     targets: list[dict[str, Any]] = field(default_factory=list)  # per brand: {"brand", "label", "scores", …}
-    targets_overflow: int = 0                      # targets left out (``settings.max_targets_per_post``)
+    targets_overflow: int = 0                      # targets left out (``settings.brands.max_targets_per_post``)
     model: str = ""
     created_at: int | None = None                  # epoch ms from the post, when it had one
     processed_at: int = 0                          # epoch ms

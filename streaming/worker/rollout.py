@@ -7,7 +7,7 @@ so a post's partition — and therefore its model — does not change between re
 
 ``RolloutWatch`` decides, on the classify stage's reload timer, whether the candidate must go. It rolls back
 (``Registry.set_rollout(None, "off", 0, reason)``, logged, ``affectstream_rollbacks_total``) when, over at
-least a minimum sample, one of these crosses its threshold (``RollbackPolicy``; defaults below):
+least a minimum sample, one of these crosses its threshold (``settings.rollout``; defaults below):
 
 =================  ============================================================  =========  =======
 name               measure                                                        min sample threshold
@@ -52,7 +52,7 @@ from affectstream.model.config import SENTIMENT_LABELS
 from affectstream.model.registry import Registry, Rollout
 from affectstream.streaming.worker import metrics
 from affectstream.streaming.worker.result import Result
-from affectstream.streaming.worker.settings import Settings
+from affectstream.streaming.worker.settings import RolloutSettings, Settings
 from affectstream.streaming.worker.shadow import disagreement
 
 log = logging.getLogger("affectstream.rollout")
@@ -104,22 +104,8 @@ def wanted(rollout: Rollout) -> str | None:
     return rollout.candidate if rollout.mode in ("shadow", "canary") and rollout.candidate else None
 
 
-@dataclass(frozen=True)
-class RollbackPolicy:
-    """Thresholds (module docstring). ``from_settings`` reads ``rollback_*`` settings where they exist."""
-    min_calls: int = 50
-    max_error_rate: float = 0.05
-    min_posts: int = 200
-    max_dlq_rate: float = 0.02
-    max_disagreement: float = 0.50
-    min_corrections: int = 20
-    max_analyst_disagreement: float = 0.50
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> "RollbackPolicy":
-        defaults = cls()
-        return cls(**{name: type(getattr(defaults, name))(getattr(settings, f"rollback_{name}", getattr(defaults, name)))
-                      for name in cls.__dataclass_fields__})
+# the thresholds are settings (``settings.rollout``, ``AFFECTSTREAM_ROLLBACK_*``); tests build their own
+RollbackPolicy = RolloutSettings
 
 
 @dataclass
@@ -183,7 +169,7 @@ class RolloutWatch:
         self.settings = settings
         self.registry = registry
         self.client = client
-        self.policy = policy or RollbackPolicy.from_settings(settings)
+        self.policy = policy or settings.rollout
         self.stats: CandidateStats | None = None
 
     def reset(self, version: str | None) -> None:
@@ -309,7 +295,7 @@ class CandidateSlot:
                     log.warning("candidate %s rolled back (%s mode): %s", want, rollout.mode, detail)
                 return
             self._load_failures.pop(want, None)
-            self.candidate = Candidate(predictor, rollout.mode, rollout.share, self.settings.partitions)
+            self.candidate = Candidate(predictor, rollout.mode, rollout.share, self.settings.kafka.partitions)
             self._path = str(path.resolve())
             self.watch.reset(predictor.version)
             log.info("candidate %s loaded: %s, share %g", predictor.version, rollout.mode, rollout.share)

@@ -175,8 +175,8 @@ def _load_object(data: bytes, settings: Settings) -> dict:
         data = bytes(data)
     if not isinstance(data, bytes):
         raise InvalidPost("invalid_json", f"expected bytes, got {type(data).__name__}")
-    if len(data) > settings.max_message_bytes:
-        raise InvalidPost("message_too_large", f"{len(data)} bytes > limit {settings.max_message_bytes}")
+    if len(data) > settings.limits.max_message_bytes:
+        raise InvalidPost("message_too_large", f"{len(data)} bytes > limit {settings.limits.max_message_bytes}")
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as e:
@@ -205,8 +205,8 @@ def _parse_id(obj: dict, settings: Settings) -> str:
     post_id = str(raw)
     if not post_id or not post_id.strip():
         raise InvalidPost("bad_id", "empty id")
-    if len(post_id) > settings.max_id_chars:
-        raise InvalidPost("id_too_long", f"{len(post_id)} chars > {settings.max_id_chars}")
+    if len(post_id) > settings.limits.max_id_chars:
+        raise InvalidPost("id_too_long", f"{len(post_id)} chars > {settings.limits.max_id_chars}")
     if any(unicodedata.category(c) == "Cc" for c in post_id):
         raise InvalidPost("bad_id", "control character in id")
     return post_id
@@ -228,8 +228,8 @@ def _parse_text(raw: Any, image: ImageRef | None, settings: Settings) -> str:
         raw = ""
     if not isinstance(raw, str):
         raise InvalidPost("bad_text", f"text is {type(raw).__name__}")
-    if len(raw) > settings.max_text_chars:
-        raise InvalidPost("text_too_long", f"{len(raw)} chars > {settings.max_text_chars}")
+    if len(raw) > settings.limits.max_text_chars:
+        raise InvalidPost("text_too_long", f"{len(raw)} chars > {settings.limits.max_text_chars}")
     if not raw.strip() and image is None:
         raise InvalidPost("empty_post", "no text and no image")
     return raw
@@ -287,7 +287,7 @@ def _parse_brands(raw: Any) -> list[str]:
 def _parse_caption(raw: Any, settings: Settings) -> str | None:
     if raw is None:
         return None
-    if not isinstance(raw, str) or len(raw) > settings.max_text_chars:
+    if not isinstance(raw, str) or len(raw) > settings.limits.max_text_chars:
         raise InvalidPost("bad_caption", "caption must be a string within the text limit")
     return raw
 
@@ -312,8 +312,8 @@ def _parse_captioner(raw: Any) -> str | None:
 def _parse_mentions(raw: Any, text: str, caption: str | None, settings: Settings) -> list[Mention]:
     if raw is None:
         return []
-    if not isinstance(raw, list) or len(raw) > settings.max_mentions_per_post:
-        raise InvalidPost("bad_mentions", f"mentions must be a list of at most {settings.max_mentions_per_post}")
+    if not isinstance(raw, list) or len(raw) > settings.brands.max_mentions_per_post:
+        raise InvalidPost("bad_mentions", f"mentions must be a list of at most {settings.brands.max_mentions_per_post}")
     mentions: list[Mention] = []
     for item in raw:
         try:

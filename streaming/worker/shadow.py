@@ -142,7 +142,7 @@ class ShadowWriter:
     async def _store(self, items: list[ShadowItem]) -> list[Any]:
         s = self.settings
         replies = await run_pipelined(self.client, [(self._script, [s.keys.shadow_result(item.candidate.id)],
-                                                     [item.json, s.result_ttl_s]) for item in items])
+                                                     [item.json, s.redis.result_ttl_s]) for item in items])
         for reply in replies:
             if isinstance(reply, BaseException):
                 raise reply

@@ -334,7 +334,7 @@ def register_stage(app: faust.App, settings: Settings, *, name: str, source: str
                 await stage.start()
                 state["stage"] = stage
                 heap.time_collections()
-                if settings.gc_freeze:  # after the models are loaded: what is there now lives as long as the worker
+                if settings.worker.gc_freeze:  # after the models are loaded: what is there now lives as long as the worker
                     heap.freeze_startup_heap()
             await run_stage(MicroBatches(stream), state["stage"], sinks, functools.partial(send_all, app), batch_max,
                             within)

@@ -109,13 +109,13 @@ def resolve(spec: str) -> type:
 
 
 def sink_classes(settings: Settings) -> list[type]:
-    """The classes named by ``settings.sinks``, in order; raises SinkConfigError for any problem."""
-    specs = [part.strip() for part in settings.sinks.split(",") if part.strip()]
+    """The classes named by ``settings.classify.sinks``, in order; raises SinkConfigError for any problem."""
+    specs = [part.strip() for part in settings.classify.sinks.split(",") if part.strip()]
     if not specs:
         raise SinkConfigError("sinks is empty: results would go nowhere (built-in: "
                               f"{', '.join(BUILTIN)})")
     if len(set(specs)) != len(specs):
-        raise SinkConfigError(f"sinks lists a sink twice: {settings.sinks!r}")
+        raise SinkConfigError(f"sinks lists a sink twice: {settings.classify.sinks!r}")
     return [resolve(spec) for spec in specs]
 
 

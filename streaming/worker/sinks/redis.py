@@ -10,7 +10,7 @@ single Redis (``redis_keys``: which key lives beside which):
 2. **count** (a bucket's slot: ``counted``, ``brand``), one call per brand-minute bucket of the batch: a
    post id new to the bucket's ``counted`` set increments the label the result counts there
    (``Result.bucket_labels``: a brand's bucket its target label, ``_all`` the post-level label, a post with
-   no brand ``settings.untargeted_brand`` when set), so each (post, bucket) counts once however often this
+   no brand ``settings.brands.untargeted`` when set), so each (post, bucket) counts once however often this
    step runs, and a post about two brands counts once in each, each with its own label;
 3. **announce** (the post's slot: ``seen``): turns ``c`` into ``1`` and publishes the result on the live
    channel, once.
@@ -227,17 +227,17 @@ class RedisSink(Sink):
     async def _claim_step(self, pending: list[_Write], fresh: set[str]) -> BaseException | None:
         s, todo = self.settings, [w for w in pending if w.step == CLAIM]
         replies = await self._run([(self._claim, claim_keys(s.keys, w.item.result.id),
-                                    [w.item.json, s.result_ttl_s, s.seen_ttl_s, w.item.input or b""])
+                                    [w.item.json, s.redis.result_ttl_s, s.redis.seen_ttl_s, w.item.input or b""])
                                    for w in todo])
         error = None
         for w, reply in zip(todo, replies):
             if isinstance(reply, BaseException):
                 error = _retryable_or_raise(reply)
             elif reply == 1:
-                w.to_count(w.item.result, w.item.json, s.untargeted_brand)
+                w.to_count(w.item.result, w.item.json, s.brands.untargeted)
             elif reply[0] == b"c":  # claimed by a write that has not finished: finish it with the first result
                 stored = reply[1] or w.item.json
-                w.to_count(Result.from_json(stored), stored, s.untargeted_brand)
+                w.to_count(Result.from_json(stored), stored, s.brands.untargeted)
             else:
                 w.step = DONE
         return error
@@ -249,7 +249,7 @@ class RedisSink(Sink):
             for bucket in w.buckets:
                 by_bucket[bucket].append(w)
         calls = [(self._count, count_keys(s.keys, *bucket),
-                  [s.bucket_ttl_s, *(x for w in writes for x in (w.counted.id, w.labels[bucket[0]]))])
+                  [s.redis.bucket_ttl_s, *(x for w in writes for x in (w.counted.id, w.labels[bucket[0]]))])
                  for bucket, writes in by_bucket.items()]
         error = None
         for (bucket, writes), reply in zip(by_bucket.items(), await self._run(calls)):
