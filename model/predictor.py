@@ -9,23 +9,12 @@ Fast on CPUs by construction:
   under `MAX_PADDING` (a tweet batch padded to its longest post is ~half padding); padding is dynamic;
 - the model runs under `torch.inference_mode`;
 - on CPUs with bf16 matrix units (AMX / AVX512-BF16) the weights are cast to bf16 once (no per-call
-  autocast casts), and every `nn.Linear` becomes one oneDNN matmul primitive with its weight pre-packed
-  in the blocked layout the AMX kernels read, the bias applied inside the kernel, and the GELU after an
-  encoder's intermediate projection fused into it (`pack_linears`). Measured on 2 AMX cores: a plain bf16
-  `F.linear` reaches 60-215 GFLOP/s on the encoder's shapes, because it copies the broadcast bias into
-  the output and re-lays out the weight on every call; the packed primitive reaches 110-430 GFLOP/s on
-  the same shapes, which made bf16 serving barely faster than fp32 before and ~2x faster after.
-- a packed primitive's rows (batch x tokens) are padded up to a few fixed sizes (`padded_rows`): oneDNN
-  builds and caches a kernel per shape, and a worker sees every batch size times every bucket length.
-  Serving the same 1,024 tweets at batch 1, 8, 32 and 64 (with and without descriptions), the process grew
-  from 529 MB loaded to 1,029 MB unpadded and to 645 MB padded; at most 8 sizes per doubling exist, the
-  padding adds under max(32, rows / 8) rows, and it cost 5-7 % of posts/s in that A/B (534 -> 504 at
-  batch 8, 655 -> 612 at batch 32).
+  autocast casts), and every `nn.Linear` becomes one oneDNN matmul primitive over a pre-packed weight
+  (model/torch_compat.py: torch's private kernels, used only where they work, else plain `nn.Linear`).
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -33,16 +22,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from affectstream.model.aligned import AlignedClassifier, AlignedOutput
 from affectstream.model.config import AlignedConfig
 from affectstream.model.deploy import load_deployed
 from affectstream.model.device import pick_device, pick_dtype
 from affectstream.model.rationale import RationaleWord, TokenSpan, merge_to_words
-from affectstream.model.targets import TargetInput, mark_target
+from affectstream.model.targets import TargetInput, mark_target, shift_scores
 from affectstream.model.tokenization import SOURCE_NAMES, EncodedPairs, encode_pairs
+from affectstream.model.torch_compat import pack_if_supported
 
 
 @dataclass
@@ -60,98 +48,6 @@ class Prediction:
             # the same dict as RationaleWord.to_dict(), without dataclasses.asdict's deep copy (~4x faster)
             "rationale": [{"text": w.text, "score": w.score, "source": w.source} for w in self.rationale],
         }
-
-
-# --- oneDNN pre-packed linear layers ---------------------------------------------------------------
-
-def _exact_gelu(module: nn.Module) -> bool:
-    """nn.GELU() or Hugging Face's GELUActivation (erf GELU, as BERT and RoBERTa use): fusable."""
-    if isinstance(module, nn.GELU):
-        return module.approximate == "none"
-    return type(module).__name__ == "GELUActivation" and getattr(module, "act", None) is F.gelu
-
-
-ROW_QUANTUM = 32   # the smallest padding step of a packed primitive's rows
-
-
-def padded_rows(rows: int) -> int:
-    """`rows` rounded up to a multiple of max(32, 2^(bit_length - 4)): at most 8 sizes per doubling, so a
-    worker meets a bounded set of shapes whatever its batches; the padding is under max(32, rows / 8)."""
-    quantum = max(ROW_QUANTUM, 1 << max(0, rows.bit_length() - 4))
-    return -(-rows // quantum) * quantum
-
-
-class PackedLinear(nn.Module):
-    """`nn.Linear` (+ optional exact GELU) as one oneDNN primitive over a pre-packed weight. CPU only;
-    built from a Linear whose weights already have the serving dtype; inference only (no autograd)."""
-
-    def __init__(self, linear: nn.Linear, gelu: bool = False):
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        weight = linear.weight.detach()
-        self.register_buffer("packed_weight", torch.ops.mkldnn._reorder_linear_weight(weight, None))
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
-        self.attr, self.algorithm = ("gelu", "none") if gelu else ("none", "")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        rows = x.reshape(-1, self.in_features)
-        n = rows.shape[0]
-        rows = F.pad(rows, (0, 0, 0, padded_rows(n) - n))  # one of a bounded set of shapes (module docstring)
-        y = torch.ops.mkldnn._linear_pointwise(rows.contiguous(), self.packed_weight, self.bias, self.attr, [],
-                                                self.algorithm)
-        return y[:n].view(*lead, self.out_features)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, fused={self.attr}"
-
-
-@functools.cache
-def packed_linear_works(dtype: torch.dtype) -> bool:
-    """Whether this torch build has the oneDNN linear kernels for `dtype`, and they agree with F.linear."""
-    try:
-        if not torch.backends.mkldnn.is_available():
-            return False
-        if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            return False
-        gen = torch.Generator().manual_seed(0)
-        linear = nn.Linear(64, 48).to(dtype)
-        x = torch.randn(5, 64, generator=gen).to(dtype)
-        with torch.inference_mode():
-            for gelu in (False, True):
-                expected = F.linear(x, linear.weight, linear.bias).float()
-                expected = F.gelu(expected) if gelu else expected
-                got = PackedLinear(linear, gelu=gelu)(x).float()
-                if not torch.allclose(got, expected, atol=5e-2, rtol=5e-2):
-                    return False
-        return True
-    except (RuntimeError, AttributeError):
-        return False
-
-
-def pack_linears(model: nn.Module) -> int:
-    """Replace, in place, every nn.Linear under `model` by a PackedLinear; a Linear directly followed
-    by an exact GELU (HF `*Intermediate.dense` → `intermediate_act_fn`, or Linear → GELU inside an
-    nn.Sequential) gets the GELU fused and the activation becomes nn.Identity. Returns how many."""
-    packed = 0
-    for parent in list(model.modules()):
-        if isinstance(parent, PackedLinear):
-            continue
-        # fusable pairs first
-        if isinstance(getattr(parent, "dense", None), nn.Linear) and _exact_gelu(getattr(parent, "intermediate_act_fn", None)):
-            parent.dense = PackedLinear(parent.dense, gelu=True)
-            parent.intermediate_act_fn = nn.Identity()
-            packed += 1
-        if isinstance(parent, nn.Sequential):
-            for i in range(len(parent) - 1):
-                if isinstance(parent[i], nn.Linear) and _exact_gelu(parent[i + 1]):
-                    parent[i], parent[i + 1] = PackedLinear(parent[i], gelu=True), nn.Identity()
-                    packed += 1
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(parent, name, PackedLinear(child))
-                packed += 1
-    return packed
 
 
 # --- length bucketing ---------------------------------------------------------------------------------
@@ -254,7 +150,13 @@ class PairPredictor(ABC):
         target_format = self.config.target_format
         pairs = [(mark_target(item.text or "", item.target, item.spans, target_format), item.description or "")
                  for item in items]
-        return self._predict_sorted(pairs, marked=target_format)
+        predictions = self._predict_sorted(pairs, marked=target_format)
+        bias, labels = self.config.target_bias, tuple(self.config.sentiment_labels)
+        if any(bias):  # the target-level decision boundary (AlignedConfig.target_bias)
+            for p in predictions:
+                p.scores = {label: round(v, 4) for label, v in shift_scores(p.scores, bias, labels).items()}
+                p.label = max(labels, key=p.scores.__getitem__)
+        return predictions
 
     def _predict_sorted(self, pairs: list[tuple[str, str]], marked: str) -> list[Prediction]:
         lengths = [len(text) + len(description) + SPECIAL_CHARS for text, description in pairs]
@@ -337,8 +239,8 @@ class BatchPredictor(PairPredictor):
         # bf16 on a CPU: pre-pack the weights for oneDNN/AMX (see the module docstring). In place, like
         # the dtype cast above: the model given to a predictor belongs to it from now on.
         self.packed_linears = 0
-        if self.device.type == "cpu" and self.dtype == torch.bfloat16 and packed_linear_works(self.dtype):
-            self.packed_linears = pack_linears(self.model)
+        if self.device.type == "cpu" and self.dtype == torch.bfloat16:
+            self.packed_linears = pack_if_supported(self.model, self.dtype)
 
     @classmethod
     def from_directory(cls, path: str | Path, device: str = "auto", threads: int = 0, top_k: int | None = None,

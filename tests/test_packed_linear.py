@@ -1,5 +1,6 @@
 """The torch backend's oneDNN packed linears: the same numbers as nn.Linear (+ GELU) for any row count, and
-a bounded set of row shapes (`padded_rows`), so a long-running worker does not build a kernel per shape."""
+a bounded set of row shapes (`padded_rows`), so a long-running worker does not build a kernel per shape; and
+plain nn.Linear where the private kernels are gone or torch is not the tested release."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +10,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from affectstream.model.predictor import PackedLinear, pack_linears, packed_linear_works, padded_rows
+from affectstream.model import torch_compat
+from affectstream.model.torch_compat import PackedLinear, pack_linears, packed_linear_works, padded_rows
 
 
 @given(st.integers(min_value=1, max_value=200_000))
@@ -52,3 +54,39 @@ def test_pack_linears_fuses_the_gelu_after_a_linear_in_a_sequential():
     assert isinstance(net[1], nn.Identity)
     with torch.inference_mode():
         torch.testing.assert_close(net(x), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_torch_outside_the_tested_releases_is_named_with_what_to_do():
+    assert torch_compat.torch_problems() == [], "the installed torch is the tested one (pyproject pins it)"
+    problems = torch_compat.torch_problems("2.99.0")
+    assert len(problems) == 1 and f"torch{torch_compat.TESTED_TORCH}" in problems[0] and "onnx-int8" in problems[0]
+
+
+@pytest.fixture
+def kernels_gone(monkeypatch):
+    """A torch whose private oneDNN linear op is gone (renamed in a later release, say)."""
+    monkeypatch.setattr(torch_compat, "PRIVATE_OPS", (*torch_compat.PRIVATE_OPS, "_linear_pointwise_renamed"))
+    torch_compat.packed_linear_works.cache_clear()
+    yield
+    torch_compat.packed_linear_works.cache_clear()
+
+
+def test_without_the_private_kernels_plain_linears_serve_with_the_same_outputs(kernels_gone):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 4))
+    x = torch.randn(3, 7, 16)
+    expected = net(x)
+    assert any("_linear_pointwise_renamed" in p for p in torch_compat.torch_problems())
+    assert torch_compat.pack_if_supported(net, torch.float32) == 0
+    assert [type(m) for m in net] == [nn.Linear, nn.GELU, nn.Linear]
+    torch.testing.assert_close(net(x), expected)
+
+
+def test_a_bf16_torch_predictor_without_the_kernels_keeps_nn_linear_and_predicts(kernels_gone, tiny_model_dir):
+    from affectstream.model.predictor import BatchPredictor
+
+    predictor = BatchPredictor.from_directory(tiny_model_dir, device="cpu", dtype="bfloat16")
+    assert predictor.packed_linears == 0
+    assert not any(isinstance(m, PackedLinear) for m in predictor.model.modules())
+    [prediction] = predictor.predict([("what a lovely day", "")])
+    assert prediction.label in predictor.config.sentiment_labels and abs(sum(prediction.scores.values()) - 1) < 0.01

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Iterable
 
 import faust
-from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from affectstream.streaming.worker import faust_compat
 from affectstream.streaming.worker.kafka_config import broker_credentials, broker_urls, topic_names
 from affectstream.streaming.worker.settings import KafkaSettings, Settings
 
@@ -65,44 +65,15 @@ def _advertised_host(bind: str) -> str:
     return socket.gethostname() if bind in WILDCARD_BINDS else bind
 
 
-class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """faust's aiokafka consumer thread with our ``fetch_max_wait_ms`` instead of its fixed 1500 ms."""
-
-    def _create_worker_consumer(self, transport):
-        consumer = super()._create_worker_consumer(transport)
-        # the consumer keeps the value until start() builds its Fetcher with it (aiokafka 0.8 - 0.14)
-        if not hasattr(consumer, "_fetch_max_wait_ms"):
-            raise RuntimeError("aiokafka changed: AIOKafkaConsumer has no _fetch_max_wait_ms to lower")
-        settings = getattr(self.app, "affect_settings", None)
-        consumer._fetch_max_wait_ms = settings.kafka.fetch_max_wait_ms if settings is not None else FETCH_MAX_WAIT_MS
-        return consumer
-
-
-class _Consumer(faust_aiokafka.Consumer):
-    def _new_consumer_thread(self) -> _ConsumerThread:
-        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-
-class _Transport(faust_aiokafka.Transport):
-    Consumer = _Consumer
-
-
-class AffectApp(faust.App):
-    """faust.App whose Kafka consumer fetches with a short broker wait (see FETCH_MAX_WAIT_MS)."""
-
-    def _new_transport(self):
-        if self.conf.broker_consumer[0].scheme in ("kafka", "aiokafka"):
-            return _Transport(self.conf.broker_consumer, self)
-        return super()._new_transport()
-
-
 def create_app(settings: Settings, role: str = "all", *, register: bool = True) -> faust.App:
     """A faust app for one worker process; ``register`` adds the agents for ``role``."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     check_web_exposure(settings)
-    app = AffectApp(
+    faust_compat.check_faust()  # the faust internals behind the short fetch wait and the micro-batches
+    app = faust_compat.new_app(
         settings.kafka.app_id,
+        fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
         broker=broker_urls(settings),
         broker_credentials=broker_credentials(settings),
         key_serializer="raw",

@@ -45,7 +45,7 @@ from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequ
 
 import faust
 
-from affectstream.streaming.worker import heap
+from affectstream.streaming.worker import faust_compat, heap
 from affectstream.streaming.worker.dlq import dlq_record, post_id_guess
 from affectstream.streaming.worker.schemas import InvalidPost, Post, parse_post
 from affectstream.streaming.worker.settings import Settings
@@ -212,7 +212,8 @@ class MicroBatches:
 
     As faust's own ``take()``, a processor on the stream fills a buffer while the stream drains in the
     background; the buffer holds at most ``max_`` events (the processor waits for room), so a busy stage
-    applies back-pressure to the consumer instead of reading ahead without bound."""
+    applies back-pressure to the consumer instead of reading ahead without bound. Where faust lacks the
+    internals this needs (``faust_compat``), faust's own ``noack_take`` batches instead."""
 
     def __init__(self, stream: Any, quiet_s: float = QUIET_S):
         self.stream = stream
@@ -223,6 +224,10 @@ class MicroBatches:
 
     async def noack_take(self, max_: int, within: float) -> AsyncIterator[list]:
         stream = self.stream
+        if not faust_compat.passive_buffering(stream):  # a faust without the internals: its own batches
+            async for batch in stream.noack_take(max_, within):
+                yield batch
+            return
         buffer: list = []
         arrived = asyncio.Event()  # set whenever an event joins the buffer
         room = asyncio.Event()     # set whenever the buffer has room
@@ -240,8 +245,7 @@ class MicroBatches:
 
         enable_acks = stream.enable_acks
         stream.enable_acks = False  # acked by the caller, after delivery
-        stream.add_processor(add)
-        stream._enable_passive(aiter(stream.channel))  # as faust's take(): the stream drains in the background
+        faust_compat.start_passive(stream, add)  # as faust's take(): the stream drains in the background
         loop = asyncio.get_running_loop()
         try:
             while not stream.should_stop:
@@ -263,7 +267,7 @@ class MicroBatches:
                 yield batch
         finally:
             stream.enable_acks = enable_acks
-            stream._processors.remove(add)
+            faust_compat.stop_passive(stream, add)
 
 
 @dataclass
