@@ -77,9 +77,10 @@ def render_json(table: list[Row]) -> str:
 
 
 def reference_markdown() -> str:
-    """The generated part of docs/settings.md: one table per group (defaults), then the three batches."""
+    """The generated part of docs/settings.md: the groups, one table per group (defaults), the three batches."""
     defaults = Settings()
-    parts = []
+    parts = ["| group | what it holds |\n|---|---|\n" + "\n".join(
+        f"| [`{g.name}`](#{g.name}) | {inspect.getdoc(type(getattr(defaults, g.name)))} |" for g in fields(Settings))]
     for group in fields(Settings):
         cls = type(getattr(defaults, group.name))
         parts.append(f"### {group.name}\n\n{inspect.getdoc(cls)}\n\n"
@@ -94,11 +95,10 @@ def reference_markdown() -> str:
 def batches_markdown() -> str:
     """The three things called "batch", each with the one place that sets it and its default there."""
     from affectstream.model.serving import load_predictor  # imports torch: only for the docs
-    from affectstream.training.config import PRESETS, TrainConfig
+    from affectstream.training.config import TrainConfig
 
     s = Settings()
     predictor = inspect.signature(load_predictor).parameters["batch_size"].default
-    presets = ", ".join(f"{name} {cfg.batch_size}" for name, cfg in PRESETS.items())
     return "\n".join([
         "### The three batches",
         "",
@@ -113,5 +113,5 @@ def batches_markdown() -> str:
         "run in length buckets of at most this many | `batch_size` of `load_predictor` (model/serving.py); "
         f"not a worker setting | {predictor} |",
         "| training batch | examples per optimiser step | `TrainConfig.batch_size` (training/config.py, "
-        f"`affectstream train --batch-size`) | {TrainConfig().batch_size} (presets: {presets}) |",
+        f"`affectstream train --batch-size`; a preset may set its own) | {TrainConfig().batch_size} |",
     ])
