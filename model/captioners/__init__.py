@@ -1,19 +1,22 @@
 """Image -> language. `build_captioner(spec)` is the one entry point.
 
-Specs: "offline" (default: packaged EfficientNet-Lite0 + RapidOCR + colours), "offline:no-ocr" (same,
-without reading text), "none" (text-only ablation), "vlm:<hub id or local path>" (a real VLM).
+Specs: "offline[@version][:parts]" (packaged EfficientNet-Lite0 + face expressions + RapidOCR + colours;
+"offline" is version 1, without faces; "offline@2" has them; "offline@2:no-ocr" or "offline@2:faces" switch
+parts: offline_spec.py), "none" (text-only ablation), "vlm:<hub id or local path>" (a real VLM).
 """
 
 from __future__ import annotations
 
-from affectstream.model.captioners.base import Captioner, NoCaptioner
+from affectstream.model.captioners.base import Captioner, NoCaptioner, PartedCaptioner
 from affectstream.model.captioners.offline import OfflineConfig, OfflineDescriber
+from affectstream.model.captioners.offline_spec import parse_offline_spec
 from affectstream.model.captioners.vlm import VLMCaptioner, VLMConfig
 
-__all__ = ["Captioner", "NoCaptioner", "OfflineConfig", "OfflineDescriber", "VLMCaptioner", "VLMConfig",
-           "build_captioner"]
+__all__ = ["Captioner", "NoCaptioner", "OfflineConfig", "OfflineDescriber", "PartedCaptioner", "VLMCaptioner",
+           "VLMConfig", "build_captioner"]
 
-SPECS = ('"offline"', '"offline:no-ocr"', '"none"', '"vlm:<hub id or local path>"')
+SPECS = ('"offline"', '"offline:no-ocr"', '"offline@2"', '"offline@2:no-<part>,..."', '"offline@2:<part>,..."',
+         '"none"', '"vlm:<hub id or local path>"')
 
 
 def build_captioner(spec: str, device: str = "auto", *, trust_remote_code: bool = False,
@@ -23,12 +26,11 @@ def build_captioner(spec: str, device: str = "auto", *, trust_remote_code: bool 
     ``trust_remote_code`` and ``time_limit_s`` apply to ``vlm:`` only: run a checkpoint's own code (off
     unless set explicitly), and stop a ``describe`` call's generation at that many seconds."""
     spec = (spec or "").strip()
-    if spec == "offline":
-        return OfflineDescriber()
-    if spec == "offline:no-ocr":
-        describer = OfflineDescriber(OfflineConfig(ocr=False))
-        describer.name = spec  # a different describer: caches and metrics must not mix the two
-        return describer
+    if spec.startswith("offline"):
+        try:
+            return OfflineDescriber(OfflineConfig.of(parse_offline_spec(spec)))
+        except ValueError as e:
+            raise ValueError(f"{e}; expected one of {', '.join(SPECS)}") from None
     if spec == "none":
         return NoCaptioner()
     if spec.startswith("vlm:") and spec[4:].strip():

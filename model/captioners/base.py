@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
@@ -16,6 +16,23 @@ class Captioner(Protocol):
 
     def describe(self, images: list[Image.Image]) -> list[str]:
         """One string per image, in the same order."""
+        ...
+
+
+@runtime_checkable
+class PartedCaptioner(Captioner, Protocol):
+    """A captioner whose description joins parts computed (and so cacheable) apart: a cache keyed by
+    (part, part version, image) recomputes only the parts it lacks when parts are added or switched."""
+
+    parts: tuple[str, ...]
+    part_versions: dict[str, int]
+
+    def describe_parts(self, images: list[Image.Image], parts: tuple[str, ...]) -> dict[str, list[Any]]:
+        """part -> one JSON-serialisable value per image, in the same order."""
+        ...
+
+    def compose(self, values: dict[str, Any]) -> str:
+        """The description from one image's part values (every part of ``parts``)."""
         ...
 
 

@@ -1,19 +1,23 @@
 """The offline describer: image -> one structured sentence, from packaged models only.
 
-    objects: espresso, coffee mug. text in image: "worst monday ever". scene: dark, warm colours, mostly brown.
+    objects: espresso, coffee mug. faces: a sad face. text in image: "worst monday ever". scene: dark, warm colours, mostly brown.
+
+Four parts, each switchable (OfflineConfig's booleans; names in offline_spec.py), each computed and cached
+on its own (``describe_parts``, ``PART_VERSIONS``), joined by ``compose``:
 
 - objects: top ImageNet labels from EfficientNet-Lite0 (above a probability threshold, at least one).
 - text in image: RapidOCR, made cheap: detection runs on a small thumbnail and doubles as the
   "is there any text" check; only images with text boxes pay for recognition. The clause is left out
   when no text is found, so text-free images don't carry boilerplate tokens into the classifier.
 - scene: brightness, colourfulness, warm/cool cast, dominant colour names, from a 64 px thumbnail.
+- faces (version 2 on): expressions of the largest frontal faces (faces.py), left out when there is none.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +25,31 @@ import numpy as np
 from PIL import Image
 
 from affectstream.model.captioners.base import to_rgb
+from affectstream.model.captioners.faces import FaceConfig, FaceReader, faces_phrase
+from affectstream.model.captioners.offline_spec import LATEST, PARTS, VERSIONS, Selection, describer_name
 
 _CLASSES_FILE = Path(__file__).parent / "data" / "imagenet_classes.txt"
+# What a part computes for an image. Bump a part's version whenever that changes (a model, a threshold, a
+# thumbnail size): part caches are keyed by (part, version, image sha256). A wording change of a clause
+# is a new describer version instead (offline_spec.VERSIONS).
+PART_VERSIONS = {"objects": 1, "faces": 1, "ocr": 1, "scene": 1}
 
 
 @dataclass(frozen=True)
 class OfflineConfig:
+    version: int = LATEST
+    objects: bool = True
+    faces: bool = True  # version 2 on
+    ocr: bool = True
+    scene: bool = True
     # objects
     label_threshold: float = 0.15  # keep labels at least this probable; the top one always
     max_labels: int = 3
     batch_size: int = 32
-    bf16: bool = True  # CPU autocast: ~2x faster with AMX and the same top labels on this model
+    # CPU autocast: ~2x faster with AMX and the same top labels on this model, but 8x slower where bf16 is
+    # emulated (AVX2-only EPYC: 10 -> 1.2 img/s, measured). None: on where the CPU has AMX or AVX512-BF16.
+    bf16: bool | None = None
     # text in image
-    ocr: bool = True
     det_side: int = 320  # detection input (max side): cheap, and enough to find meme-sized text
     rec_side: int = 960  # crops for recognition come from this size; smaller crops lose word spaces
     min_text_score: float = 0.6  # drop low-confidence boxes (mostly texture read as letters)
@@ -42,34 +58,88 @@ class OfflineConfig:
     # ONNX Runtime's default pool spins on every core between calls, starving the classifier and any
     # neighbour on a shared host; one thread was 2-3x faster overall on 2 busy cores (measured).
     ocr_threads: int = 1
+    face: FaceConfig = field(default_factory=FaceConfig)
+
+    def __post_init__(self) -> None:
+        if self.version not in VERSIONS:
+            raise ValueError(f"offline describer version {self.version} is not one of {sorted(VERSIONS)}")
+        missing = [p for p in self.parts if p not in VERSIONS[self.version]]
+        if missing or not self.parts:
+            raise ValueError(f"offline describer version {self.version} has parts {VERSIONS[self.version]}; "
+                             f"asked for {self.parts}")
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return tuple(p for p in PARTS if getattr(self, p))
+
+    @classmethod
+    def of(cls, selection: Selection) -> OfflineConfig:
+        return cls(version=selection.version, **{p: p in selection.parts for p in PARTS})
 
 
 class OfflineDescriber:
-    """Captioner built from EfficientNet-Lite0 + RapidOCR + colour statistics. Models load lazily, once."""
-
-    name = "offline"
+    """Captioner built from EfficientNet-Lite0 + face expressions + RapidOCR + colour statistics. Models
+    load lazily, once each."""
 
     def __init__(self, config: OfflineConfig = OfflineConfig()):
         self.config = config
-        # OCR recognition reads the largest thumbnail (rec_side); the classifier (224) and the scene (64) less
-        self.max_input_side = max(config.rec_side, config.det_side)
+        self.parts = config.parts
+        self.part_versions = {p: PART_VERSIONS[p] for p in self.parts}
+        # the name carries the version and the parts: caches, post stamps and model configs tell them apart
+        self.name = describer_name(Selection(config.version, self.parts))
+        # what each part reads at most: classifier 224, face crops crop_side, OCR rec_side, scene 64
+        sides = {"objects": 224, "faces": config.face.crop_side, "ocr": max(config.rec_side, config.det_side),
+                 "scene": 64}
+        self.max_input_side = max(sides[p] for p in self.parts)
         self._lock = threading.Lock()  # one load, and one batch at a time through the shared models
         self._classifier: Any = None
+        self._bf16: bool | None = None
         self._classes: list[str] = []
+        self._faces = FaceReader(config.face)
         self._ocr: Any = None
 
     def describe(self, images: list[Image.Image]) -> list[str]:
+        values = self.describe_parts(images, self.parts)
+        return [self.compose({p: values[p][i] for p in self.parts}) for i in range(len(images))]
+
+    def describe_parts(self, images: list[Image.Image], parts: tuple[str, ...]) -> dict[str, list[Any]]:
+        """part -> one JSON-able value per image (objects: labels, faces: expressions, ocr: text, scene:
+        attributes), for the given parts of this describer only."""
+        unknown = set(parts) - set(self.parts)
+        if unknown:
+            raise ValueError(f"{self.name} has no part {sorted(unknown)}")
         if not images:
-            return []
+            return {p: [] for p in parts}
         images = to_rgb(images)
+        out: dict[str, list[Any]] = {}
         with self._lock:
-            self._load()
-            labels = self._labels(images)
-            texts = [self._read_text(im) for im in images] if self.config.ocr else [""] * len(images)
-        return [_format(lab, txt, scene_attributes(im)) for lab, txt, im in zip(labels, texts, images)]
+            if "objects" in parts:
+                self._load_classifier()
+                out["objects"] = self._labels(images)
+            if "faces" in parts:
+                out["faces"] = self._faces.expressions(images)
+            if "ocr" in parts:
+                self._load_ocr()
+                out["ocr"] = [self._read_text(im) for im in images]
+        if "scene" in parts:
+            out["scene"] = [scene_attributes(im) for im in images]
+        return out
+
+    def compose(self, values: dict[str, Any]) -> str:
+        """The description from part values (``describe_parts``' per image), in clause order."""
+        clauses = []
+        if values.get("objects"):
+            clauses.append(f"objects: {', '.join(values['objects'])}.")
+        if values.get("faces"):
+            clauses.append(f"faces: {faces_phrase(values['faces'], self.config.face.max_named)}.")
+        if values.get("ocr"):
+            clauses.append(f'text in image: "{values["ocr"]}".')
+        if values.get("scene"):
+            clauses.append(f"scene: {', '.join(values['scene'])}.")
+        return " ".join(clauses)
 
     # ---- models -----------------------------------------------------------------------------------
-    def _load(self) -> None:
+    def _load_classifier(self) -> None:
         if self._classifier is not None:
             return
         import torch
@@ -81,13 +151,19 @@ class OfflineDescriber:
         # channels_last + bf16 autocast: 22 -> 85 images/s at batch 32 on 2 AMX cores (measured).
         self._classifier = model.eval().to(memory_format=torch.channels_last)
         self._classes = _CLASSES_FILE.read_text(encoding="utf-8").splitlines()
-        if self.config.ocr:
-            from rapidocr_onnxruntime import RapidOCR
+        self._bf16 = self.config.bf16
+        if self._bf16 is None:
+            self._bf16 = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
 
-            # limit_type "min" with a tiny side: the detector runs at our thumbnail size as given,
-            # instead of RapidOCR's own choice (it upsizes anything under 960 px to 960).
-            self._ocr = RapidOCR(det_limit_type="min", det_limit_side_len=32, use_cls=False,
-                                 intra_op_num_threads=self.config.ocr_threads)
+    def _load_ocr(self) -> None:
+        if self._ocr is not None:
+            return
+        from rapidocr_onnxruntime import RapidOCR
+
+        # limit_type "min" with a tiny side: the detector runs at our thumbnail size as given,
+        # instead of RapidOCR's own choice (it upsizes anything under 960 px to 960).
+        self._ocr = RapidOCR(det_limit_type="min", det_limit_side_len=32, use_cls=False,
+                             intra_op_num_threads=self.config.ocr_threads)
 
     def _labels(self, images: list[Image.Image]) -> list[list[str]]:
         import torch
@@ -97,7 +173,7 @@ class OfflineDescriber:
             chunk = images[start:start + self.config.batch_size]
             batch = torch.from_numpy(np.stack([_classifier_input(im) for im in chunk]))  # (batch, 224, 224, 3)
             batch = batch.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)  # (batch, 3, 224, 224)
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16):
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._bf16):
                 probs = self._classifier(batch).float().softmax(dim=-1)  # (batch, 1000)
             top_p, top_i = probs.topk(self.config.max_labels, dim=-1)
             for p_row, i_row in zip(top_p.tolist(), top_i.tolist()):
@@ -210,12 +286,3 @@ def dominant_colours(rgb: np.ndarray, max_names: int = 2, min_share: float = 0.2
     order = np.argsort(-counts, kind="stable")
     total = names.size
     return [str(values[i]) for i in order[:max_names] if counts[i] / total >= min_share]
-
-
-def _format(labels: list[str], text: str, scene: list[str]) -> str:
-    parts = [f"objects: {', '.join(labels)}."]
-    if text:
-        parts.append(f'text in image: "{text}".')
-    if scene:
-        parts.append(f"scene: {', '.join(scene)}.")
-    return " ".join(parts)
