@@ -341,11 +341,14 @@ def test_every_script_touches_keys_of_one_hash_slot(post_id, other_id, brand, ot
     from redis.crc import key_slot
 
     from affectstream.streaming.monitor.alerts import claim_keys as alert_claim_keys
+    from affectstream.streaming.monitor.rollup import rollup_keys
     from affectstream.streaming.worker.redis_keys import RedisKeys
     from affectstream.streaming.worker.sinks.redis import announce_keys, claim_keys, count_keys
 
     keys = RedisKeys("as:")
-    for script_keys in (claim_keys(keys, post_id), count_keys(keys, brand, MINUTE), announce_keys(keys, post_id),
+    labels = ("negative", "positive")
+    for script_keys in (claim_keys(keys, post_id), count_keys(keys, brand, MINUTE, labels),
+                        announce_keys(keys, post_id), rollup_keys(keys, brand, MINUTE[:10], labels),
                         alert_claim_keys(keys, brand), [*alert_claim_keys(keys, brand), keys.alert_last(other_brand)]):
         assert len({key_slot(k.encode()) for k in script_keys}) == 1, script_keys
     assert keys.post(post_id) == f"as:post:{post_id}"           # the names readers use are unchanged
@@ -354,6 +357,8 @@ def test_every_script_touches_keys_of_one_hash_slot(post_id, other_id, brand, ot
         assert keys.seen(post_id) != keys.seen(other_id)
     if brand != other_brand:
         assert keys.counted(brand, MINUTE) != keys.counted(other_brand, MINUTE)
+        assert keys.terms(brand, "negative", MINUTE) != keys.terms(other_brand, "negative", MINUTE)
+        assert keys.hour_rolled(brand, MINUTE[:10]) != keys.hour_rolled(other_brand, MINUTE[:10])
         assert keys.alert_last(brand) != keys.alert_last(other_brand)
 
 

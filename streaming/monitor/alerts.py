@@ -137,6 +137,16 @@ def make_alert(brand: str, minute: str, shift: Shift, rule: AlertRule, at_ms: in
     }
 
 
+def alert_summary(alert: dict) -> str:
+    """One line a person reads: "acme: negative 41 % of 180 posts (+23 pts vs the previous 30 min, z = 5.1)
+    — refund, outage, app" (the drivers' terms, an image description's marked as such)."""
+    rise = round(100 * (alert["share"] - alert["baseline_share"]))
+    line = (f"{alert['brand']}: {alert['label']} {round(100 * alert['share'])} % of {alert['n']} posts "
+            f"({rise:+d} pts vs the previous {alert['rule']['baseline_minutes']} min, z = {alert['z']:.1f})")
+    terms = [d["term"] if d.get("side") == "text" else f"{d['term']} (image)" for d in alert.get("drivers") or ()]
+    return line + (" — " + ", ".join(terms) if terms else "")
+
+
 # --- Redis: atomic cooldown claim and the outbox ----------------------------------------------------
 
 ALERT_HISTORY_MAX = 500   # alerted minutes remembered per brand (within the marker's TTL)

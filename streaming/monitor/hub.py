@@ -8,8 +8,9 @@ alerts) and keeps:
 * the brand index (``settings.keys.brands``: a sorted set brand -> newest data minute, epoch ms), so the
   per-brand query reads only brands with data in its window;
 * the set of brand-minutes that changed, which ``evaluate_alerts`` judges (event time: a backfill or a
-  lagging consumer is judged by the minutes its posts were written in) and ``AlertOutbox.claim`` lets exactly
-  one process fire; ``deliver_due`` resends alerts whose send was not acknowledged (at least once).
+  lagging consumer is judged by the minutes its posts were written in), each alert with its drivers
+  (``DriverReader.explain``); ``AlertOutbox.claim`` lets exactly one process fire, and ``deliver_due``
+  resends alerts whose send was not acknowledged (at least once).
 
 Throughput counts results on the live channel (every worker's); the DLQ figures and stage counters come
 from this process's Prometheus registry (scrape every worker's ``/metrics`` for the cluster view).
@@ -27,6 +28,7 @@ import time
 import orjson
 
 from affectstream.streaming.monitor.alerts import AlertOutbox, AlertRule, detect_shift, make_alert, windows_for
+from affectstream.streaming.monitor.drivers import DriverReader
 from affectstream.streaming.worker import metrics
 from affectstream.streaming.worker.redis_client import async_redis
 from affectstream.streaming.worker.redis_keys import ALL_BRANDS, event_ms, minute_bucket, minute_ms, minute_range
@@ -63,6 +65,7 @@ class LiveHub:
         self._arrivals: collections.deque = collections.deque()  # (monotonic second, count)
         self._client = None
         self._outbox: AlertOutbox | None = None
+        self._drivers: DriverReader | None = None
         self._task: asyncio.Task | None = None
         self._stats_prev: tuple[float, float, float] | None = None  # (t, results, dlq) local
         self._local_rates = (0.0, 0.0)
@@ -80,6 +83,12 @@ class LiveHub:
         if self._outbox is None:
             self._outbox = AlertOutbox(self.client, self.settings.keys)
         return self._outbox
+
+    @property
+    def drivers(self) -> DriverReader:
+        if self._drivers is None:
+            self._drivers = DriverReader(self.client, self.settings)
+        return self._drivers
 
     async def start(self) -> None:
         if self._task is None:
@@ -315,7 +324,7 @@ class LiveHub:
             shift = detect_shift(buckets[:n_window], buckets[n_window:], rule)
             if not shift.fired:
                 continue
-            alert = make_alert(brand, minute, shift, rule, _now_ms())
+            alert = await self.drivers.explain(make_alert(brand, minute, shift, rule, _now_ms()), rule)
             ttl = max(s.redis.bucket_ttl_s, 60 * rule.cooldown_minutes)
             message = await self.outbox.claim(alert, rule, ttl, _now_ms())
             if message is not None:

@@ -6,6 +6,9 @@
 * ``/api/brands?minutes=60[&end=…&limit=…&offset=…]``: per-brand label counts per minute from the Redis
   buckets, the most recently active brands first, capped (``hub.BRANDS_PER_QUERY`` brands a page,
   ``hub.MAX_BUCKET_READS`` buckets a request);
+* ``/api/drivers?brand=…&minutes=60[&end=…]``: the brand's driver terms for the window against the one
+  before it, per driver label, with example posts (``drivers``; 1 h from minute buckets, 24 h and 7 d
+  from the hour buckets the rollup timer keeps every ``ROLLUP_INTERVAL_S``: ``rollup``);
 * ``/api/recent``: the newest results this process heard on the live channel;
 * ``/api/alerts``: the newest sentiment-shift alerts (Redis list);
 * ``/api/stats``: throughput, DLQ counts and rate, model version;
@@ -33,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from importlib import resources
 
 import faust
@@ -41,6 +45,7 @@ from aiohttp import web as aioweb
 
 from affectstream.streaming.monitor.alerts import AlertRule
 from affectstream.streaming.monitor.auth import token_middleware
+from affectstream.streaming.monitor.drivers import newest_minute
 from affectstream.streaming.monitor.feedback_web import register_feedback_web
 from affectstream.streaming.monitor.hub import BRANDS_PER_QUERY, RECENT_KEEP, STATS_INTERVAL_S, LiveHub
 from affectstream.streaming.worker import metrics
@@ -53,6 +58,8 @@ log = logging.getLogger("affectstream.web")
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SSE_PING_S = 15.0
 ALERT_INTERVAL_S = 2.0
+ROLLUP_INTERVAL_S = 10.0
+MAX_DRIVER_MINUTES = 7 * 24 * 60
 MAX_MINUTES = 24 * 60
 MAX_SSE_CLIENTS = 64          # open /events streams per worker; more get 503
 ALERT_SEND_TIMEOUT_S = 10.0   # an alert send not acknowledged by then is retried at a later tick
@@ -125,6 +132,19 @@ def register_web(app: faust.App, settings: Settings, rule: AlertRule = AlertRule
                 return self.json({"error": "end must be YYYYMMDDHHMM"}, status=400)
             return no_cache(self.json(await hub.brands(minutes, end, limit, offset)))
 
+    @app.page("/api/drivers", name="api_drivers")
+    class Drivers(faust.web.View):
+        async def get(self, request):
+            brand = request.query.get("brand", "")
+            end = request.query.get("end")
+            if not brand or len(brand) > 256:
+                return self.json({"error": "brand is required"}, status=400)
+            if end is not None and not is_minute(end):
+                return self.json({"error": "end must be YYYYMMDDHHMM"}, status=400)
+            minutes = _int_arg(request, "minutes", 60, 1, MAX_DRIVER_MINUTES)
+            end = end or await newest_minute(hub.client, settings, brand, int(time.time() * 1000))
+            return no_cache(self.json(await hub.drivers.drivers(brand, minutes, end)))
+
     @app.page("/api/recent", name="api_recent")
     class Recent(faust.web.View):
         async def get(self, request):
@@ -186,6 +206,13 @@ def register_web(app: faust.App, settings: Settings, rule: AlertRule = AlertRule
             await hub.evaluate_alerts(send_alert)
         except Exception as e:  # noqa: BLE001 - Redis or broker hiccup: the next tick tries again
             log.warning("alert evaluation failed (%s: %s)", type(e).__name__, e)
+
+    @app.timer(ROLLUP_INTERVAL_S)
+    async def _rollup_tick() -> None:
+        try:
+            await hub.drivers.rollup.run_due(int(time.time() * 1000))
+        except Exception as e:  # noqa: BLE001 - Redis hiccup: the due hours stay due for the next tick
+            log.warning("hour rollup failed (%s: %s)", type(e).__name__, e)
 
     @app.on_before_shutdown.connect
     async def _stop_hub(app: faust.App, **kwargs) -> None:

@@ -19,6 +19,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 ALL_BRANDS = "_all"             # reserved aggregate bucket: every result counts here too
 MINUTE_FORMAT = "%Y%m%d%H%M"    # UTC minute of a bucket
+HOUR_CHARS = 10                 # "YYYYMMDDHH": a minute's first ten characters are its UTC hour
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,26 @@ class RedisKeys:
     def feedback_rate(self, analyst: str, minute: str) -> str:  # counter: corrections in one UTC minute
         return self._key("feedback", "rate", minute, analyst)
 
+    # --- drivers: rationale terms per brand, label and minute or hour (docs/drivers.md) --------------
+    # A minute's terms sit in its bucket's slot (the sink counts them in the script that counts the label);
+    # an hour's keys sit in the slot of its label hash (the rollup writes them in one script).
+
+    def terms(self, brand: str, label: str, minute: str) -> str:  # hash side:term -> posts, bounded, TTL
+        return self.beside("terms", self.brand(brand, minute), ":" + label)
+
+    def hour(self, brand: str, hour: str) -> str:       # hash label -> posts: the rollup of the hour's minutes
+        return self._key("hour", brand, hour)
+
+    def hour_terms(self, brand: str, label: str, hour: str) -> str:  # hash side:term -> posts, in the hour's slot
+        return self.beside("hterms", self.hour(brand, hour), ":" + label)
+
+    def hour_rolled(self, brand: str, hour: str) -> str:  # string, in the hour's slot: the rollup's generation
+        return self.beside("rolled", self.hour(brand, hour))
+
+    @property
+    def rollup_due(self) -> str:                        # zset "<hour>:<brand>" -> server µs of its newest count
+        return self._key("rollup", "due")
+
     def parse_brand_key(self, key: str) -> tuple[str, str] | None:
         """``as:brand:{brand}:{minute}`` -> (brand, minute); None for anything else."""
         head = self._key("brand", "")
@@ -180,6 +201,29 @@ def minute_range(end: str, count: int) -> list[str]:
     """The ``count`` minutes ending at ``end`` (inclusive), oldest first."""
     last = parse_minute(end)
     return [(last - timedelta(minutes=i)).strftime(MINUTE_FORMAT) for i in range(count - 1, -1, -1)]
+
+
+# --- hour buckets (the drivers' rollup) --------------------------------------------------------------
+
+def hour_of(minute: str) -> str:
+    """"YYYYMMDDHHMM" -> its UTC hour "YYYYMMDDHH"."""
+    return minute[:HOUR_CHARS]
+
+
+def hour_minutes(hour: str) -> list[str]:
+    """The 60 minutes of an hour, oldest first."""
+    return [f"{hour}{m:02d}" for m in range(60)]
+
+
+def hour_range(end: str, count: int) -> list[str]:
+    """The ``count`` hours ending at hour ``end`` (inclusive), oldest first."""
+    last = parse_minute(end + "00")
+    return [(last - timedelta(hours=i)).strftime(MINUTE_FORMAT)[:HOUR_CHARS] for i in range(count - 1, -1, -1)]
+
+
+def hour_ms(hour: str) -> int:
+    """"YYYYMMDDHH" -> epoch ms of its start."""
+    return minute_ms(hour + "00")
 
 
 def event_ms(created_at: int | None, processed_at: int) -> int:

@@ -181,6 +181,20 @@ class LimitSettings:
 
 
 @dataclass(frozen=True)
+class DriverSettings:
+    """Driver terms: rationale words counted per brand, label and minute, rolled up into hours (docs/drivers.md)."""
+    labels: str = setting("driver_labels", "negative,neutral,positive",
+                          "Labels whose posts' rationale terms are counted, comma-separated ('' = none).")
+    terms_per_bucket: int = setting("driver_terms_per_bucket", 100,
+                                    "Distinct terms a (brand, label, minute) bucket keeps; later new ones count "
+                                    "as 'other'.")
+    terms_per_hour: int = setting("driver_terms_per_hour", 200,
+                                  "Terms an hour bucket keeps (the most frequent; the rest count as 'other').")
+    hour_ttl_s: int = setting("driver_hour_ttl_s", 15 * 24 * 3600,
+                              "How long an hour bucket is kept (a 7-day window and its 7-day baseline).")
+
+
+@dataclass(frozen=True)
 class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
@@ -191,6 +205,7 @@ class Settings:
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
     brands: BrandSettings = field(default_factory=BrandSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    drivers: DriverSettings = field(default_factory=DriverSettings)
 
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> "Settings":

@@ -7,11 +7,15 @@ single Redis (``redis_keys``: which key lives beside which):
    the result and, when the stage gave one, the post's input for retraining (same TTL);
    a post claimed before returns its marker and its *first* result, which is what gets counted, so a
    redelivered post, even one classified again by a newer model, never changes what was stored or counted;
-2. **count** (a bucket's slot: ``counted``, ``brand``), one call per brand-minute bucket of the batch: a
-   post id new to the bucket's ``counted`` set increments the label the result counts there
+2. **count** (a bucket's slot: ``counted``, ``brand``, ``terms``), one call per brand-minute bucket of the
+   batch: a post id new to the bucket's ``counted`` set increments the label the result counts there
    (``Result.bucket_labels``: a brand's bucket its target label, ``_all`` the post-level label, a post with
-   no brand ``settings.brands.untargeted`` when set), so each (post, bucket) counts once however often this
-   step runs, and a post about two brands counts once in each, each with its own label;
+   no brand ``settings.brands.untargeted`` when set) and, for a driver label, each of its rationale terms
+   in that label's term hash (``driver_terms.bucket_terms``; a hash keeps ``drivers.terms_per_bucket``
+   distinct terms, later new ones count as ``other``), so each (post, bucket) counts once however often
+   this step runs, and a post about two brands counts once in each, each with its own label and terms;
+   then, with driver labels set, one call marks each (brand, hour) counted in as due for the rollup
+   (``rollup_due``, after the counts, so a rollup that sees the mark sees the counts; docs/drivers.md);
 3. **announce** (the post's slot: ``seen``): turns ``c`` into ``1`` and publishes the result on the live
    channel, once.
 
@@ -47,7 +51,8 @@ from redis.exceptions import OutOfMemoryError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from affectstream.streaming.worker.redis_client import async_redis
-from affectstream.streaming.worker.redis_keys import RedisKeys, minute_bucket
+from affectstream.streaming.worker.driver_terms import bucket_terms, driver_labels
+from affectstream.streaming.worker.redis_keys import RedisKeys, hour_of, minute_bucket
 from affectstream.streaming.worker.redis_scripts import run_pipelined
 from affectstream.streaming.worker.result import Result
 from affectstream.streaming.worker.settings import Settings
@@ -80,20 +85,48 @@ if redis.call('SET', KEYS[2], 'c', 'NX', 'EX', ARGV[3]) then
 end
 return {redis.call('GET', KEYS[2]), redis.call('GET', KEYS[1])}
 """
-# KEYS: counted set, bucket   ARGV: bucket ttl, then (post id, label) pairs  -> how many were new
+# KEYS: counted set, bucket, then the term hash of each driver label
+# ARGV: bucket ttl, terms a hash keeps, number L of driver labels, the L labels (in KEYS order), then per
+#       post: id, label, number n of terms, the n terms  -> how many posts were new
+# A hash that holds `cap` fields takes no new term: it counts as 'other' (terms are "side:word", never
+# 'other'), so a kept term's count is exact and the hash's total is the bucket's total.
 COUNT_LUA = """
-local added = 0
-for i = 2, #ARGV, 2 do
+local ttl, cap, nl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local hashes, touched = {}, {}
+for j = 1, nl do hashes[ARGV[3 + j]] = KEYS[2 + j] end
+local added, i = 0, 4 + nl
+while i <= #ARGV do
+  local n = tonumber(ARGV[i + 2])
   if redis.call('SADD', KEYS[1], ARGV[i]) == 1 then
     redis.call('HINCRBY', KEYS[2], ARGV[i + 1], 1)
     added = added + 1
+    local h = hashes[ARGV[i + 1]]
+    if h and n > 0 then
+      for t = i + 3, i + 2 + n do
+        local term = ARGV[t]
+        if redis.call('HEXISTS', h, term) == 0 and redis.call('HLEN', h) >= cap then term = 'other' end
+        redis.call('HINCRBY', h, term, 1)
+      end
+      touched[h] = true
+    end
   end
+  i = i + 3 + n
 end
 if added > 0 then
-  redis.call('EXPIRE', KEYS[1], ARGV[1])
-  redis.call('EXPIRE', KEYS[2], ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
+  for h in pairs(touched) do redis.call('EXPIRE', h, ttl) end
 end
 return added
+"""
+# KEYS: rollup due   ARGV: ttl, then "<hour>:<brand>" members  -> 1. The score is the server's clock in µs,
+# never lowered (GT), so a rollup can tell whether a member was marked again since it read it.
+MARK_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'GT', now, ARGV[i]) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
 """
 # KEYS: seen   ARGV: channel, result json  -> 1 if this call announced the post
 ANNOUNCE_LUA = """
@@ -102,41 +135,56 @@ redis.call('SET', KEYS[1], '1', 'KEEPTTL')
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 return 1
 """
-SCRIPTS = (CLAIM_LUA, COUNT_LUA, ANNOUNCE_LUA)
+SCRIPTS = (CLAIM_LUA, COUNT_LUA, MARK_LUA, ANNOUNCE_LUA)
 
 
 def claim_keys(keys: RedisKeys, post_id: str) -> list[str]:
     return [keys.post(post_id), keys.seen(post_id), keys.post_input(post_id)]
 
 
-def count_keys(keys: RedisKeys, brand: str, minute: str) -> list[str]:
-    return [keys.counted(brand, minute), keys.brand(brand, minute)]
+def count_keys(keys: RedisKeys, brand: str, minute: str, driver_labels: tuple[str, ...] = ()) -> list[str]:
+    return [keys.counted(brand, minute), keys.brand(brand, minute),
+            *(keys.terms(brand, label, minute) for label in driver_labels)]
 
 
 def announce_keys(keys: RedisKeys, post_id: str) -> list[str]:
     return [keys.seen(post_id)]
 
 
-CLAIM, COUNT, ANNOUNCE, DONE = "claim", "count", "announce", "done"
+CLAIM, COUNT, MARK, ANNOUNCE, DONE = "claim", "count", "mark", "announce", "done"
 
 
 @dataclass
 class _Write:
-    """One result's way through the three steps; ``counted`` is the result counted and announced (the
-    stored first one for a post claimed before), ``buckets`` those of its buckets not yet counted and
-    ``labels`` the label it counts in each brand's bucket (the first result's)."""
+    """One result's way through the steps; ``counted`` is the result counted and announced (the stored first
+    one for a post claimed before), ``buckets`` those of its buckets not yet counted, ``labels`` the label
+    and ``terms`` the rationale terms it counts in each brand's bucket (the first result's)."""
     item: SinkItem
     step: str = CLAIM
     counted: Result | None = None
     json: bytes = b""
     buckets: set[tuple[str, str]] = field(default_factory=set)
     labels: dict[str, str] = field(default_factory=dict)
+    terms: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
-    def to_count(self, counted: Result, json: bytes, untargeted_brand: str) -> None:
+    def to_count(self, counted: Result, json: bytes, untargeted_brand: str, with_terms: bool = True) -> None:
         self.counted, self.json, self.step = counted, json, COUNT
         minute = minute_bucket(counted.event_ms)
         self.labels = counted.bucket_labels(untargeted_brand)
+        self.terms = bucket_terms(counted, untargeted_brand) if with_terms else {}
         self.buckets = {(brand, minute) for brand in self.labels}
+
+    def count_args(self, brand: str, counted_labels: tuple[str, ...]) -> tuple[Any, ...]:
+        """COUNT_LUA's arguments for this post in ``brand``'s bucket: id, label, n, the n terms."""
+        label = self.labels[brand]
+        terms = self.terms.get(brand, ()) if label in counted_labels else ()
+        return (self.counted.id, label, len(terms), *terms)
+
+    @property
+    def hours(self) -> set[str]:
+        """The rollup's "<hour>:<brand>" members of this post's buckets."""
+        hour = hour_of(minute_bucket(self.counted.event_ms))
+        return {f"{hour}:{brand}" for brand in self.labels}
 
 
 class SinkStopped(RuntimeError):
@@ -162,7 +210,8 @@ class RedisSink(Sink):
         super().__init__(settings, app)
         self._own_client = client is None
         self.client = client if client is not None else async_redis(settings)
-        self._claim, self._count, self._announce = (self.client.register_script(s) for s in SCRIPTS)
+        self._claim, self._count, self._mark, self._announce = (self.client.register_script(s) for s in SCRIPTS)
+        self.driver_labels = driver_labels(settings)
         self._stop = asyncio.Event()
         self._stalled = 0  # writes that failed at least once and have not succeeded yet
 
@@ -210,7 +259,7 @@ class RedisSink(Sink):
         """One pipeline per step, each for the results at that step; returns the last retryable error (None
         when every result got through). A refusal that is a bug raises."""
         error = None
-        for step in (self._claim_step, self._count_step, self._announce_step):
+        for step in (self._claim_step, self._count_step, self._mark_step, self._announce_step):
             try:
                 error = await step(pending, fresh) or error
             except BaseException as e:  # noqa: BLE001 - classified here; not retryable -> re-raised
@@ -234,10 +283,10 @@ class RedisSink(Sink):
             if isinstance(reply, BaseException):
                 error = _retryable_or_raise(reply)
             elif reply == 1:
-                w.to_count(w.item.result, w.item.json, s.brands.untargeted)
+                w.to_count(w.item.result, w.item.json, s.brands.untargeted, bool(self.driver_labels))
             elif reply[0] == b"c":  # claimed by a write that has not finished: finish it with the first result
                 stored = reply[1] or w.item.json
-                w.to_count(Result.from_json(stored), stored, s.brands.untargeted)
+                w.to_count(Result.from_json(stored), stored, s.brands.untargeted, bool(self.driver_labels))
             else:
                 w.step = DONE
         return error
@@ -248,8 +297,10 @@ class RedisSink(Sink):
         for w in todo:
             for bucket in w.buckets:
                 by_bucket[bucket].append(w)
-        calls = [(self._count, count_keys(s.keys, *bucket),
-                  [s.redis.bucket_ttl_s, *(x for w in writes for x in (w.counted.id, w.labels[bucket[0]]))])
+        labels = self.driver_labels
+        head = [s.redis.bucket_ttl_s, s.drivers.terms_per_bucket, len(labels), *labels]
+        calls = [(self._count, count_keys(s.keys, *bucket, labels),
+                  [*head, *(x for w in writes for x in w.count_args(bucket[0], labels))])
                  for bucket, writes in by_bucket.items()]
         error = None
         for (bucket, writes), reply in zip(by_bucket.items(), await self._run(calls)):
@@ -260,8 +311,20 @@ class RedisSink(Sink):
                 w.buckets.discard(bucket)
         for w in todo:
             if not w.buckets:
-                w.step = ANNOUNCE
+                w.step = MARK if self.driver_labels else ANNOUNCE
         return error
+
+    async def _mark_step(self, pending: list[_Write], fresh: set[str]) -> BaseException | None:
+        s, todo = self.settings, [w for w in pending if w.step == MARK]
+        if not todo:
+            return None
+        members = sorted(set().union(*(w.hours for w in todo)))
+        reply = (await self._run([(self._mark, [s.keys.rollup_due], [s.drivers.hour_ttl_s, *members])]))[0]
+        if isinstance(reply, BaseException):
+            return _retryable_or_raise(reply)
+        for w in todo:
+            w.step = ANNOUNCE
+        return None
 
     async def _announce_step(self, pending: list[_Write], fresh: set[str]) -> BaseException | None:
         s, todo = self.settings, [w for w in pending if w.step == ANNOUNCE]

@@ -1,0 +1,191 @@
+"""Driver term counts in a real Redis: exact and idempotent per (post, bucket) like the label counts,
+bounded, marked for the hour rollup after counting; the rollup exact and idempotent; the drivers read back
+for a window and put in an alert."""
+from __future__ import annotations
+
+import asyncio
+import collections
+
+import pytest
+
+from affectstream.streaming.monitor.alerts import AlertRule, detect_shift, make_alert
+from affectstream.streaming.monitor.drivers import DriverReader
+from affectstream.streaming.monitor.rollup import Rollup
+from affectstream.streaming.worker.redis_keys import minute_bucket
+from affectstream.streaming.worker.result import Result
+from affectstream.streaming.worker.sinks import SinkItem
+from affectstream.streaming.worker.sinks.redis import RedisSink
+from tests.servers import settings_for
+
+pytestmark = pytest.mark.integration
+
+M0 = 1764410400000          # 2025-11-29 10:00 UTC
+HOUR = "2025112910"
+NOW = M0 + 3 * 3_600_000    # the hour ended long enough ago to be rolled up
+
+
+def post(i: int, minute: int, label: str, words: tuple[str, ...], brand: str = "acme",
+         post_words: tuple[str, ...] = ("meh",)) -> SinkItem:
+    """A post about ``brand`` with target ``label`` and those rationale ``words`` (text side)."""
+    rationale = [{"text": w, "score": 0.9, "source": "text"} for w in words]
+    target = {"brand": brand, "label": label, "scores": {label: 1.0}, "rationale": rationale,
+              "mentions": [{"brand": brand, "name": brand.title(), "alias": brand, "source": "text"}]}
+    return SinkItem.of(Result(id=f"p{i}", label="neutral", scores={"neutral": 1.0}, brands=[brand],
+                              targets=[target], rationale=[{"text": w, "score": 0.5, "source": "text"}
+                                                           for w in post_words],
+                              model="v1", created_at=M0 + minute * 60_000 + i, processed_at=NOW))
+
+
+async def term_counts(client, s, brand: str, label: str, minute: int) -> dict[str, int]:
+    raw = await client.hgetall(s.keys.terms(brand, label, minute_bucket(M0 + minute * 60_000)))
+    return {k.decode(): int(v) for k, v in raw.items()}
+
+
+def test_term_counts_are_exact_and_a_redelivered_post_adds_nothing(redis_server):
+    s = settings_for(redis=redis_server)
+    batch = [post(1, 0, "negative", ("refund", "Refund!", "acme", "the")),
+             post(2, 0, "negative", ("refund", "outage")),
+             post(3, 0, "positive", ("love",)),
+             post(4, 0, "neutral", ("fine",))]
+
+    async def run():
+        sink = RedisSink(s)
+        fresh = [await sink.write(batch) for _ in range(3)]
+        counts = {label: await term_counts(sink.client, s, "acme", label, 0)
+                  for label in ("negative", "positive", "neutral")}
+        everyone = await term_counts(sink.client, s, "_all", "neutral", 0)
+        due = await sink.client.zrange(s.keys.rollup_due, 0, -1)
+        await sink.close()
+        return fresh, counts, everyone, due
+
+    fresh, counts, everyone, due = asyncio.run(run())
+    assert fresh == [{"p1", "p2", "p3", "p4"}, set(), set()]
+    assert counts == {"negative": {"text:refund": 2, "text:outage": 1}, "positive": {"text:love": 1},
+                      "neutral": {"text:fine": 1}}, "the brand and stopwords never count"
+    assert everyone == {"text:meh": 4}, "_all counts the post's label (neutral) and rationale"
+    assert sorted(due) == [f"{HOUR}:_all".encode(), f"{HOUR}:acme".encode()]
+
+
+def test_a_full_term_bucket_counts_new_terms_as_other_and_its_kept_terms_stay_exact(redis_server):
+    s = settings_for(redis=redis_server, driver_terms_per_bucket=2)
+    batch = [post(1, 0, "negative", ("refund", "outage")), post(2, 0, "negative", ("late", "refund")),
+             post(3, 0, "negative", ("outage", "broken", "late"))]
+
+    async def run():
+        sink = RedisSink(s)
+        for item in batch + batch:
+            await sink.write([item])
+        counts = await term_counts(sink.client, s, "acme", "negative", 0)
+        await sink.close()
+        return counts
+
+    assert asyncio.run(run()) == {"text:refund": 2, "text:outage": 2, "other": 3}
+
+
+def test_a_write_that_died_after_counting_is_marked_for_the_rollup_by_its_redelivery(redis_server):
+    from affectstream.streaming.worker.sinks.redis import _Write
+
+    s = settings_for(redis=redis_server)
+    item = post(1, 0, "negative", ("refund",))
+
+    async def run():
+        dead = RedisSink(s)
+        w = [_Write(item)]
+        await dead._claim_step(w, set())
+        await dead._count_step(w, set())          # killed here: counted, not marked, not announced
+        before = await dead.client.zcard(s.keys.rollup_due)
+        await dead.close()
+        sink = RedisSink(s)
+        fresh = await sink.write([item])
+        after = await sink.client.zcard(s.keys.rollup_due)
+        counts = await term_counts(sink.client, s, "acme", "negative", 0)
+        await sink.close()
+        return before, fresh, after, counts
+
+    assert asyncio.run(run()) == (0, {"p1"}, 2, {"text:refund": 1})
+
+
+def test_the_rollup_sums_an_hours_minutes_exactly_once_and_again_after_a_late_post(redis_server):
+    s = settings_for(redis=redis_server, driver_terms_per_hour=2, driver_labels="negative,positive")
+    batch = [post(i, i % 60, "negative", ("refund", "outage") if i % 2 else ("refund", "slow")) for i in range(9)]
+
+    async def hour(client, label):
+        return ({k.decode(): int(v) for k, v in (await client.hgetall(s.keys.hour("acme", HOUR))).items()},
+                {k.decode(): int(v) for k, v in (await client.hgetall(s.keys.hour_terms("acme", label, HOUR))).items()})
+
+    async def run():
+        sink = RedisSink(s)
+        rollup = Rollup(sink.client, s)
+        await sink.write(batch)
+        too_early = await rollup.run_due(M0 + 30 * 60_000)
+        written = [await rollup.run_due(NOW), await rollup.run_due(NOW)]
+        first = await hour(sink.client, "negative")
+        await sink.write([post(20, 59, "negative", ("slow",)), post(21, 59, "positive", ("love",))])  # late
+        written.append(await rollup.run_due(NOW))
+        second = await hour(sink.client, "negative"), await hour(sink.client, "positive")
+        stale = await rollup.write_hour("acme", HOUR, await rollup.hour_from_minutes("acme", HOUR), 1)
+        await sink.close()
+        return too_early, written, first, second, stale
+
+    too_early, written, first, second, stale = asyncio.run(run())
+    assert too_early == 0 and written == [2, 0, 2], "acme and _all; nothing due twice; again after the late post"
+    assert first == ({"negative": 9}, {"text:refund": 9, "text:slow": 5, "other": 4})
+    assert second[0] == ({"negative": 10, "positive": 1}, {"text:refund": 9, "text:slow": 6, "other": 4})
+    assert second[1][1] == {"text:love": 1}
+    assert stale is False, "an older generation never replaces a newer rollup"
+
+
+def burst() -> list[SinkItem]:
+    """40 calm minutes for acme (2 negative of 10, about the app and delivery), then a minute of refunds."""
+    calm = [post(m * 10 + i, m, "negative" if i < 2 else "positive",
+                 ("app", "slow") if i == 0 else ("delivery", "late") if i == 1 else ("love", "coffee"))
+            for m in range(40) for i in range(10)]
+    refunds = [post(1000 + i, 40, "negative", ("refund", "waiting", "money") if i % 2 else ("refund", "app"))
+               for i in range(20)]
+    return calm + refunds + [post(1100 + i, 40, "positive", ("love",)) for i in range(5)]
+
+
+def test_the_drivers_of_a_refund_burst_name_refund_with_examples_and_the_alert_carries_them(redis_server):
+    s = settings_for(redis=redis_server)
+    minute = minute_bucket(M0 + 40 * 60_000)
+
+    async def run():
+        sink = RedisSink(s)
+        items = burst()
+        for i in range(0, len(items), 64):
+            await sink.write(items[i:i + 64])
+        reader = DriverReader(sink.client, s)
+        payload = await reader.drivers("acme", 20, minute)     # minutes 21-40 against 1-20
+        rule = AlertRule(baseline_minutes=30)
+        shift = detect_shift([{"negative": 20, "positive": 5}], [{"negative": 2, "positive": 8}] * 30, rule)
+        alert = await reader.explain(make_alert("acme", minute, shift, rule, 0), rule)
+        hour_payload = await reader.drivers("acme", 24 * 60, minute)
+        await sink.close()
+        return payload, alert, hour_payload
+
+    payload, alert, hour_payload = asyncio.run(run())
+    negative = payload["labels"]["negative"]
+    assert (negative["posts"], negative["baseline_posts"]) == (58, 40)
+    assert [d["term"] for d in negative["drivers"]][:1] == ["refund"]
+    assert {d["term"] for d in negative["drivers"]} <= {"refund", "waiting", "money"}
+    assert len(negative["drivers"][0]["examples"]) == 3
+    assert all(e["label"] == "negative" for e in negative["drivers"][0]["examples"])
+    assert alert["id"] == f"acme:{minute}" and alert["drivers"][0]["term"] == "refund"
+    assert alert["drivers"][0]["z"] >= 1.96 and len(alert["drivers"][0]["examples"]) == 3
+    assert alert["summary"].startswith("acme: negative 80 % of 25 posts (+60 pts vs the previous 30 min, z = ")
+    assert "— refund" in alert["summary"]
+    assert hour_payload["unit"] == "hour" and hour_payload["posts"] == 425, "the unrolled hour read from minutes"
+
+
+def test_without_driver_labels_the_sink_counts_labels_only(redis_server):
+    s = settings_for(redis=redis_server, driver_labels="")
+
+    async def run():
+        sink = RedisSink(s)
+        await sink.write([post(1, 0, "negative", ("refund",))])
+        keys = await sink.client.keys(s.redis.prefix + "*")
+        await sink.close()
+        return collections.Counter(k.decode().split(":")[1] for k in keys)
+
+    kinds = asyncio.run(run())
+    assert "terms" not in kinds and "rollup" not in kinds and kinds["brand"] == 2
