@@ -39,6 +39,9 @@ class AlignedConfig(PreTrainedConfig):
     min_weight_share: float = 0.0            # keep (pool and show) a top-K token only if its weight >= share × the top one's
     sentiment_bias: tuple[float, ...] | list[float] = ()  # per sentiment label, added to the logits (fitted on dev
                                              # by training.calibrate); empty: none, as in directories from before it
+    target_bias: tuple[float, ...] | list[float] = ()     # per sentiment label, added on top of sentiment_bias to the
+                                             # logits of (post, target) rows (fitted on target-level dev): one model
+                                             # answers both questions, each with its own decision boundary
     scorer_hidden: int = 256
     dropout: float = 0.1
     uniformity_weight: float = 0.1           # λ in  L = CE + λ·L_uni
@@ -54,6 +57,7 @@ class AlignedConfig(PreTrainedConfig):
         self.sentiment_labels = tuple(self.sentiment_labels)
         self.emotion_labels = tuple(self.emotion_labels)
         self.sentiment_bias = tuple(float(b) for b in self.sentiment_bias)
+        self.target_bias = tuple(float(b) for b in self.target_bias)
         if isinstance(self.encoder_config, dict):
             self.encoder_config = AutoConfig.for_model(**self.encoder_config)
         if self.top_k < 1:
@@ -71,6 +75,9 @@ class AlignedConfig(PreTrainedConfig):
         if self.sentiment_bias and len(self.sentiment_bias) != len(self.sentiment_labels):
             raise ValueError(f"sentiment_bias needs one value per sentiment label {self.sentiment_labels}, "
                              f"got {self.sentiment_bias}")
+        if self.target_bias and len(self.target_bias) != len(self.sentiment_labels):
+            raise ValueError(f"target_bias needs one value per sentiment label {self.sentiment_labels}, "
+                             f"got {self.target_bias}")
         super().__post_init__(**kwargs)
 
     @property

@@ -21,6 +21,7 @@ sample's mix (goal ≤ 1.3×). It stays readable so a model trained with it serv
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -57,6 +58,14 @@ class TargetInput:
     description: str                               # image description ("" if none)
     target: str                                    # the target as the model should read it (brand display name)
     spans: tuple[tuple[int, int], ...] = ()        # where the target is mentioned in `text` (() = not in the text)
+
+
+def shift_scores(scores: dict[str, float], bias: tuple[float, ...], labels: tuple[str, ...]) -> dict[str, float]:
+    """softmax(logits + b) from softmax(logits): p_c·exp(b_c), renormalised. The target bias (AlignedConfig.
+    target_bias) applies after any backend's softmax, so torch, ONNX and int8 serving all honour it."""
+    weighted = {label: scores[label] * math.exp(b) for label, b in zip(labels, bias)}
+    total = sum(weighted.values()) or 1.0
+    return {label: value / total for label, value in weighted.items()}
 
 
 def normalise_spans(spans: Iterable[tuple[int, int]], length: int) -> list[tuple[int, int]]:

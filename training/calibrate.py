@@ -99,6 +99,21 @@ def label_indices(samples, labels: tuple[str, ...]) -> torch.Tensor:
     return torch.tensor([labels.index(s.label) for s in samples])
 
 
+def calibrate_targets(model, tokenizer, dev_samples, descriptions: dict[str, str], max_length: int,
+                      device: torch.device, bf16: bool = True, fitted_on: str = "dev") -> dict:
+    """The target-level boundary: fit a bias on the (post, target) samples of `dev_samples`, on top of the
+    post-level bias forward adds and the target bias the model carries, into `model.config.target_bias`."""
+    labels = tuple(model.config.sentiment_labels)
+    targets = [s for s in dev_samples if s.target is not None]
+    current = model.config.target_bias or (0.0,) * len(labels)
+    logits = sentiment_logits(model, tokenizer, targets, descriptions, max_length, device, bf16) + torch.tensor(current)
+    fit = fit_bias(logits, label_indices(targets, labels))
+    model.config.target_bias = tuple(round(c + b, 4) for c, b in zip(current, fit.bias))
+    return {"bias": dict(zip(labels, model.config.target_bias)), "fitted_on": fitted_on, "n": fit.n,
+            "objective": "macro_f1", "dev_macro_f1_before": fit.dev_macro_f1_before,
+            "dev_macro_f1_after": fit.dev_macro_f1_after}
+
+
 def calibrate_model(model, tokenizer, dev_samples, descriptions: dict[str, str], max_length: int,
                     device: torch.device, bf16: bool = True, fitted_on: str = "dev") -> dict:
     """Fit a bias on `dev_samples` on top of the one the model carries and store the sum in

@@ -25,6 +25,8 @@ class TrainConfig:
     extra_datasets: tuple[str, ...] = ()      # trained on together (e.g. "proxy"); each test split is reported
     proxy_size: int = 600
     max_train_samples: int = 0                # 0: all
+    max_extra_train: int = 0                  # > 0: at most this many training samples from each extra dataset (whole
+                                              # sentences, a seeded draw): the primary set keeps its weight in the mix
     # model
     encoder: str = "offline"                  # hub id, path, "offline" (packaged MiniLM) or "tiny-random"
     captioner: str = "offline"                # offline | offline:no-ocr | none | vlm:<id>
@@ -80,8 +82,19 @@ PRESETS: dict[str, TrainConfig] = {
     # Method v2 (chosen by dev macro-F1 with `affectstream ablate`): K follows the post (ceil(0.25·n), 2..16),
     # only tokens with at least a quarter of the top token's weight are kept (the short rationale), hybrid pooling
     # (top-K pool with the mean of all tokens); 2 epochs (the best dev epoch was 1-2 in every run)
-    "default": TrainConfig(extra_datasets=("proxy",), pooling="hybrid", top_k_ratio=0.25, top_k_min=2,
-                           min_weight_share=0.25, epochs=2, export_dtype="bf16",
+    "posts": TrainConfig(extra_datasets=("proxy",), pooling="hybrid", top_k_ratio=0.25, top_k_min=2,
+                         min_weight_share=0.25, epochs=2, export_dtype="bf16",
+                         out_dir="models/posts", run_dir="runs/posts"),
+    # the deployed default (docs/brands.md): one model for both questions, the post's sentiment and the sentiment
+    # toward each brand it mentions. Mixed batches of post-level posts (VADER tweets, proxy memes) and (post, target)
+    # pairs with the target marked (Dong-2014 tweets about celebrities, products and companies; MAMS sentences whose
+    # targets disagree; Twitter-2015/2017), started from the post-level model's weights; a class bias per task
+    # (post-level on VADER dev, target-level on the targets' dev). The target sets live under data_root().
+    "default": TrainConfig(extra_datasets=("proxy", f"dong2014={data_root() / 'absa'}", f"mams={data_root() / 'absa'}",
+                                           f"twitter2015={data_root() / 'twitter2015'}",
+                                           f"twitter2017={data_root() / 'twitter2017'}"),
+                           pooling="hybrid", top_k_ratio=0.25, top_k_min=2, min_weight_share=0.25, max_length=64,
+                           epochs=2, max_extra_train=4000, init_from="models/posts", export_dtype="bf16",
                            out_dir="models/default", run_dir="runs/default"),
     # the published setup (needs roberta-base from the hub, MVSA-Single on disk and a GPU for the VLM)
     "mvsa-roberta": TrainConfig(dataset="mvsa-single", encoder="roberta-base", captioner="vlm:Salesforce/blip-image-captioning-large",
@@ -94,10 +107,10 @@ PRESETS: dict[str, TrainConfig] = {
     # scene, faces), the method v2 settings of the default; the dataset paths come from --data-path/--split-file
     # (docs/data.md says where users get MVSA-Single, CLMLF's split and MSED). Papers report weighted-F1.
     "mvsa": TrainConfig(dataset="mvsa-single", pooling="hybrid", top_k_ratio=0.25, top_k_min=2, min_weight_share=0.25,
-                        max_length=128, epochs=4, metric="weighted_f1", export_dtype="bf16",
+                        max_length=128, epochs=2, metric="weighted_f1", export_dtype="bf16",
                         out_dir="models/mvsa", run_dir="runs/mvsa"),
     "msed": TrainConfig(dataset="msed", pooling="hybrid", top_k_ratio=0.25, top_k_min=2, min_weight_share=0.25,
-                        max_length=160, epochs=3, metric="weighted_f1", export_dtype="bf16",
+                        max_length=160, epochs=2, metric="weighted_f1", export_dtype="bf16",
                         out_dir="models/msed", run_dir="runs/msed"),
     # target-level brand sentiment: packaged MiniLM, Twitter-2015 + Twitter-2017 (TomBERT's release, text only;
     # under data_root(): override with --data-path / --extra twitter2017=PATH)

@@ -97,12 +97,42 @@ def predict_labels(model: AlignedClassifier, tokenizer, samples: list[Sample], d
                                      normalization=getattr(model.config, "text_normalization", "none"))
         with autocast(device, cfg.bf16):
             out = model(**{k: v.to(device) for k, v in encoded.model_inputs().items()})
-        for s, i in zip(batch, out.sentiment_logits.argmax(-1).tolist()):
+        logits = with_target_bias(out.sentiment_logits.float().cpu(), batch, model.config.target_bias)
+        for s, i in zip(batch, logits.argmax(-1).tolist()):
             sentiments[s.id] = model.config.sentiment_labels[i]
         if out.emotion_logits is not None:
             for s, i in zip(batch, out.emotion_logits.argmax(-1).tolist()):
                 emotions[s.id] = model.config.emotion_labels[i]
     return [sentiments[s.id] for s in samples], [emotions.get(s.id) for s in samples]
+
+
+def capped(samples: list[Sample], cap: int, seed: int) -> list[Sample]:
+    """At most `cap` samples (0: all), drawn by whole sentence (training.contrast.sentence_key) so a sentence's
+    targets, and the contrast between them, stay together."""
+    if not cap or len(samples) <= cap:
+        return samples
+    from affectstream.training.contrast import sentence_key
+
+    groups: dict[str, list[Sample]] = {}
+    for s in samples:
+        groups.setdefault(sentence_key(s), []).append(s)
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
+    out: list[Sample] = []
+    for key in keys:
+        if len(out) >= cap:
+            break
+        out += groups[key]
+    return out
+
+
+def with_target_bias(logits: torch.Tensor, batch: list[Sample], bias: tuple[float, ...]) -> torch.Tensor:
+    """(B, C) logits with AlignedConfig.target_bias added to the rows of (post, target) samples, as serving adds
+    it (model.targets.shift_scores on the probabilities: the same argmax)."""
+    if not any(bias):
+        return logits
+    rows = torch.tensor([s.target is not None for s in batch])
+    return logits + rows[:, None] * torch.tensor(bias, dtype=logits.dtype)
 
 
 def evaluate_split(model, tokenizer, samples, descriptions, cfg, device) -> dict:
@@ -113,6 +143,11 @@ def evaluate_split(model, tokenizer, samples, descriptions, cfg, device) -> dict
     with_emotion = [(s.emotion, e) for s, e in zip(samples, predicted_emotion) if s.emotion and e]
     if with_emotion:
         metrics["emotion"] = classification_metrics([t for t, _ in with_emotion], [p for _, p in with_emotion], EMOTION_LABELS)
+    if any(s.target is not None for s in samples):  # multi-target posts: do targets that disagree get told apart?
+        from affectstream.training.contrast import contrast_scores, sentence_key
+
+        metrics["contrast"] = contrast_scores([sentence_key(s) for s in samples], [s.label for s in samples],
+                                              predicted).as_dict()
     return metrics
 
 
@@ -187,7 +222,9 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
     samples = [s for d in datasets for s in d.samples]
     captioner = build_captioner(cfg.captioner, device=device.type)
     descriptions, image_errors = describe_samples([s for s in samples if s.has_image], captioner, cfg.cache_dir)
-    train_samples = [s for s in samples if s.split == "train"]
+    train_samples = [s for s in datasets[0].samples if s.split == "train"]
+    for extra in datasets[1:]:
+        train_samples += capped(extra.split("train"), cfg.max_extra_train, cfg.seed)
     if cfg.max_train_samples:
         train_samples = random.Random(cfg.seed).sample(train_samples, min(cfg.max_train_samples, len(train_samples)))
     dev_samples = [s for s in samples if s.split == "dev"]
@@ -294,6 +331,13 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
 
         class_bias = calibrate_model(model, tokenizer, datasets[0].split("dev"), descriptions, cfg.max_length, device,
                                      cfg.bf16, fitted_on=f"{datasets[0].name} dev")
+        target_dev = [s for d in datasets[1:] for s in d.split("dev") if s.target is not None]
+        if target_dev and datasets[0].split("dev") and datasets[0].split("dev")[0].target is None:
+            from affectstream.training.calibrate import calibrate_targets
+
+            class_bias["targets"] = calibrate_targets(
+                model, tokenizer, target_dev, descriptions, cfg.max_length, device, cfg.bf16,
+                fitted_on=" + ".join(d.name for d in datasets[1:] if any(s.target for s in d.split("dev"))) + " dev")
     tests = {d.name: evaluate_split(model, tokenizer, d.split("test"), descriptions, cfg, device)
              for d in datasets if d.split("test")}
     metrics = {
