@@ -103,8 +103,10 @@ class AlignedClassifier(PreTrainedModel):
 
         # 2. rank every token; padding and special tokens can never be chosen. A post with no real
         #    token at all (empty text and description) falls back to the first position.
-        selectable = selectable.clone()
-        selectable[~selectable.any(dim=1), 0] = True
+        #    (out of place: the traced ONNX graph of an in-place index_put set position 0 in every row of a
+        #    batch that held such a post)
+        first = torch.arange(selectable.shape[1], device=selectable.device) == 0       # (T,)
+        selectable = selectable | (~selectable.any(dim=1, keepdim=True) & first)       # (B, T)
         token_scores = self.scorer(hidden).float().masked_fill(~selectable, float("-inf"))  # (B, T)
 
         # 3. hard top-K; positions beyond a short post's real tokens come back as -inf and are dropped

@@ -59,6 +59,16 @@ def test_onnx_fp32_gives_the_torch_models_labels_scores_and_rationales(emotion_m
         same_prediction(a, onnx.predict([pair])[0])
 
 
+def test_a_post_without_any_token_leaves_its_batch_neighbours_answers_alone_on_onnx(emotion_model_dir, cache):
+    reference = serving.load_predictor(emotion_model_dir, "torch", device="cpu", dtype="fp32")
+    onnx = serving.load_predictor(emotion_model_dir, "onnx-fp32", threads=1)
+    # one micro-batch call, sorted by characters: a short post first, then one of blanks only (no token at all)
+    batch = [("love it", ""), (" " * 12, ""), POSTS[3]]
+    for a, b in zip(reference.predict(batch), onnx.predict(batch)):
+        same_prediction(a, b)
+    same_prediction(onnx.predict(batch)[0], onnx.predict(batch[:1])[0])
+
+
 def test_parallel_lanes_give_the_answers_of_one_call_per_chunk_in_input_order(emotion_model_dir, cache):
     lanes = serving.load_predictor(emotion_model_dir, "onnx-fp32", threads=2)
     single = serving.load_predictor(emotion_model_dir, "onnx-fp32", threads=1)
