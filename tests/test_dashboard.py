@@ -118,8 +118,37 @@ def produce_calm(s, posts: list[dict]) -> None:
     produce_lines(s, [orjson.dumps(p) for p in posts if "caption" not in p])
 
 
-def get_json(port: int, path: str):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+DRIVERS_SHOWN = """[...document.querySelectorAll('#brands .drivers[data-brand=acme] .driver')]
+    .map(d => d.dataset.label + ':' + d.textContent)"""
+
+
+async def drive_drivers(page: Page, port: int) -> dict:
+    """Each window's acme drivers on the page and from the API; a click on the first term lists its posts."""
+    loop = asyncio.get_running_loop()
+    windows = {}
+    for minutes in (60, 1440, 10080):
+        await page.js(f"document.querySelector('#driver-window button[data-minutes=\"{minutes}\"]').click()")
+        await page.wait(f"document.querySelectorAll('#brands .drivers[data-minutes=\"{minutes}\"]').length === 3",
+                        30, f"every brand's drivers over {minutes} minutes")
+        api = await loop.run_in_executor(None, get_json, port, f"/api/drivers?brand=acme&minutes={minutes}", 30)
+        windows[minutes] = (await page.js(DRIVERS_SHOWN),
+                            [f"{label}:{d['term']}" for label in ("negative", "positive")
+                             for d in api["labels"][label]["drivers"]])
+    await page.js(f"document.querySelector('#driver-window button[data-minutes=\"60\"]').click()")
+    await page.wait("document.querySelectorAll('#brands .drivers[data-brand=acme] .driver').length > 0", 30,
+                    "acme's drivers over an hour")
+    await page.js("document.querySelector('#brands .drivers[data-brand=acme] .driver').click()")
+    await page.wait("document.querySelectorAll('#brands .brand[data-brand=acme] .carriers li[data-id]').length > 0",
+                    10, "the posts carrying the clicked term")
+    carriers = await page.js("[...document.querySelectorAll('#brands .brand[data-brand=acme] .carriers li[data-id]')]"
+                             ".map(li => li.dataset.id)")
+    why = await page.js("(document.querySelector('#alerts .alert .why') || {textContent: ''}).textContent")
+    alerts = await loop.run_in_executor(None, get_json, port, "/api/alerts")
+    return {"windows": windows, "carriers": carriers, "alert_why": why, "alerts": alerts}
+
+
+def get_json(port: int, path: str, timeout_s: float = 5):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout_s) as response:
         return orjson.loads(response.read())
 
 
@@ -150,7 +179,7 @@ def test_dashboard_shows_the_streamed_brands_and_posts_and_updates_live(broker, 
 
         chromium, ws_url = start_chromium(profile)
 
-        async def drive() -> tuple[dict, dict, bytes, list]:
+        async def drive() -> tuple[dict, dict, dict, bytes, list]:
             async with aiohttp.ClientSession() as session, session.ws_connect(ws_url, max_msg_size=0) as ws:
                 page = Page(ws)
                 await page.send("Runtime.enable")
@@ -185,12 +214,13 @@ def test_dashboard_shows_the_streamed_brands_and_posts_and_updates_live(broker, 
                 await page.wait("document.querySelectorAll('#alerts .alert').length > 0", 30, "the alert banner")
                 await page.wait("+document.querySelector('#brands .brand[data-brand=acme]').dataset.total === 42",
                                 10, "acme's count to include the burst")
+                driven = await drive_drivers(page, port)
                 await asyncio.sleep(1.6)  # the new-item highlight fades before the screenshot
                 after = await page.js(state)
                 shot = await page.send("Page.captureScreenshot", format="png")
-                return before, after, base64.b64decode(shot["data"]), page.errors
+                return before, after, driven, base64.b64decode(shot["data"]), page.errors
 
-        before, after, png, errors = asyncio.run(drive())
+        before, after, driven, png, errors = asyncio.run(drive())
     except BaseException:
         print(worker.log_tail(60))
         raise
@@ -213,6 +243,11 @@ def test_dashboard_shows_the_streamed_brands_and_posts_and_updates_live(broker, 
     assert set(after["ids"][:22]) == {p["id"] for p in burst}  # on top, without a reload
     assert after["alerts"] == ["acme"] and after["alerting"] == ["acme"]
     assert after["window"] == "09:06–10:05 UTC"  # the window follows the newest minute with data
+    for minutes, (shown, api) in driven["windows"].items():  # the page shows what /api/drivers says
+        assert shown == api, minutes
+    assert driven["windows"][60][1], "acme's burst has drivers"
+    assert driven["carriers"] and set(driven["carriers"]) <= {p["id"] for p in sent + burst}
+    assert driven["alert_why"].startswith(" — "), [(a.get("drivers"), a.get("summary"), a["hits"], a["n"]) for a in driven["alerts"]]
     assert errors == []
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "dashboard.png").write_bytes(png)

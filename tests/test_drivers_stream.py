@@ -96,6 +96,6 @@ def test_a_refund_burst_alerts_its_brand_naming_refund_and_redeliveries_leave_te
     refund = next(d for d in alerts[0]["drivers"] if d["term"] == "refund")
     assert refund["examples"] and all(e.startswith("acme-5-") for e in refund["examples"])
     assert audit.ok and audit.terms > 0, audit
-    assert hour["unit"] == "minute" and hour["labels"]["negative"]["against"] == "other labels in the window"
+    assert hour["unit"] == "minute" and hour["labels"]["negative"]["against"] == "the brand's other posts"
     assert "refund" in [d["term"] for d in hour["labels"]["negative"]["drivers"]], "no hour before: vs positive"
     assert day["unit"] == week["unit"] == "hour" and day["posts"] == week["posts"] == 54

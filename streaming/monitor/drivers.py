@@ -3,12 +3,14 @@ the window before it (``fightin_words``), with example posts, for ``/api/drivers
 alert (docs/drivers.md).
 
 A label's drivers compare its posts' terms in the window with its posts' terms in the baseline; a
-baseline without a post of that label is replaced by the window's posts of the other labels (``contrast``).
+baseline with fewer than ``BASELINE_POSTS_MIN`` posts of that label is replaced by the brand's other
+posts (``contrast``).
 
 Windows: up to ``MINUTE_WINDOW_MAX`` minutes are read from minute buckets (the ``minutes`` ending at
 ``end``, against the ``minutes`` before them); longer ones (24 h, 7 d) from hour buckets, whole UTC hours
-ending with ``end``'s hour, against as many hours before them. An hour not rolled up yet (the current one,
-or one whose rollup is pending) is read from its minutes instead, so a window never misses a post.
+ending with ``end``'s hour, against as many hours before them. An hour marked due for a rollup (the
+current one, or one whose rollup is pending) is read from its minutes instead, so a window never misses a
+post.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ MINUTE_WINDOW_MAX = 180     # longer windows are read from hour buckets
 SHOWN_LABELS = ("negative", "positive")   # labels whose drivers the API and the dashboard show
 TOP = 8                     # drivers per label on the API and the dashboard
 ALERT_TOP = 3               # drivers named in an alert
+BASELINE_POSTS_MIN = 10     # fewer posts of a label in the baseline say too little: contrast with the rest
 EXAMPLES_PER_TERM = 3
 EXAMPLE_POSTS_MAX = 300     # stored results read for examples, newest minutes first
 EXAMPLE_MINUTES_MAX = 24 * 60
@@ -69,16 +72,18 @@ async def newest_minute(client: Any, settings: Settings, brand: str, now_ms: int
 
 def contrast(window: Counts, baseline: Counts, label: str) -> tuple[dict, dict, str]:
     """The two corpora ``label``'s drivers compare: its terms in the window and in the baseline; when the
-    baseline has no post of that label (a brand new brand, a calm hour without one complaint), the window's
-    terms of the brand's other driver labels instead ("what its negative posts say that its positive posts
-    do not")."""
-    if baseline.posts.get(label, 0):
+    baseline has fewer than ``BASELINE_POSTS_MIN`` posts of that label (a new brand, a calm half hour with
+    one complaint), the brand's other posts instead: the baseline's of every label and the window's of the
+    other labels ("what its negative posts say that its other posts did not")."""
+    if baseline.posts.get(label, 0) >= BASELINE_POSTS_MIN:
         return window.terms.get(label, {}), baseline.terms.get(label, {}), "previous window"
-    others = collections.Counter()
+    others: collections.Counter = collections.Counter()
+    for terms in baseline.terms.values():
+        others.update(terms)
     for other, terms in window.terms.items():
         if other != label:
             others.update(terms)
-    return window.terms.get(label, {}), others, "other labels in the window"
+    return window.terms.get(label, {}), others, "the brand's other posts"
 
 
 def shift_row(shift: TermShift, examples: list[dict]) -> dict:
@@ -101,21 +106,22 @@ class DriverReader:
         return await self.hours_counts(brand, buckets)
 
     async def hours_counts(self, brand: str, hours: list[str]) -> Counts:
-        """Rolled-up hours from their hour buckets, the others from their minutes."""
+        """Rolled-up hours from their hour buckets; an hour marked due for a rollup (the current one, or one
+        whose rollup is pending) from its minutes; any other hour has no data."""
         keys, labels = self.keys, self.labels
         async with self.client.pipeline(transaction=False) as pipe:
             for hour in hours:
-                pipe.exists(keys.hour_rolled(brand, hour))
+                pipe.zscore(keys.rollup_due, f"{hour}:{brand}")
                 pipe.hgetall(keys.hour(brand, hour))
                 for label in labels:
                     pipe.hgetall(keys.hour_terms(brand, label, hour))
             raw = await pipe.execute()
         out, step, unrolled = Counts(), 2 + len(labels), []
         for hour, i in zip(hours, range(0, len(raw), step)):
-            if raw[i]:
-                out.add(raw[i + 1], dict(zip(labels, raw[i + 2:i + step])))
-            else:
+            if raw[i] is not None:
                 unrolled.append(hour)
+            else:
+                out.add(raw[i + 1], dict(zip(labels, raw[i + 2:i + step])))
         if unrolled:
             rest = await self.rollup.minutes_counts(brand, [m for h in unrolled for m in hour_minutes(h)])
             out.add(rest.posts, rest.terms)

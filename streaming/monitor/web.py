@@ -64,7 +64,7 @@ MAX_MINUTES = 24 * 60
 MAX_SSE_CLIENTS = 64          # open /events streams per worker; more get 503
 ALERT_SEND_TIMEOUT_S = 10.0   # an alert send not acknowledged by then is retried at a later tick
 ASSETS = {"index.html": "text/html", "app.js": "application/javascript", "feedback.js": "application/javascript",
-          "style.css": "text/css"}
+          "drivers.js": "application/javascript", "style.css": "text/css"}
 MONITOR_APP_SUFFIX = MONITOR_GROUP_SUFFIX  # the monitor's consumer group: <app_id>-monitor
 
 

@@ -1,5 +1,6 @@
 // affectstream dashboard: plain JS, no build step, no network beyond this worker.
 // Data: /api/brands (Redis minute buckets), /api/recent, /api/alerts, /api/stats; live: /events (SSE).
+// Each brand card also shows its driver terms (drivers.js, /api/drivers).
 "use strict";
 
 const FEED_MAX = 50;
@@ -85,6 +86,7 @@ function renderBrands(data) {
                              "data-brand": name, "data-total": total },
                     el("div", { class: "head" }, el("span", { class: "name" }, name), totals));
     card.append(chart(b.counts, data.labels, data.minutes));
+    if (typeof driverRow === "function") card.append(...driverRow(name));
     return card;
   });
   box.replaceChildren(...cards);
@@ -187,6 +189,9 @@ function addAlert(a) {
     ` in ${hhmm(a.minute)} UTC (${a.hits}/${a.n} posts) vs ${Math.round(100 * a.baseline_share)}% over the previous `
       + `${a.rule.baseline_minutes} min (${a.baseline_hits}/${a.baseline_n}) `,
     el("span", { class: "rule" }, `z = ${a.z} ≥ ${a.rule.z_threshold}`));
+  if (Array.isArray(a.drivers) && a.drivers.length) {
+    box.append(el("span", { class: "why" }, " — " + a.drivers.map(d => d.side === "image" ? `${d.term} (image)` : d.term).join(", ")));
+  }
   $("#alerts").prepend(box);
   while ($("#alerts").children.length > 5) $("#alerts").lastChild.remove();
 }
