@@ -357,6 +357,8 @@ def summary(r: ChaosReport) -> str:
         f"  results: lost {a.lost}, extra keys {a.extra_keys}; sentiment topic: {a.on_topic:,} ids, missing "
         f"{a.topic_missing}, unknown {a.topic_extra_ids}, {a.topic_redelivered:,} redelivered records",
         f"  brand counts vs recount: over {a.counts_over}, under {a.counts_under}",
+        f"  driver term counts vs recount: {a.terms.terms:,} terms in {a.terms.buckets:,} buckets, over "
+        f"{a.terms.over}, under {a.terms.under}; rolled-up hours {a.terms.hours}, off {a.terms.hours_off}",
         f"  DLQ: {a.hostile_in_dlq:,} of {a.hostile:,} hostile messages, reasons {a.dlq_reasons}; valid posts "
         f"there: {a.valid_in_dlq}",
         f"  image_error on results: {a.image_errors}; caption cache: {a.cached_captions} entries for "

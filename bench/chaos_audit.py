@@ -6,6 +6,8 @@
 - brand counts: every per-brand minute bucket equals a recount from the produced posts' brands and
   minutes and the stored results' labels (``redis_keys.counted_brands``, ``minute_bucket``; the label
   each bucket counts is ``Result.bucket_labels``: a brand's target label, ``_all`` the post label);
+- driver term counts (``bench/term_audit.py``): every minute term bucket's kept terms equal a recount from
+  the stored results, its ``other`` the rest, and every rolled-up hour the sum of its minutes;
 - every hostile message is in the DLQ (matched by its bytes) with a reason it may end with, and no valid
   post is there.
 """
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from affectstream.bench.chaos_workload import Workload
+from affectstream.bench.term_audit import TermAudit, audit_terms
 from affectstream.streaming.tools.tail import topic_consumer
 from affectstream.streaming.worker.dlq import MAX_RAW_BYTES
 from affectstream.streaming.worker.redis_client import sync_redis
@@ -50,12 +53,13 @@ class Audit:
     valid_in_dlq: int = 0
     first_processed_ms: int = 0
     last_processed_ms: int = 0
+    terms: TermAudit = field(default_factory=TermAudit)   # driver term counts against their recount
 
     @property
     def ok(self) -> bool:
         return not (self.lost or self.extra_keys or self.topic_missing or self.topic_extra_ids
                     or self.counts_over or self.counts_under or self.valid_in_dlq
-                    or self.hostile_in_dlq != self.hostile or self.hostile_wrong_reason)
+                    or self.hostile_in_dlq != self.hostile or self.hostile_wrong_reason or not self.terms.ok)
 
     def failures(self) -> list[str]:
         out = []
@@ -69,6 +73,10 @@ class Audit:
             out.append(f"hostile with a wrong reason: {self.hostile_wrong_reason}")
         if self.count_mismatches:
             out.append(f"count mismatches (brand, minute, label, redis, recount): {self.count_mismatches}")
+        if not self.terms.ok:
+            t = self.terms
+            out.append(f"term counts over {t.over} under {t.under}, hours off {t.hours_off}/{t.hours}; "
+                       f"(brand, minute, label, term, redis, recount): {t.mismatches}")
         return out
 
 
@@ -112,6 +120,7 @@ def audit(settings: Settings, wl: Workload) -> Audit:
 
     # the stored results: labels for the recount
     labels: dict[str, dict[str, str]] = {}   # post id -> brand bucket -> label counted there
+    results: list[Result] = []
     image_errors: collections.Counter = collections.Counter()
     processed = []
     ordered = sorted(stored & ids)
@@ -121,7 +130,8 @@ def audit(settings: Settings, wl: Workload) -> Audit:
             if raw is None:
                 continue
             res = orjson.loads(raw)
-            labels[post_id] = Result.from_dict(res).bucket_labels(settings.brands.untargeted)
+            results.append(Result.from_dict(res))
+            labels[post_id] = results[-1].bucket_labels(settings.brands.untargeted)
             image_errors[res.get("image_error")] += 1
             processed.append(res.get("processed_at") or 0)
     a.image_errors = {str(k): v for k, v in image_errors.items()}
@@ -150,6 +160,8 @@ def audit(settings: Settings, wl: Workload) -> Audit:
             a.counts_under += max(-diff, 0)
             if len(a.count_mismatches) < 5:
                 a.count_mismatches.append((*k, in_redis[k], recount[k]))
+
+    a.terms = audit_terms(settings, results, r)
 
     # the sentiment topic
     results = read_topic(settings, settings.kafka.topic_sentiment)

@@ -171,7 +171,7 @@ def test_the_drivers_of_a_refund_burst_name_refund_with_examples_and_the_alert_c
     assert len(negative["drivers"][0]["examples"]) == 3
     assert all(e["label"] == "negative" for e in negative["drivers"][0]["examples"])
     assert alert["id"] == f"acme:{minute}" and alert["drivers"][0]["term"] == "refund"
-    assert alert["drivers"][0]["z"] >= 1.96 and len(alert["drivers"][0]["examples"]) == 3
+    assert alert["drivers"][0]["z"] >= 1.645 and len(alert["drivers"][0]["examples"]) == 3
     assert alert["summary"].startswith("acme: negative 80 % of 25 posts (+60 pts vs the previous 30 min, z = ")
     assert "— refund" in alert["summary"]
     assert hour_payload["unit"] == "hour" and hour_payload["posts"] == 425, "the unrolled hour read from minutes"

@@ -197,6 +197,29 @@ class DriverReader:
         return {**explained, "summary": alert_summary(explained)}
 
 
+def summary_drivers(settings: Settings, brands: list[str], now_ms: int, minutes: int = 60,
+                    top: int = 3) -> dict[str, dict[str, list[str]]]:
+    """brand -> label -> its top driver terms over the ``minutes`` ending at its newest minute (the demo's
+    summary); reads Redis with a client of its own."""
+    import asyncio
+
+    from affectstream.streaming.worker.redis_client import async_redis
+
+    async def read() -> dict[str, dict[str, list[str]]]:
+        client = async_redis(settings)
+        try:
+            reader, out = DriverReader(client, settings), {}
+            for brand in brands:
+                payload = await reader.drivers(brand, minutes, await newest_minute(client, settings, brand, now_ms),
+                                               top=top)
+                out[brand] = {label: [d["term"] for d in info["drivers"]] for label, info in payload["labels"].items()}
+            return out
+        finally:
+            await client.aclose()
+
+    return asyncio.run(read())
+
+
 def _words(result: Result, brand: str) -> list[dict]:
     """The rationale behind ``brand``'s label on ``result`` (its target's, else the post's)."""
     for target in result.targets:

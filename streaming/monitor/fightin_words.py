@@ -22,7 +22,7 @@ from typing import Mapping
 OTHER = "other"           # the terms a bounded bucket did not keep: part of n, never a driver
 PRIOR_TOTAL = 10.0        # α₀: pseudo-counts of the prior (docs/drivers.md: why 10)
 MIN_COUNT = 3             # a driver appears at least this often in the window
-MIN_Z = 1.96              # ... and rose with z at least this (two-sided 5 %)
+MIN_Z = 1.645             # ... and rose with z at least this (one-sided 5 %: only rises are drivers)
 
 
 @dataclass(frozen=True)

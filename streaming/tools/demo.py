@@ -23,11 +23,12 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 
+from affectstream.streaming.monitor.drivers import summary_drivers
 from affectstream.streaming.tools.demo_view import LABELS, Progress, Watcher, watch
 from affectstream.streaming.tools.sample import BRANDS_FILE
 from affectstream.streaming.tools.workers import WorkerProcess
@@ -126,6 +127,7 @@ class Summary:
     trained: bool
     complete: bool
     brand_counts: dict
+    brand_drivers: dict = field(default_factory=dict)   # brand -> label -> top driver terms (docs/drivers.md)
 
     def lines(self) -> list[str]:
         out = [
@@ -142,6 +144,8 @@ class Summary:
         for brand in sorted(self.brand_counts):
             c = self.brand_counts[brand]
             out.append(f"  {brand:<10} " + "  ".join(f"{label} {c.get(label, 0):>3}" for label in LABELS))
+            for label, terms in self.brand_drivers.get(brand, {}).items():
+                out.append(f"  {'':<10} {label} drivers: {', '.join(terms) if terms else '(none)'}")
         if not self.complete:
             out.append("INCOMPLETE: timed out or a worker failed before every post was accounted for")
         return out
@@ -166,6 +170,7 @@ def run_demo(settings: Settings, *, sample: Path, live: bool = True, rate: float
     progress = Progress(total=len(lines))
     procs: list[WorkerProcess] = []
     watcher = None
+    drivers: dict = {}
     with EmbeddedServices(settings) as services:
         s = services.settings
         try:
@@ -206,6 +211,7 @@ def run_demo(settings: Settings, *, sample: Path, live: bool = True, rate: float
             if produce_error:
                 raise produce_error[0]
             watcher.refresh_brands()
+            drivers = summary_drivers(s, sorted(progress.brand_counts), int(time.time() * 1000))
             if hold and web_port and complete:
                 _hold(procs, dashboard_url(settings, web_port), say)
         finally:
@@ -222,7 +228,7 @@ def run_demo(settings: Settings, *, sample: Path, live: bool = True, rate: float
         posts_in=p.total, results=len(p.result_ids), dlq=p.dlq, dlq_reasons=dict(p.dlq_reasons),
         wall_s=time.monotonic() - started, stream_s=stream_s, posts_per_s=p.throughput(),
         model=p.model_version or str(model_dir), trained=trained, complete=complete,
-        brand_counts={b: dict(c) for b, c in p.brand_counts.items()})
+        brand_counts={b: dict(c) for b, c in p.brand_counts.items()}, brand_drivers=drivers)
     say("")
     for line in summary.lines():
         say(line)
