@@ -123,10 +123,15 @@ def ablate(seeds_spec: str, variants: tuple[str, ...], list_variants: bool, json
 @click.option("--faithfulness", "with_faithfulness", is_flag=True,
               help="Also measure rationale length and ERASER comprehensiveness/sufficiency against random-K and attention.")
 @click.option("--draws", default=5, show_default=True, help="Random-K draws per post (with --faithfulness).")
-@click.option("--attach", is_flag=True, help="Write the rationale section into MODEL_DIR's card.md and metrics.json.")
+@click.option("--attach", is_flag=True, help="Write the rationale (or comparative) section into MODEL_DIR's card.md and metrics.json.")
+@click.option("--comparative", "comparative_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Only score the per-brand labels of these posts (JSON lines: text, targets {brand: label}).")
 def evaluate(model_dir: str, dataset: str, data_path: str | None, split: str, seed: int | None,
-             with_faithfulness: bool, draws: int, attach: bool) -> None:
+             with_faithfulness: bool, draws: int, attach: bool, comparative_file: str | None) -> None:
     """Score a deployed model directory on a dataset split (and, with --faithfulness, its rationales)."""
+    if comparative_file:
+        evaluate_comparative(model_dir, comparative_file, attach)
+        return
     from affectstream.model.captioners import build_captioner
     from affectstream.model.deploy import load_deployed
     from affectstream.model.device import pick_device
@@ -149,6 +154,14 @@ def evaluate(model_dir: str, dataset: str, data_path: str | None, split: str, se
     descriptions, _ = describe_samples([s for s in samples if s.has_image], build_captioner(model_cfg.captioner), cfg.cache_dir)
     metrics = evaluate_split(model, tokenizer, samples, descriptions, cfg, pick_device("cpu"))
     click.echo(format_report(metrics, title=f"{Path(model_dir).name} on {data.name} {split}"))
+    if metrics.get("contrast", {}).get("multi_target"):
+        c = metrics["contrast"]
+        click.echo(f"multi-target posts: {c['multi_target']}; whose gold labels differ: {c['contrast']}; of those, "
+                   f"told apart {c['contrast_share']:.3f}, every target right {c['both_right']:.3f}")
+    readable = served_rationale_readability(model_dir, samples, descriptions)
+    click.echo(f"rationales (as served): {readable['words_per_post']:.1f} words per post, "
+               f"{readable['stopword_share']:.1%} stopwords or punctuation, content word first in "
+               f"{readable['content_first']:.1%} of posts")
     if with_faithfulness:
         from affectstream.training.card import attach_section, faithfulness_body
         from affectstream.training.faithfulness import faithfulness, render
@@ -173,6 +186,36 @@ def calibrate(model_dir: str, device: str) -> None:
     logging.basicConfig(level=logging.WARNING)
     record = calibrate_directory(model_dir, device)
     click.echo(f"{model_dir}: {describe_record(record)}")
+
+
+def evaluate_comparative(model_dir: str, path: str, attach: bool) -> None:
+    from affectstream.model.predictor import BatchPredictor
+    from affectstream.training.comparative import load_posts, render, score
+
+    report = score(BatchPredictor.from_directory(model_dir, device="cpu"), load_posts(path))
+    click.echo(render(report))
+    if attach:
+        from affectstream.training.card import attach_section
+
+        attach_section(model_dir, "Comparative brand posts", f"Posts from `{Path(path).name}`, written before training.\n\n"
+                       + render(report), "comparative", {"n": report["n"], "right": report["right"], "file": Path(path).name})
+        click.echo(f"attached to {Path(model_dir) / 'card.md'}")
+
+
+def served_rationale_readability(model_dir: str, samples: list, descriptions: dict[str, str]) -> dict:
+    """training.readability over the rationales the serving predictor shows: per target for (post, target)
+    samples, per post otherwise."""
+    from affectstream.model.predictor import BatchPredictor
+    from affectstream.model.targets import TargetInput
+    from affectstream.training.readability import rationale_readability
+
+    predictor = BatchPredictor.from_directory(model_dir, device="cpu")
+    targets = [s for s in samples if s.target is not None]
+    posts = [s for s in samples if s.target is None]
+    predictions = predictor.predict_targets(
+        [TargetInput(s.text, descriptions.get(s.id, ""), s.target, tuple(s.target_spans)) for s in targets])
+    predictions += predictor.predict([(s.text, descriptions.get(s.id, "")) for s in posts])
+    return rationale_readability([[w.text for w in p.rationale] for p in predictions])
 
 
 def training_seed(model_dir: str | Path) -> int | None:

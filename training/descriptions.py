@@ -125,15 +125,17 @@ def describe_samples(samples: list[Sample], captioner: Captioner, cache_dir: str
     store = description_store(captioner, cache_dir)
     descriptions: dict[str, str] = {}
     errors: dict[str, int] = {}
-    pending: list[tuple[str, str, Image.Image]] = []  # (sample id, sha, decoded image)
+    pending: dict[str, Image.Image] = {}  # sha -> decoded image: a batch describes a reposted image once
+    waiting: list[tuple[str, str]] = []  # (sample id, sha) of the samples the batch serves
 
     def flush() -> None:
         if not pending:
             return
-        texts = store.fill([sha for _, sha, _ in pending], [image for _, _, image in pending])
-        for (sample_id, _, _), text in zip(pending, texts):
-            descriptions[sample_id] = text
+        texts = dict(zip(pending, store.fill(list(pending), list(pending.values()))))
+        for sample_id, sha in waiting:
+            descriptions[sample_id] = texts[sha]
         pending.clear()
+        waiting.clear()
 
     for sample in tqdm(samples, desc=f"describe[{captioner.name}]", unit="img", leave=False):
         data = image_bytes_of(sample)
@@ -148,7 +150,10 @@ def describe_samples(samples: list[Sample], captioner: Captioner, cache_dir: str
             descriptions[sample.id] = cached
             continue
         try:
-            pending.append((sample.id, sha, decode_image(data, limits)))
+            if sha not in pending:
+                # reduced as serving reduces it (JPEG draft): the same pixels, so the same description
+                pending[sha] = decode_image(data, limits, getattr(captioner, "max_input_side", None))
+            waiting.append((sample.id, sha))
         except ImageError as exc:  # truncated/corrupt dataset images become text-only, as in streaming
             descriptions[sample.id] = ""
             errors[exc.reason] = errors.get(exc.reason, 0) + 1
