@@ -49,3 +49,12 @@ class NoCaptioner:
 def to_rgb(images: list[Image.Image]) -> list[Image.Image]:
     """What every captioner's models read: 3-channel RGB (palette, grey, RGBA and CMYK images converted)."""
     return [im if im.mode == "RGB" else im.convert("RGB") for im in images]
+
+
+def thumbnail(image: Image.Image, side: int) -> Image.Image:
+    """``image`` reduced to fit ``side`` x ``side`` (bilinear), or itself when it already fits."""
+    if max(image.size) <= side:
+        return image
+    small = image.copy()
+    small.thumbnail((side, side), Image.Resampling.BILINEAR)
+    return small

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from affectstream.model.captioners.base import to_rgb
+from affectstream.model.captioners.base import thumbnail, to_rgb
 from affectstream.model.captioners.faces import FaceConfig, FaceReader, faces_phrase
 from affectstream.model.captioners.offline_spec import LATEST, PARTS, VERSIONS, Selection, describer_name
 
@@ -32,7 +32,7 @@ _CLASSES_FILE = Path(__file__).parent / "data" / "imagenet_classes.txt"
 # What a part computes for an image. Bump a part's version whenever that changes (a model, a threshold, a
 # thumbnail size): part caches are keyed by (part, version, image sha256). A wording change of a clause
 # is a new describer version instead (offline_spec.VERSIONS).
-PART_VERSIONS = {"objects": 1, "faces": 1, "ocr": 1, "scene": 1}
+PART_VERSIONS = {"objects": 1, "faces": 2, "ocr": 1, "scene": 1}  # faces 2: min_neighbors 5 -> 9
 
 
 @dataclass(frozen=True)
@@ -87,10 +87,10 @@ class OfflineDescriber:
         self.part_versions = {p: PART_VERSIONS[p] for p in self.parts}
         # the name carries the version and the parts: caches, post stamps and model configs tell them apart
         self.name = describer_name(Selection(config.version, self.parts))
-        # what each part reads at most: classifier 224, face crops crop_side, OCR rec_side, scene 64
-        sides = {"objects": 224, "faces": config.face.crop_side, "ocr": max(config.rec_side, config.det_side),
-                 "scene": 64}
-        self.max_input_side = max(sides[p] for p in self.parts)
+        # What the largest part reads (OCR's rec_side; face crops crop_side, classifier 224, scene 64), whichever
+        # parts are on: callers decode images reduced towards it (JPEG draft), and a part cached under one
+        # selection must have read the same pixels as under any other.
+        self.max_input_side = max(config.rec_side, config.det_side, config.face.crop_side, 224)
         self._lock = threading.Lock()  # one load, and one batch at a time through the shared models
         self._classifier: Any = None
         self._bf16: bool | None = None
@@ -186,25 +186,17 @@ class OfflineDescriber:
         cfg = self.config
         if min(image.size) < 16:
             return ""  # no legible line fits; the detector would upsample a sliver to thousands of px
-        small = _bgr(_thumbnail(image, cfg.det_side))
+        small = _bgr(thumbnail(image, cfg.det_side))
         boxes, _ = self._ocr.text_det(small)
         if boxes is None or len(boxes) == 0:
             return ""  # the cheap path: most photos stop here after ~15 ms
-        large = _bgr(_thumbnail(image, cfg.rec_side))
+        large = _bgr(thumbnail(image, cfg.rec_side))
         scale = large.shape[1] / small.shape[1]
         boxes = self._ocr.sorted_boxes((np.asarray(boxes, dtype=np.float32) * scale).astype(np.float32))
         crops = self._ocr.get_crop_img_list(large, boxes[: cfg.max_text_boxes])
         results, _ = self._ocr.text_rec(crops)
         lines = [str(text) for text, score, *_ in results if float(score) >= cfg.min_text_score]
         return clean_text(" ".join(lines), cfg.max_text_chars)
-
-
-def _thumbnail(image: Image.Image, side: int) -> Image.Image:
-    if max(image.size) <= side:
-        return image
-    small = image.copy()
-    small.thumbnail((side, side), Image.Resampling.BILINEAR)
-    return small
 
 
 def _bgr(image: Image.Image) -> np.ndarray:
