@@ -62,7 +62,7 @@ def test_term_counts_are_exact_and_a_redelivered_post_adds_nothing(redis_server)
     assert fresh == [{"p1", "p2", "p3", "p4"}, set(), set()]
     assert counts == {"negative": {"text:refund": 2, "text:outage": 1}, "positive": {"text:love": 1},
                       "neutral": {"text:fine": 1}}, "the brand and stopwords never count"
-    assert everyone == {"text:meh": 4}, "_all counts the post's label (neutral) and rationale"
+    assert everyone == {}, "_all counts labels only: the drivers are per brand"
     assert sorted(due) == [f"{HOUR}:_all".encode(), f"{HOUR}:acme".encode()]
 
 
@@ -103,6 +103,37 @@ def test_a_write_that_died_after_counting_is_marked_for_the_rollup_by_its_redeli
         return before, fresh, after, counts
 
     assert asyncio.run(run()) == (0, {"p1"}, 2, {"text:refund": 1})
+
+
+def test_a_sink_marks_an_open_hour_once_and_a_closed_hour_at_every_count(redis_server):
+    """An hour still open (by the wall clock) keeps its mark until the rollup may take it, so the sink marks
+    it once; an hour that ended marks again with every count (a late post must reach its rollup)."""
+    import time
+
+    s = settings_for(redis=redis_server)
+    now = int(time.time() * 1000)
+
+    def live(i: int, at_ms: int) -> SinkItem:
+        item = post(i, 0, "negative", ("refund",))
+        return SinkItem.of(Result.from_dict({**item.result.to_dict(), "created_at": at_ms}))
+
+    async def run():
+        sink = RedisSink(s)
+        due = s.keys.rollup_due
+        await sink.write([live(1, now)])
+        first = await sink.client.zrange(due, 0, -1, withscores=True)
+        await sink.write([live(2, now)])
+        open_again = await sink.client.zrange(due, 0, -1, withscores=True)
+        await sink.write([live(3, M0)])
+        closed = await sink.client.zscore(due, f"{HOUR}:acme")
+        await sink.write([live(4, M0)])
+        closed_again = await sink.client.zscore(due, f"{HOUR}:acme")
+        await sink.close()
+        return first, open_again, closed, closed_again
+
+    first, open_again, closed, closed_again = asyncio.run(run())
+    assert len(first) == 2 and open_again == first, "the open hour's marks were not written again"
+    assert closed_again > closed, "a closed hour is marked again by every count"
 
 
 def test_the_rollup_sums_an_hours_minutes_exactly_once_and_again_after_a_late_post(redis_server):

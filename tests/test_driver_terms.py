@@ -28,14 +28,14 @@ def test_each_brand_gets_its_targets_terms_and_all_the_posts_with_sides_kept_and
                  {"brand": "nimbus", "label": "positive", "scores": {},
                   "rationale": words(("love", "text"), ("Nimbus", "text"), ("acme", "text"))}])
     terms = bucket_terms(result)
-    assert terms == {"acme": ("text:refund", "image:screen"), "nimbus": ("text:love",),
-                     "_all": ("text:refund", "image:cracked")}
+    assert terms == {"acme": ("text:refund", "image:screen"), "nimbus": ("text:love",)}, "_all counts no terms"
     assert split_term("image:screen") == ("image", "screen")
 
 
 def test_a_result_without_targets_gives_its_brands_and_the_untargeted_bucket_the_post_terms():
+    """(``_all`` counts labels only: no bucket_terms entry.)"""
     plain = Result(id="p2", label="negative", scores={}, brands=["acme"], rationale=words(("slow", "text")))
-    assert bucket_terms(plain) == {"acme": ("text:slow",), "_all": ("text:slow",)}
+    assert bucket_terms(plain) == {"acme": ("text:slow",)}
     nobody = Result(id="p3", label="negative", scores={}, rationale=words(("slow", "text")))
-    assert bucket_terms(nobody, "untargeted") == {"untargeted": ("text:slow",), "_all": ("text:slow",)}
-    assert bucket_terms(nobody) == {"_all": ("text:slow",)}
+    assert bucket_terms(nobody, "untargeted") == {"untargeted": ("text:slow",)}
+    assert bucket_terms(nobody) == {}

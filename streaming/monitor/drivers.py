@@ -37,7 +37,7 @@ ALERT_TOP = 3               # drivers named in an alert
 BASELINE_POSTS_MIN = 10     # fewer posts of a label in the baseline say too little: contrast with the rest
 EXAMPLES_PER_TERM = 3
 EXAMPLE_POSTS_MAX = 300     # stored results read for examples, newest minutes first
-EXAMPLE_MINUTES_MAX = 24 * 60
+EXAMPLE_MINUTES_MAX = 180   # examples are the newest posts: a long window's last three hours
 
 
 @dataclass(frozen=True)
@@ -108,20 +108,9 @@ class DriverReader:
     async def hours_counts(self, brand: str, hours: list[str]) -> Counts:
         """Rolled-up hours from their hour buckets; an hour marked due for a rollup (the current one, or one
         whose rollup is pending) from its minutes; any other hour has no data."""
-        keys, labels = self.keys, self.labels
-        async with self.client.pipeline(transaction=False) as pipe:
-            for hour in hours:
-                pipe.zscore(keys.rollup_due, f"{hour}:{brand}")
-                pipe.hgetall(keys.hour(brand, hour))
-                for label in labels:
-                    pipe.hgetall(keys.hour_terms(brand, label, hour))
-            raw = await pipe.execute()
-        out, step, unrolled = Counts(), 2 + len(labels), []
-        for hour, i in zip(hours, range(0, len(raw), step)):
-            if raw[i] is not None:
-                unrolled.append(hour)
-            else:
-                out.add(raw[i + 1], dict(zip(labels, raw[i + 2:i + step])))
+        due = await self.client.zmscore(self.keys.rollup_due, [f"{hour}:{brand}" for hour in hours])
+        unrolled = [hour for hour, score in zip(hours, due) if score is not None]
+        out = await self.rollup.sum_hours(brand, [hour for hour, score in zip(hours, due) if score is None])
         if unrolled:
             rest = await self.rollup.minutes_counts(brand, [m for h in unrolled for m in hour_minutes(h)])
             out.add(rest.posts, rest.terms)

@@ -8,7 +8,7 @@ thing, and a late post (a redelivery, a backfill) is taken in by running it agai
 
 Which hours: the sink marks every (brand, hour) it counted in (``rollup_due``, a sorted set scored with
 the server's clock in µs, only ever raised), after the counts. ``Rollup.run_due`` takes the members whose
-hour ended ``SETTLE_MS`` ago, reads the minutes, writes the hour with the mark's score as its generation
+hour ended ``ROLLUP_SETTLE_MS`` ago, reads the minutes, writes the hour with the mark's score as its generation
 (``ROLLUP_LUA`` replaces an hour only with a newer generation, so a slow monitor never overwrites a newer
 rollup with an older one), and removes the mark only if it was not raised meanwhile (``DONE_LUA``): a post
 counted after the minutes were read raised it, so the hour is recomputed at a later tick. Any number of
@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from affectstream.streaming.monitor.fightin_words import OTHER
-from affectstream.streaming.worker.driver_terms import driver_labels
+from affectstream.streaming.worker.driver_terms import ROLLUP_SETTLE_MS, driver_labels
 from affectstream.streaming.worker.redis_keys import RedisKeys, hour_minutes, hour_ms
+from affectstream.streaming.worker.redis_scripts import run_pipelined
 from affectstream.streaming.worker.settings import Settings
 
-SETTLE_MS = 2 * 60_000      # an hour is rolled up once it ended this long ago (posts of its last minute settle)
 DUE_PER_TICK = 200          # hours one run recomputes at most
 HOUR_MS = 3_600_000
 
@@ -51,6 +51,29 @@ DONE_LUA = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if score and tonumber(score) == tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) return 1 end
 return 0
+"""
+
+
+# KEYS: per hour of one brand-day, its label hash then its L term hashes   ARGV: L, number of hours
+# -> L + 1 flat (field, sum) arrays: the label counts, then each label's terms, summed over the hours.
+# Summing in Redis sends one reply per day instead of every hour's fields (a 7-day window: 14 replies).
+SUM_LUA = """
+local nl, nh = tonumber(ARGV[1]), tonumber(ARGV[2])
+local sums = {}
+for k = 0, nl do sums[k] = {} end
+for h = 0, nh - 1 do
+  for k = 0, nl do
+    local flat, t = redis.call('HGETALL', KEYS[h * (nl + 1) + k + 1]), sums[k]
+    for i = 1, #flat, 2 do t[flat[i]] = (t[flat[i]] or 0) + tonumber(flat[i + 1]) end
+  end
+end
+local out = {}
+for k = 0, nl do
+  local flat = {}
+  for f, v in pairs(sums[k]) do flat[#flat + 1] = f; flat[#flat + 1] = v end
+  out[k + 1] = flat
+end
+return out
 """
 
 
@@ -99,6 +122,22 @@ class Rollup:
         self.labels = driver_labels(settings)
         self._write = client.register_script(ROLLUP_LUA)
         self._done = client.register_script(DONE_LUA)
+        self._sum = client.register_script(SUM_LUA)
+
+    async def sum_hours(self, brand: str, hours: list[str]) -> Counts:
+        """The sum of ``hours``' hour buckets, one script call per brand-day (its keys share a slot)."""
+        by_day: dict[str, list[str]] = collections.defaultdict(list)
+        for hour in hours:
+            by_day[hour[:8]].append(hour)
+        calls = [(self._sum, [k for h in day for k in rollup_keys(self.keys, brand, h, self.labels)[1:]],
+                  [len(self.labels), len(day)]) for day in by_day.values()]
+        out = Counts()
+        for reply in await run_pipelined(self.client, calls):
+            if isinstance(reply, BaseException):
+                raise reply
+            pairs = [dict(zip(flat[::2], flat[1::2])) for flat in reply]
+            out.add(pairs[0], dict(zip(self.labels, pairs[1:])))
+        return out
 
     async def hour_from_minutes(self, brand: str, hour: str) -> Counts:
         """The exact sum of the hour's minute buckets, read now."""
@@ -140,7 +179,7 @@ class Rollup:
             if score < stale_before_us:
                 await self._done(keys=[due], args=[member, int(score)])
                 continue
-            if hour_ms(hour) + HOUR_MS + SETTLE_MS > now_ms:
+            if hour_ms(hour) + HOUR_MS + ROLLUP_SETTLE_MS > now_ms:
                 continue
             counts = await self.hour_from_minutes(brand, hour)
             written += await self.write_hour(brand, hour, counts, int(score))

@@ -10,10 +10,12 @@ since "acme" never explains why people feel something about acme. The side stays
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from affectstream.model.rationale import EDGE_PUNCTUATION, EMOTICON
+from affectstream.model.stopwords import STOPWORDS
 from affectstream.streaming.worker.redis_keys import ALL_BRANDS, counted_brands
 from affectstream.streaming.worker.result import Result
 
@@ -25,24 +27,8 @@ MAX_TERMS_PER_BUCKET = 32   # per post and bucket: a rationale is top-K words, K
 SIDES = ("text", "image")
 _WORD_SPLIT = re.compile(r"[^\w]+")
 
-STOPWORDS = frozenset("""
-a about above after again against ain all am an and any are aren't as at be because been before being below
-between both but by can can't cannot could couldn't did didn't do does doesn't doing don't done down during
-each either else ever every few for from further get gets getting go goes going gone got gotta had hadn't
-has hasn't have haven't having he he'd he'll he's her here here's hers herself him himself his how how's i
-i'd i'll i'm i've if in into is isn't it it's its itself just let let's lol may me might more most much must
-mustn't my myself neither never no nor not now of off oh ok okay on once one only or other ought our ours
-ourselves out over own per please pls quite rather really rt same say says see seems shall shan't she she'd
-she'll she's should shouldn't so some such than that that's the their theirs them themselves then there
-there's these they they'd they'll they're they've thing things this those though through thru to too u
-under until up upon ur us very via was wasn't way we we'd we'll we're we've well were weren't what what's
-when when's where where's whether which while who who's whom whose why why's will with within without won't
-would wouldn't yeah yes yet you you'd you'll you're you've your yours yourself yourselves im ive dont cant
-wont didnt doesnt isnt wasnt arent thats whats youre theyre amp also even still another
-image photo picture pic shows showing shown background view close closeup
-""".split())
 
-
+@functools.lru_cache(maxsize=1 << 16)  # words repeat (a Zipf-shaped stream): the sink pays once per word
 def normalise(word: str) -> str | None:
     """A rationale word -> the term it counts as, or None when it explains nothing (module docstring)."""
     w = word.strip().lower()
@@ -90,14 +76,17 @@ def terms_of(rationale: Iterable[Any], drop: set[str]) -> tuple[str, ...]:
 
 
 def bucket_terms(result: Result, untargeted_brand: str = "") -> dict[str, tuple[str, ...]]:
-    """Brand bucket -> the terms the result adds there, for the buckets of ``Result.bucket_labels``."""
+    """Brand bucket -> the terms the result adds there, for the buckets of ``Result.bucket_labels`` but
+    ``_all``: the whole stream's drivers are nobody's (alerts and the dashboard are per brand), and they
+    would double the sink's term work."""
     drop = brand_words(result)
     own = {t["brand"]: t.get("rationale") or () for t in result.targets
            if isinstance(t, Mapping) and isinstance(t.get("brand"), str) and isinstance(t.get("label"), str)}
     post_terms = terms_of(result.rationale, drop)
     out = {}
     for brand in counted_brands([*own, *result.brands], untargeted_brand):
-        out[brand] = terms_of(own[brand], drop) if brand in own and brand != ALL_BRANDS else post_terms
+        if brand != ALL_BRANDS:
+            out[brand] = terms_of(own[brand], drop) if brand in own else post_terms
     return out
 
 
@@ -105,6 +94,12 @@ def split_term(term: str) -> tuple[str, str]:
     """``text:refund`` -> ("text", "refund")."""
     side, _, word = term.partition(":")
     return side, word
+
+
+# The rollup recomputes an hour once it ended this long ago (by the monitor's clock); until then a mark of
+# the hour stays in ``rollup_due``, so the sink need not mark it again (``RedisSink``). docs/drivers.md.
+ROLLUP_SETTLE_MS = 2 * 60_000
+MARK_AGAIN_AFTER_MS = ROLLUP_SETTLE_MS // 2   # the sink marks every count once an hour is this far past its end
 
 
 def driver_labels(settings: "Settings") -> tuple[str, ...]:

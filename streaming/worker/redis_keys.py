@@ -106,19 +106,23 @@ class RedisKeys:
 
     # --- drivers: rationale terms per brand, label and minute or hour (docs/drivers.md) --------------
     # A minute's terms sit in its bucket's slot (the sink counts them in the script that counts the label);
-    # an hour's keys sit in the slot of its label hash (the rollup writes them in one script).
+    # an hour's keys sit in the slot of its brand-day (``day``, a name no key has), so the rollup writes an
+    # hour in one script and one script sums a day's hours for a long window.
 
     def terms(self, brand: str, label: str, minute: str) -> str:  # hash side:term -> posts, bounded, TTL
         return self.beside("terms", self.brand(brand, minute), ":" + label)
 
+    def day(self, brand: str, day: str) -> str:         # no key: the hash tag of a brand-day's hour keys
+        return self._key("day", brand, day)
+
     def hour(self, brand: str, hour: str) -> str:       # hash label -> posts: the rollup of the hour's minutes
-        return self._key("hour", brand, hour)
+        return self.beside("hour", self.day(brand, hour[:8]), ":" + hour)
 
-    def hour_terms(self, brand: str, label: str, hour: str) -> str:  # hash side:term -> posts, in the hour's slot
-        return self.beside("hterms", self.hour(brand, hour), ":" + label)
+    def hour_terms(self, brand: str, label: str, hour: str) -> str:  # hash side:term -> posts, in the day's slot
+        return self.beside("hterms", self.day(brand, hour[:8]), f":{hour}:{label}")
 
-    def hour_rolled(self, brand: str, hour: str) -> str:  # string, in the hour's slot: the rollup's generation
-        return self.beside("rolled", self.hour(brand, hour))
+    def hour_rolled(self, brand: str, hour: str) -> str:  # string, in the day's slot: the rollup's generation
+        return self.beside("rolled", self.day(brand, hour[:8]), ":" + hour)
 
     @property
     def rollup_due(self) -> str:                        # zset "<hour>:<brand>" -> server µs of its newest count

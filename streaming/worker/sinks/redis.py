@@ -15,7 +15,9 @@ single Redis (``redis_keys``: which key lives beside which):
    distinct terms, later new ones count as ``other``), so each (post, bucket) counts once however often
    this step runs, and a post about two brands counts once in each, each with its own label and terms;
    then, with driver labels set, one call marks each (brand, hour) counted in as due for the rollup
-   (``rollup_due``, after the counts, so a rollup that sees the mark sees the counts; docs/drivers.md);
+   (``rollup_due``, after the counts, so a rollup that sees the mark sees the counts; an hour this sink
+   marked stays marked until the rollup may take it, after its end, so until then it is not marked again:
+   docs/drivers.md);
 3. **announce** (the post's slot: ``seen``): turns ``c`` into ``1`` and publishes the result on the live
    channel, once.
 
@@ -51,8 +53,8 @@ from redis.exceptions import OutOfMemoryError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from affectstream.streaming.worker.redis_client import async_redis
-from affectstream.streaming.worker.driver_terms import bucket_terms, driver_labels
-from affectstream.streaming.worker.redis_keys import RedisKeys, hour_of, minute_bucket
+from affectstream.streaming.worker.driver_terms import MARK_AGAIN_AFTER_MS, bucket_terms, driver_labels
+from affectstream.streaming.worker.redis_keys import HOUR_CHARS, RedisKeys, hour_ms, hour_of, minute_bucket
 from affectstream.streaming.worker.redis_scripts import run_pipelined
 from affectstream.streaming.worker.result import Result
 from affectstream.streaming.worker.settings import Settings
@@ -60,6 +62,7 @@ from affectstream.streaming.worker.sinks import Sink, SinkItem
 
 log = logging.getLogger(__name__)
 
+HOUR_MS = 3_600_000
 RETRY_FIRST_S = 0.1
 RETRY_MAX_S = 5.0
 LOG_EVERY_S = 10.0  # while retrying: one warning line per interval, whatever the number of retries
@@ -92,7 +95,7 @@ return {redis.call('GET', KEYS[2]), redis.call('GET', KEYS[1])}
 # 'other'), so a kept term's count is exact and the hash's total is the bucket's total.
 COUNT_LUA = """
 local ttl, cap, nl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local hashes, touched = {}, {}
+local hashes, sizes = {}, {}
 for j = 1, nl do hashes[ARGV[3 + j]] = KEYS[2 + j] end
 local added, i = 0, 4 + nl
 while i <= #ARGV do
@@ -102,12 +105,12 @@ while i <= #ARGV do
     added = added + 1
     local h = hashes[ARGV[i + 1]]
     if h and n > 0 then
+      if not sizes[h] then sizes[h] = redis.call('HLEN', h) end
       for t = i + 3, i + 2 + n do
         local term = ARGV[t]
-        if redis.call('HEXISTS', h, term) == 0 and redis.call('HLEN', h) >= cap then term = 'other' end
-        redis.call('HINCRBY', h, term, 1)
+        if sizes[h] >= cap and redis.call('HEXISTS', h, term) == 0 then term = 'other' end
+        if redis.call('HINCRBY', h, term, 1) == 1 then sizes[h] = sizes[h] + 1 end
       end
-      touched[h] = true
     end
   end
   i = i + 3 + n
@@ -115,7 +118,7 @@ end
 if added > 0 then
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[2], ttl)
-  for h in pairs(touched) do redis.call('EXPIRE', h, ttl) end
+  for h in pairs(sizes) do redis.call('EXPIRE', h, ttl) end
 end
 return added
 """
@@ -212,6 +215,7 @@ class RedisSink(Sink):
         self.client = client if client is not None else async_redis(settings)
         self._claim, self._count, self._mark, self._announce = (self.client.register_script(s) for s in SCRIPTS)
         self.driver_labels = driver_labels(settings)
+        self._marked: dict[str, int] = {}  # "<hour>:<brand>" marked by this sink -> until when that suffices
         self._stop = asyncio.Event()
         self._stalled = 0  # writes that failed at least once and have not succeeded yet
 
@@ -318,10 +322,15 @@ class RedisSink(Sink):
         s, todo = self.settings, [w for w in pending if w.step == MARK]
         if not todo:
             return None
-        members = sorted(set().union(*(w.hours for w in todo)))
-        reply = (await self._run([(self._mark, [s.keys.rollup_due], [s.drivers.hour_ttl_s, *members])]))[0]
-        if isinstance(reply, BaseException):
-            return _retryable_or_raise(reply)
+        now = int(time.time() * 1000)
+        self._marked = {m: until for m, until in self._marked.items() if until > now}
+        members = sorted(set().union(*(w.hours for w in todo)) - set(self._marked))
+        if members:
+            reply = (await self._run([(self._mark, [s.keys.rollup_due], [s.drivers.hour_ttl_s, *members])]))[0]
+            if isinstance(reply, BaseException):
+                return _retryable_or_raise(reply)
+            # an hour not yet MARK_AGAIN_AFTER_MS past its end keeps this mark until the rollup may take it
+            self._marked.update((m, until) for m in members if (until := _mark_lasts(m)) > now)
         for w in todo:
             w.step = ANNOUNCE
         return None
@@ -353,6 +362,12 @@ class RedisSink(Sink):
         self.stop()
         if self._own_client:
             await self.client.aclose()
+
+
+def _mark_lasts(member: str) -> int:
+    """Until when (epoch ms) a mark of ``member``'s hour stays in ``rollup_due`` for sure: the rollup takes
+    it only ``ROLLUP_SETTLE_MS`` after the hour's end; the sink stops relying on it halfway there."""
+    return hour_ms(member[:HOUR_CHARS]) + HOUR_MS + MARK_AGAIN_AFTER_MS
 
 
 def _retryable_or_raise(error: BaseException) -> BaseException:
