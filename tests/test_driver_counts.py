@@ -220,3 +220,25 @@ def test_without_driver_labels_the_sink_counts_labels_only(redis_server):
 
     kinds = asyncio.run(run())
     assert "terms" not in kinds and "rollup" not in kinds and kinds["brand"] == 2
+
+
+def test_terms_rollup_and_long_windows_work_on_a_redis_cluster(redis_cluster):
+    """Every drivers script's keys share a slot (else CROSSSLOT): counting, marking, the rollup, the day sums
+    and the examples, with a brand whose braces pick its slot, on a 3-master cluster."""
+    s = settings_for(redis_url=redis_cluster.url, redis_cluster=True)
+    items = [post(i, i % 60, "negative", ("refund", "late"), brand="we{ird}") for i in range(12)]
+
+    async def run():
+        sink = RedisSink(s)
+        await sink.write(items)
+        await sink.write(items)
+        written = await Rollup(sink.client, s).run_due(NOW)
+        reader = DriverReader(sink.client, s)
+        day = await reader.drivers("we{ird}", 24 * 60, minute_bucket(M0 + 59 * 60_000))
+        counts = await term_counts(sink.client, s, "we{ird}", "negative", 0)
+        await sink.close()
+        return written, day, counts
+
+    written, day, counts = asyncio.run(run())
+    assert written == 2 and counts == {"text:refund": 1, "text:late": 1}
+    assert day["unit"] == "hour" and day["labels"]["negative"]["posts"] == 12
