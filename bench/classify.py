@@ -208,30 +208,30 @@ def model_only(shape: Shape, root: Path, *, pairs: list[tuple[str, str]], batch_
 
 
 def forward_utilisation(shape: Shape, serving, pairs: list[tuple[str, str]], batch: int, rounds: int) -> dict:
-    """Time the serving backend's forward alone (`serving.forward_parts`: torch or ONNX Runtime) on
-    length-sorted micro-batches of `batch` posts, tokenised beforehand. A backend with parallel lanes runs
+    """Time the serving backend's forward alone (bench/forward.py: the torch model or the ONNX Runtime session)
+    on length-sorted micro-batches of `batch` posts, tokenised beforehand. A backend with parallel lanes runs
     each batch as serving does: one part per lane, at once (`spread_chunks`)."""
+    from affectstream.bench.forward import forward_of
     from affectstream.model.predictor import spread_chunks
 
-    encoded = serving.encode(pairs)  # batches of similar token length: the forward alone (serving's own buckets,
-    # cut from character estimates, are in the serving rows)
-    lengths = encoded.attention_mask.sum(dim=1).tolist()
+    # batches of similar token length: the forward alone (serving's own buckets, cut from character
+    # estimates, are in the serving rows)
+    lengths = serving.encode(pairs).attention_mask.sum(dim=1).tolist()
     order = sorted(range(len(pairs)), key=lengths.__getitem__)
     lanes = getattr(serving, "lanes", 1)
     batches = []
     for start in range(0, len(order) - batch + 1, batch):
-        parts = [encoded.rows([order[start + i] for i in part])
+        parts = [serving.encode([pairs[order[start + i]] for i in part])
                  for part in spread_chunks([list(range(batch))], lanes)]
         batches.append((parts, [t for enc in parts for t in enc.attention_mask.sum(dim=1).tolist()],
                         sum(enc.input_ids.numel() for enc in parts)))
-    forward = serving.forward_parts
     device = getattr(serving, "device", torch.device("cpu"))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     real_flops = sum(flops_per_post(shape.encoder_config, t) for _, tokens, _ in batches for t in tokens)
     padded_tokens = sum(n for _, _, n in batches)
     real_tokens = sum(sum(tokens) for _, tokens, _ in batches)
     best = float("inf")
-    with torch.inference_mode():
+    with torch.inference_mode(), forward_of(serving) as forward:
         for parts, _, _ in batches[:1]:
             forward(parts)
         for _ in range(rounds):

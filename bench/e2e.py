@@ -51,19 +51,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from affectstream.bench.e2e_observe import Observers, WorkerLog, batch_logs, level_stats, produce
+from affectstream.bench.e2e_observe import Observers, WorkerMetrics, batch_stats, level_stats, produce
 from affectstream.bench.workload import Workload
-from affectstream.streaming.worker import heap
 from affectstream.streaming.worker.settings import Settings
 
 GOAL_LEVEL = 0.5  # the issue's goal is p99 at this share of the sustained maximum
+E2E_WORKER = ("-m", "affectstream.bench.e2e_worker")  # `affectstream worker` with its metrics on a port of its own
 
 
-def run_workload(settings: Settings, observers: Observers, logs: tuple[WorkerLog, WorkerLog], work: Workload, *,
-                 burst: int, loads: tuple[float, ...], load_seconds: float, say: Callable[[str], None]) -> dict:
+def run_workload(settings: Settings, observers: Observers, workers: tuple[WorkerMetrics, WorkerMetrics],
+                 work: Workload, *, burst: int, loads: tuple[float, ...], load_seconds: float,
+                 say: Callable[[str], None]) -> dict:
     """The maximum sustained rate (a burst), then latency at each share of it, one level after another."""
-    for log in logs:
-        log.mark()
+    for worker in workers:
+        worker.mark()
     posts = work.posts(f"{work.name}-burst", burst)
     produce(settings, observers, posts)
     ids = [p[0] for p in posts]
@@ -71,34 +72,35 @@ def run_workload(settings: Settings, observers: Observers, logs: tuple[WorkerLog
         raise RuntimeError(f"{work.name}: burst incomplete: {observers.missing(ids)}")
     seen = [observers.seen[i] for i in ids]
     capacity = len(ids) / max((max(s.redis_ms for s in seen) - min(s.created_ms for s in seen)) / 1000, 1e-3)
-    out: dict = {"max_posts_per_s": capacity, "burst": {**level_stats(observers, ids), **batch_logs(*logs)},
+    out: dict = {"max_posts_per_s": capacity, "burst": {**level_stats(observers, ids),
+                                                        **batch_stats(*workers, posts=len(ids))},
                  "latency": {}}
     say(f"  {work.name}: sustained maximum {capacity:.1f} posts/s over {len(ids)} posts (described "
         f"{out['burst']['described']}, cache hits {out['burst']['cache_hits']})")
     for share in loads:
-        out["latency"][f"{int(share * 100)}%"] = run_level(settings, observers, logs, work, share * capacity,
+        out["latency"][f"{int(share * 100)}%"] = run_level(settings, observers, workers, work, share * capacity,
                                                            f"{int(share * 100)}%", load_seconds, say)
     return out
 
 
-def run_level(settings: Settings, observers: Observers, logs: tuple[WorkerLog, WorkerLog], work: Workload,
-              rate: float, name: str, load_seconds: float, say: Callable[[str], None]) -> dict:
+def run_level(settings: Settings, observers: Observers, workers: tuple[WorkerMetrics, WorkerMetrics],
+              work: Workload, rate: float, name: str, load_seconds: float, say: Callable[[str], None]) -> dict:
     """Posts paced at ``rate`` for ``load_seconds``; their latency and the workers' batches meanwhile."""
-    for log in logs:
-        log.mark()
+    for worker in workers:
+        worker.mark()
     n = max(10, int(rate * load_seconds))
     posts = work.posts(f"{work.name}-load{name.replace(' ', '-').replace('%', '')}", n)
     produce(settings, observers, posts, rate=rate)
     ids = [p[0] for p in posts]
     observers.wait_for(ids, 60 + 2 * n / max(rate, 1))  # a backlog left here would slow the next level
-    level = {"rate": rate, **level_stats(observers, ids), **batch_logs(*logs)}
+    level = {"rate": rate, **level_stats(observers, ids), **batch_stats(*workers, posts=len(ids))}
     hops = level["hops"]
     say(f"  {work.name} {name} ({rate:.1f} posts/s, {level['n']} posts): redis p50/p95/p99 "
         f"{level['p50_ms']:.0f}/{level['p95_ms']:.0f}/{level['p99_ms']:.0f} ms, topic p99 "
         f"{level['topic']['p99_ms']:.0f} ms; hops p50/p99: "
         + ", ".join(f"{k} {v['p50_ms']:.0f}/{v['p99_ms']:.0f}" for k, v in hops.items())
         + f"; classify batches {level['classify_batches']} (mean {level['classify_batch_mean']:.1f} posts, "
-          f"{level['classify_batch_ms_p50']:.0f} ms)")
+          f"{level['classify_batch_ms_mean']:.0f} ms)")
     return level
 
 
@@ -121,6 +123,20 @@ def batch_compute_ms(model_dir: Path, texts: list[str], batch_max: int, device: 
     return statistics.median(times)
 
 
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic collection in this process inside the block: the bench stamps and observes posts in a process
+    that has loaded the model too, and its own collections would be read as the pipeline's latency
+    (docs/performance.md, "Garbage-collector pauses"). Reference counting still frees what it can."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def peak_rss_mb(pid: int) -> float:
     """VmHWM (peak resident set) of a live process, from /proc."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -134,7 +150,7 @@ class Pipeline:
     """A fresh embedded broker and Redis, a caption and a classify worker, warmed up, and the observers."""
     settings: Settings
     observers: Observers
-    logs: tuple[WorkerLog, WorkerLog]
+    metrics: tuple[WorkerMetrics, WorkerMetrics]  # (classify, caption), read from the workers themselves
     workers: tuple  # (classify, caption) WorkerProcess
 
     def peak_rss_mb(self) -> tuple[float, float]:
@@ -145,7 +161,7 @@ class Pipeline:
 def pipeline(requested: Settings, texts: list[str], images: bool, say: Callable[[str], None]) -> Iterator[Pipeline]:
     """Services and workers that live for one block. Tansu's memory engine slows down as its partitions fill
     (module docstring), so a phase that must not inherit an earlier one's records gets a pipeline of its own."""
-    from affectstream.streaming.tools.services import EmbeddedServices
+    from affectstream.streaming.tools.services import EmbeddedServices, free_port
     from affectstream.streaming.tools.workers import WorkerProcess
 
     with EmbeddedServices(requested) as services, contextlib.ExitStack() as stack:
@@ -153,9 +169,10 @@ def pipeline(requested: Settings, texts: list[str], images: bool, say: Callable[
         say(f"  broker {s.kafka.brokers}, redis {s.redis.url}; starting a caption and a classify worker ...")
         observers = Observers(s)
         stack.callback(observers.close)
-        classify = WorkerProcess(s, "classify", loglevel="info")
+        ports = {"classify": free_port(), "caption": free_port()}
+        classify = WorkerProcess(s, "classify", loglevel="info", entry=(*E2E_WORKER, str(ports["classify"])))
         stack.callback(classify.stop)
-        caption = WorkerProcess(s, "caption", loglevel="info")
+        caption = WorkerProcess(s, "caption", loglevel="info", entry=(*E2E_WORKER, str(ports["caption"])))
         stack.callback(caption.stop)
         try:  # warm-up first: both workers joined, the models loaded (the describer's too), nothing measured
             posts = Workload("warmup", texts, image_every=4 if images else 0, first_image=1_000_000).posts(
@@ -163,7 +180,7 @@ def pipeline(requested: Settings, texts: list[str], images: bool, say: Callable[
             produce(s, observers, posts)
             if not observers.wait_for([p[0] for p in posts], 180):
                 raise RuntimeError(f"warm-up: no results in 180 s: {observers.missing([p[0] for p in posts])}")
-            yield Pipeline(s, observers, (WorkerLog(classify.log_path), WorkerLog(caption.log_path)),
+            yield Pipeline(s, observers, (WorkerMetrics(ports["classify"]), WorkerMetrics(ports["caption"])),
                            (classify, caption))
         except RuntimeError as e:
             raise RuntimeError(f"{e}\nclassify worker log:\n{classify.log_tail()}\ncaption worker log:\n"
@@ -196,9 +213,9 @@ def run(model_dir: Path, *, burst: int, load_seconds: float, loads: tuple[float,
                  "inference_backend": inference_backend, "workloads": {}}
     rss: list[tuple[float, float]] = []
     kwargs = dict(loads=loads, load_seconds=load_seconds, say=say)
-    with heap.collector_paused():
+    with collector_paused():
         with pipeline(requested, texts, False, say) as p:
-            text = out["workloads"]["text"] = run_workload(p.settings, p.observers, p.logs, Workload("text", texts),
+            text = out["workloads"]["text"] = run_workload(p.settings, p.observers, p.metrics, Workload("text", texts),
                                                            burst=burst, **kwargs)
             out["max_posts_per_s"], out["latency"] = text["max_posts_per_s"], text["latency"]
             rss.append(p.peak_rss_mb())
@@ -206,16 +223,16 @@ def run(model_dir: Path, *, burst: int, load_seconds: float, loads: tuple[float,
             with pipeline(requested, texts, True, say) as p:
                 n = image_burst or max(3 * image_every, burst // 4)
                 cold = Workload("images-cold", texts, image_every=image_every)
-                out["workloads"]["images-cold"] = run_workload(p.settings, p.observers, p.logs, cold, burst=n,
+                out["workloads"]["images-cold"] = run_workload(p.settings, p.observers, p.metrics, cold, burst=n,
                                                                **kwargs)
                 warm = Workload("images-warm", texts, image_every=image_every, fresh_images=False, images=cold.images)
-                out["workloads"]["images-warm"] = run_workload(p.settings, p.observers, p.logs, warm, burst=n,
+                out["workloads"]["images-warm"] = run_workload(p.settings, p.observers, p.metrics, warm, burst=n,
                                                                **kwargs)
                 rss.append(p.peak_rss_mb())
         rate, levels = GOAL_LEVEL * text["max_posts_per_s"], []
         for i in range(goal_rounds):
             with pipeline(requested, texts, False, say) as p:
-                levels.append(run_level(p.settings, p.observers, p.logs, Workload(f"goal{i + 1}", texts), rate,
+                levels.append(run_level(p.settings, p.observers, p.metrics, Workload(f"goal{i + 1}", texts), rate,
                                         f"{int(GOAL_LEVEL * 100)}% (fresh pipeline {i + 1})", load_seconds, say))
                 rss.append(p.peak_rss_mb())
     if levels:

@@ -1,16 +1,13 @@
 """What the end-to-end bench sees (bench/e2e.py): posts stamped as they are handed to the producer, and three
 observers of their results — the Redis live channel, a consumer of ``sentiment`` and one of ``posts-enriched``
-— and the workers' per-batch log lines; then latency percentiles per level and per hop.
+— and the workers' micro-batches, read from their metrics; then latency percentiles per level and per hop.
 """
 from __future__ import annotations
 
-import os
-import re
-import statistics
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import orjson
@@ -26,8 +23,6 @@ OBSERVER_FETCH_WAIT_MS = 20  # Tansu holds a waiting fetch ~half of this (docs/p
 # Measured at 50 % load (two interleaved pairs): broker CPU 0.91-0.94 -> 0.81-0.84 ms per post, all processes
 # 1.56-1.59 -> 1.45-1.47 cores, p99 122 / 113 -> 103 / 114 ms.
 ENRICHED_OBSERVER_FETCH_WAIT_MS = 500
-CLASSIFY_LOG = re.compile(r"classified batch n=(\d+) .* in (\d+) ms")
-CAPTION_LOG = re.compile(r"captioned batch n=(\d+) .*described=(\d+) cache_hits=(\d+) in (\d+) ms")
 
 
 @dataclass
@@ -144,19 +139,47 @@ class Observers:
             consumer.close()
 
 
-class WorkerLog:
-    """A worker's log file read from a mark: its per-batch lines (``log_batch``) for one phase."""
+def _key(name: str, labels: dict) -> tuple:
+    return name, tuple(sorted(labels.items()))
 
-    def __init__(self, path: str):
-        self.path = path
-        self.offset = 0
+
+class WorkerMetrics:
+    """A worker's metrics registry (what its /metrics renders; served by bench/e2e_worker.py) read at a mark
+    and again at a phase's end: its micro-batches in between."""
+
+    def __init__(self, port: int):
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.marked: dict[tuple, float] = {}
+
+    def read(self) -> dict[tuple, float]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(self.url, timeout=10) as response:
+            text = response.read().decode()
+        return {_key(s.name, s.labels): s.value for family in text_string_to_metric_families(text)
+                for s in family.samples}
 
     def mark(self) -> None:
-        self.offset = os.path.getsize(self.path)
+        self.marked = self.read()
 
-    def lines(self, pattern: re.Pattern) -> list[tuple[int, ...]]:
-        text = Path(self.path).read_bytes()[self.offset:].decode("utf-8", "replace")
-        return [tuple(int(g) for g in m.groups()) for m in pattern.finditer(text)]
+    def since(self, stage: str, events: int, timeout_s: float = 5.0) -> dict[str, float]:
+        """The stage's batches since the mark, once they hold ``events`` events or after ``timeout_s`` (a batch
+        is counted just after its delivery, a moment after the bench has seen its results)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            now = self.read()
+
+            def delta(name: str, **labels: str) -> float:
+                return now.get(_key(name, labels), 0.0) - self.marked.get(_key(name, labels), 0.0)
+
+            out = {"batches": delta("affectstream_batch_size_count", stage=stage),
+                   "events": delta("affectstream_batch_size_sum", stage=stage),
+                   "seconds": delta("affectstream_batch_seconds_sum", stage=stage),
+                   "cache_hits": delta("affectstream_caption_cache_total", result="hit"),
+                   "described": delta("affectstream_caption_cache_total", result="miss")}
+            if out["events"] >= events or time.monotonic() > deadline:
+                return out
+            time.sleep(0.05)
 
 
 def produce(settings: Settings, observers: Observers, posts: list[tuple[str, str, str | None]],
@@ -209,13 +232,15 @@ def level_stats(observers: Observers, ids: list[str]) -> dict:
     return out
 
 
-def batch_logs(classify_log: WorkerLog, caption_log: WorkerLog) -> dict:
-    """Micro-batches the workers logged since their marks: sizes and times, cache hits and descriptions."""
-    classify = classify_log.lines(CLASSIFY_LOG)
-    caption = caption_log.lines(CAPTION_LOG)
-    return {"classify_batches": len(classify),
-            "classify_batch_mean": statistics.fmean([n for n, _ in classify]) if classify else 0.0,
-            "classify_batch_ms_p50": percentile([ms for _, ms in classify], 50),
-            "caption_batches": len(caption),
-            "caption_batch_ms_p50": percentile([ms for *_, ms in caption], 50),
-            "described": sum(d for _, d, _, _ in caption), "cache_hits": sum(h for _, _, h, _ in caption)}
+def batch_stats(classify: WorkerMetrics, caption: WorkerMetrics, posts: int) -> dict:
+    """The workers' micro-batches since their marks (``posts`` went through each): sizes and mean times,
+    cache hits and descriptions."""
+    c, k = classify.since("classify", posts), caption.since("caption", posts)
+
+    def mean(total: float, batches: float) -> float:
+        return total / batches if batches else float("nan")
+
+    return {"classify_batches": int(c["batches"]), "classify_batch_mean": mean(c["events"], c["batches"]),
+            "classify_batch_ms_mean": 1000 * mean(c["seconds"], c["batches"]),
+            "caption_batches": int(k["batches"]), "caption_batch_ms_mean": 1000 * mean(k["seconds"], k["batches"]),
+            "described": int(k["described"]), "cache_hits": int(k["cache_hits"])}

@@ -1,23 +1,31 @@
 """Shadow scoring's cost on classify throughput (issue goal: shadow at 10% of traffic costs at most 12%).
 
 The same posts go through the classify stage itself (``Classifying.process``: parse, train/serve check,
-predict, targets, Result JSON, and with shadow on the hash pick, the candidate's one extra call on the
-shadowed subset and its Results) with shadow off and with shadow at ``share``, alternating batch by batch,
-for several rounds (``bench_shadow``). The candidate is a second, separately loaded copy of the deployed model, so it costs what a
-retrained candidate of the same architecture costs. Kafka, the sinks and the shadow's Redis/topic writes
-are left out: the sinks are the same for both variants, and the shadow writes run off the batch's path
-(a background task per batch), not in the inference thread that bounds throughput.
+predict, targets, Result JSON) twice, alternating batch by batch for several rounds (``bench_shadow``): a stage
+with no rollout, and a stage serving the same deployed model from a model registry whose rollout puts a
+candidate in shadow at ``share`` — the product's own path: the stage loads the candidate at start-up, picks
+the shadowed posts by their hash, gathers them across batches into the candidate's calls and writes the
+candidate's results and agreement counts to Redis (a real redis-server of the bench's own). The candidate is
+a second, separately loaded copy of the deployed model, so it costs what a retrained candidate of the same
+architecture costs. Each stage runs on an event loop of its own, so the shadow writes (a background task per
+batch) are counted in the shadow variant's time. Kafka and the result sinks are left out: they are the same
+for both variants.
 """
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import orjson
 
 from affectstream.bench.workload import posts as workload_posts
-from affectstream.streaming.worker.rollout import Candidate
+from affectstream.model.registry import Registry
+from affectstream.model.serving import load_predictor
+from affectstream.streaming.tools.services import start_redis
+from affectstream.streaming.worker.classify import Classifying
 from affectstream.streaming.worker.settings import Settings
 from affectstream.streaming.worker.shadow import shadowed
 
@@ -36,6 +44,32 @@ def enriched_posts(n: int, seed: int = 0) -> list[bytes]:
     return out
 
 
+def shadow_registry(root: Path, model_dir: str | Path, share: float) -> Registry:
+    """A registry with v1 deployed and v2 (the same model, copied again) the candidate in shadow at ``share``."""
+    registry = Registry(root)
+    deployed = registry.add(model_dir, {"reason": "bench: the deployed model"})
+    candidate = registry.add(model_dir, {"reason": "bench: the shadow candidate"})
+    registry.promote(deployed, "bench")
+    registry.set_rollout(candidate, "shadow", share, "bench")
+    return registry
+
+
+class Variant:
+    """A classify stage on an event loop of its own: its background work runs only while it is timed."""
+
+    def __init__(self, stage: Classifying):
+        self.stage = stage
+        self.loop = asyncio.new_event_loop()
+
+    def run(self, coro):
+        return self.loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        self.stage.close()
+        self.run(self.stage.aclose())
+        self.loop.close()
+
+
 def bench_shadow(model_dir: str | Path, *, share: float = 0.1, n_posts: int = 1024, batch: int = 32,
                  rounds: int = 5, device: str = "cpu", threads: int = 0) -> dict:
     """Posts/s of the classify stage with shadow off and at ``share``, and the cost (1 - on/off).
@@ -46,49 +80,34 @@ def bench_shadow(model_dir: str | Path, *, share: float = 0.1, n_posts: int = 10
     reported next to it, and per round, so a disturbed run shows. ``threads``: torch intra-op threads (0:
     torch's default; on an oversubscribed host 1 avoids measuring the threads' spin-waiting, the worker's
     ``threads`` setting)."""
-    from affectstream.model.serving import load_predictor
-    from affectstream.streaming.worker.classify import Classifying
+    # on the worker's own backend (`auto` by default: onnx-int8 where its gate passed); the candidate on the
+    # backend that resolved to, as a worker loads both
+    deployed = load_predictor(model_dir, Settings().classify.inference_backend, device=device, threads=threads)
 
-    # on the worker's own backend (`auto` by default: onnx-int8 where its gate passed), as a worker loads both
-    backend = Settings().classify.inference_backend
-    deployed = load_predictor(model_dir, backend, device=device, threads=threads)
-    candidate = load_predictor(model_dir, backend, device=device, threads=threads)
-    stage = Classifying(Settings().replace(captioner="none", batch_max=batch), lambda: deployed, watch=False)
+    def load_candidate(directory: str):
+        return load_predictor(directory, deployed.backend, device=device, threads=threads)
+
     raws = enriched_posts(n_posts)
     batches = [raws[i:i + batch] for i in range(0, len(raws), batch)]
-    loop = asyncio.new_event_loop()
-    shadow_on = Candidate(candidate, "shadow", share)
-    per_round = []
-
-    def timed(chunk: list[bytes], with_shadow: bool) -> tuple[float, float, int]:
-        stage.candidate = shadow_on if with_shadow else None
-        wall, cpu = time.perf_counter(), time.process_time()
-        out = loop.run_until_complete(stage.process(chunk))
-        return time.perf_counter() - wall, time.process_time() - cpu, len(out.shadow)
-
+    redis, root = start_redis(), Path(tempfile.mkdtemp(prefix="affectstream-bench-shadow-"))
+    variants: dict[bool, Variant] = {}
     try:
-        loop.run_until_complete(stage.start())
-        for chunk in batches[:4]:  # warm-up: both models' first calls
-            timed(chunk, True)
-            timed(chunk, False)
-        loop.run_until_complete(stage.flush_shadow())
-        for r in range(rounds):
-            totals = {False: [0.0, 0.0, 0], True: [0.0, 0.0, 0]}
-            for k, chunk in enumerate(batches):
-                for with_shadow in ((False, True) if (k + r) % 2 == 0 else (True, False)):
-                    wall, cpu, shadowed_n = timed(chunk, with_shadow)
-                    totals[with_shadow][0] += wall
-                    totals[with_shadow][1] += cpu
-                    totals[with_shadow][2] += shadowed_n
-            stage.candidate = shadow_on  # the round's last gathered posts, scored as the timer would
-            wall, cpu = time.perf_counter(), time.process_time()
-            totals[True][2] += len(loop.run_until_complete(stage.flush_shadow()))
-            totals[True][0] += time.perf_counter() - wall
-            totals[True][1] += time.process_time() - cpu
-            per_round.append(totals)
+        registry = shadow_registry(root / "registry", model_dir, share)
+        settings = Settings().replace(captioner="none", batch_max=batch, redis_url=redis.url,
+                                      redis_prefix="bench-shadow:")
+        variants[False] = Variant(Classifying(settings, lambda: deployed, watch=False))
+        variants[True] = Variant(Classifying(settings.replace(model_registry=str(registry.root)), lambda: deployed,
+                                             watch=False, load_model=load_candidate))
+        for variant in variants.values():
+            variant.run(variant.stage.start())
+        if variants[True].stage.candidate is None:
+            raise RuntimeError("the shadow stage loaded no candidate from the registry's rollout")
+        per_round = timed_rounds(variants, batches, rounds)
     finally:
-        stage.close()
-        loop.close()
+        for variant in variants.values():
+            variant.close()
+        redis.stop()
+        shutil.rmtree(root, ignore_errors=True)
     wall_off, cpu_off = (sum(t[False][i] for t in per_round) for i in (0, 1))
     wall_on, cpu_on = (sum(t[True][i] for t in per_round) for i in (0, 1))
     n = n_posts * rounds
@@ -104,6 +123,36 @@ def bench_shadow(model_dir: str | Path, *, share: float = 0.1, n_posts: int = 10
         "wall_cost": round(1.0 - wall_off / wall_on, 4),
         "cost": round(cost, 4), "goal": COST_GOAL, "met": cost <= COST_GOAL,
     }
+
+
+def timed_rounds(variants: dict[bool, Variant], batches: list[list[bytes]], rounds: int) -> list[dict]:
+    """Per round, per variant (shadow on?): [wall s, CPU s, candidate results]."""
+    def timed(chunk: list[bytes], with_shadow: bool) -> tuple[float, float, int]:
+        variant = variants[with_shadow]
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = variant.run(variant.stage.process(chunk))
+        return time.perf_counter() - wall, time.process_time() - cpu, len(out.shadow)
+
+    shadow = variants[True]
+    for chunk in batches[:4]:  # warm-up: both models' first calls
+        timed(chunk, True)
+        timed(chunk, False)
+    shadow.run(shadow.stage.flush_shadow())
+    per_round = []
+    for r in range(rounds):
+        totals = {False: [0.0, 0.0, 0], True: [0.0, 0.0, 0]}
+        for k, chunk in enumerate(batches):
+            for with_shadow in ((False, True) if (k + r) % 2 == 0 else (True, False)):
+                wall, cpu, shadowed_n = timed(chunk, with_shadow)
+                totals[with_shadow][0] += wall
+                totals[with_shadow][1] += cpu
+                totals[with_shadow][2] += shadowed_n
+        wall, cpu = time.perf_counter(), time.process_time()  # the round's last gathered posts, as the timer would
+        totals[True][2] += len(shadow.run(shadow.stage.flush_shadow()))
+        totals[True][0] += time.perf_counter() - wall
+        totals[True][1] += time.process_time() - cpu
+        per_round.append(totals)
+    return per_round
 
 
 def torch_threads() -> int:

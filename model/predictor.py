@@ -6,7 +6,7 @@ model/serving.py adds the ONNX Runtime ones (fp32, int8) and `load_predictor`, w
 
 Fast on CPUs by construction:
 - pairs are sorted by length and each micro-batch is split into length buckets whose padding stays
-  under `MAX_PADDING` (a tweet batch padded to its longest post is ~half padding); padding is dynamic;
+  under `MAX_PADDING` (a tweet batch padded to its longest post is mostly padding); padding is dynamic;
 - the model runs under `torch.inference_mode`;
 - on CPUs with bf16 matrix units (AMX / AVX512-BF16) the weights are cast to bf16 once (no per-call
   autocast casts), and every `nn.Linear` becomes one oneDNN matmul primitive over a pre-packed weight
@@ -88,8 +88,8 @@ def spread_chunks(chunks: list[list[int]], lanes: int) -> list[list[int]]:
 
 
 def softmax_rows(logits: torch.Tensor) -> list[list[float]]:
-    """Row-wise softmax of a small (B, classes) tensor in numpy: torch's op wakes its thread pool, which
-    cost ~2 ms per call on a busy 2-core host (measured), several times the whole decode of a post."""
+    """Row-wise softmax of a small (B, classes) tensor in numpy: torch's op wakes its thread pool, which on a
+    busy host costs several times the whole decode of a post (docs/performance.md)."""
     x = logits.float().numpy()
     e = np.exp(x - x.max(axis=1, keepdims=True))
     return (e / e.sum(axis=1, keepdims=True)).tolist()
@@ -175,11 +175,6 @@ class PairPredictor(ABC):
         """Each chunk's predictions, in order: one micro-batch call after another (a backend with
         parallel lanes overrides this)."""
         return (self._predict_batch(chunk, marked) for chunk in chunks)
-
-    def forward_parts(self, parts: list[EncodedPairs]) -> list[ForwardOutputs]:
-        """The forward pass alone over encoded parts of one micro-batch, as serving runs them (the bench
-        times it): one after another here, at once on a backend with lanes."""
-        return [self._forward(part) for part in parts]
 
     def encode(self, pairs: list[tuple[str, str]], marked: str = "") -> EncodedPairs:
         return encode_pairs(self.tokenizer, [text for text, _ in pairs], [description for _, description in pairs],

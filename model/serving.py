@@ -49,6 +49,18 @@ BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 ONNX_MIN_BUCKET = 4
 
 
+def onnx_feeds(batch: EncodedPairs, input_names: list[str], top_k: int, tokenizer) -> dict[str, np.ndarray]:
+    """An encoded batch as the ONNX graph's inputs. A batch shorter than K tokens is padded to K with masked,
+    unselectable positions: the graph's top-K needs K positions (model/onnx_export.py)."""
+    feeds = {name: tensor.numpy() for name, tensor in batch.model_inputs().items() if name in input_names}
+    seq = batch.input_ids.shape[1]
+    if seq < top_k:
+        pad_ids = {"input_ids": tokenizer.pad_token_id, "token_type_ids": tokenizer.pad_token_type_id}
+        feeds = {name: np.pad(array, ((0, 0), (0, top_k - seq)), constant_values=pad_ids.get(name, 0))
+                 for name, array in feeds.items()}
+    return feeds
+
+
 def cpu_isa() -> dict[str, bool]:
     """The matrix-unit flags that decide the backend, as the bench records them."""
     flags = cpu_flags()
@@ -116,18 +128,9 @@ class OnnxPredictor(PairPredictor):
                    for i in sorted(range(len(chunks)), key=lambda i: -chunk_cost(chunks[i]))}
         return [futures[i].result() for i in range(len(chunks))]
 
-    def forward_parts(self, parts: list[EncodedPairs]) -> list[ForwardOutputs]:
-        if self._pool is None or len(parts) < 2:
-            return super().forward_parts(parts)
-        return list(self._pool.map(self._forward, parts))
-
     def _forward(self, batch: EncodedPairs) -> ForwardOutputs:
-        feeds = {name: tensor.numpy() for name, tensor in batch.model_inputs().items() if name in self._inputs}
         seq = batch.input_ids.shape[1]
-        if seq < self.top_k:  # the graph's top-K needs K positions: masked, unselectable padding (onnx_export)
-            pad_ids = {"input_ids": self.tokenizer.pad_token_id, "token_type_ids": self.tokenizer.pad_token_type_id}
-            feeds = {name: np.pad(array, ((0, 0), (0, self.top_k - seq)), constant_values=pad_ids.get(name, 0))
-                     for name, array in feeds.items()}
+        feeds = onnx_feeds(batch, self._inputs, self.top_k, self.tokenizer)
         out = dict(zip(self._outputs, self.session.run(self._outputs, feeds)))
         # padded positions are never valid; clamp them so decoding's gathers stay inside the batch
         selected_idx = torch.from_numpy(np.minimum(out["selected_idx"], seq - 1))

@@ -38,20 +38,6 @@ class EncodedPairs:
     texts: list[str]                   # the text side as tokenised (normalised): what `offsets` index into
     descriptions: list[str]            # the description side as tokenised
 
-    def rows(self, index: list[int]) -> "EncodedPairs":
-        """These posts only (in this order), cut to the columns any of them uses (the bench slices its
-        length-sorted batches from one encoding of all its posts)."""
-        picked = torch.tensor(index, dtype=torch.long)
-        used = self.attention_mask.index_select(0, picked).any(dim=0)  # (seq,) whichever side pads
-
-        def cut(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.index_select(0, picked)[:, used]
-
-        return EncodedPairs(input_ids=cut(self.input_ids), attention_mask=cut(self.attention_mask),
-                            token_type_ids=cut(self.token_type_ids), selectable=cut(self.selectable),
-                            source=cut(self.source), offsets=cut(self.offsets),
-                            texts=[self.texts[i] for i in index], descriptions=[self.descriptions[i] for i in index])
-
     def model_inputs(self) -> dict[str, torch.Tensor]:
         inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "selectable": self.selectable}
         if self.token_type_ids is not None:

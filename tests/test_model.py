@@ -60,19 +60,6 @@ def test_sources_tag_text_and_description_sides():
     assert sources == [SOURCE_TEXT, SOURCE_TEXT, SOURCE_IMAGE, SOURCE_IMAGE]
 
 
-def test_rows_of_a_micro_batch_encoding_equal_encoding_those_posts_alone():
-    _, tokenizer = tiny_classifier()
-    texts = ["ok", "a much longer post about the new phone and its battery", "fine day", ""]
-    descriptions = ["", "objects: phone. scene: desk", "", "a cat"]
-    whole = encode_pairs(tokenizer, texts, descriptions, 32)
-    for index in ([2, 0], [1], [3, 1, 0]):
-        part = whole.rows(index)
-        alone = encode_pairs(tokenizer, [texts[i] for i in index], [descriptions[i] for i in index], 32)
-        for name in ("input_ids", "attention_mask", "selectable", "source", "offsets"):
-            assert torch.equal(getattr(part, name), getattr(alone, name)), name
-        assert part.texts == alone.texts and part.descriptions == alone.descriptions
-
-
 def test_longer_side_is_truncated_first():
     _, tokenizer = tiny_classifier()
     batch = encode_pairs(tokenizer, ["short text"], ["word " * 200], 24)

@@ -30,17 +30,19 @@ class WorkerProcess:
     with this process on Linux."""
 
     def __init__(self, settings: Settings, role: str = "all", *, log_path: str | None = None,
-                 extra_args: list[str] | None = None, loglevel: str = "info", web_by_role: bool = False):
+                 extra_args: list[str] | None = None, loglevel: str = "info", web_by_role: bool = False,
+                 entry: tuple[str, ...] = ("-m", "affectstream.cli")):
         """``web_by_role``: say nothing about web (no flag, no variable), as an operator starting
         ``affectstream worker`` by hand, so the role decides (only the monitor opens the port); otherwise
-        ``settings.web.enabled`` is passed explicitly."""
+        ``settings.web.enabled`` is passed explicitly. ``entry``: the interpreter arguments that run the
+        command line (a caller's own wrapper of it, such as the end-to-end bench's)."""
         self.role = role
         if log_path is None:
             fd, log_path = tempfile.mkstemp(prefix=f"affectstream-worker-{role}-", suffix=".log")
             os.close(fd)
         self.log_path = log_path
         web = [] if web_by_role else ["--with-web" if settings.web.enabled else "--without-web"]
-        cmd = [sys.executable, "-m", "affectstream.cli", "worker", "--role", role, *web,
+        cmd = [sys.executable, *entry, "worker", "--role", role, *web,
                "--no-create-topics", "--loglevel", loglevel, *(extra_args or [])]
         env = settings_env(settings)
         if web_by_role:

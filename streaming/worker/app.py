@@ -24,13 +24,11 @@ from affectstream.streaming.worker.settings import KafkaSettings, Settings
 
 # How long the broker may hold a consumer's fetch when it has no new data (aiokafka ``fetch_max_wait_ms``).
 # faust hard-codes 1500 ms, and Tansu does not answer a waiting fetch when data arrives: it holds it for
-# up to about half of that wait whatever is produced meanwhile. Measured on Tansu 0.6 with aiokafka, a
-# message every 37 ms reaches the consumer after (p50 / max) 367 / 738 ms at 1500, 135 / 255 at 500,
-# 27 / 54 at 100, 10 / 28 at 50, 6 / 12 at 20. At 1500 that wait was the end-to-end latency floor
-# (~630 ms p50 even at 25% load). The price is empty fetches while idle: worker + broker CPU at idle was
-# 1.4% of a core at 1500, 4.6% at 50, 9.2% at 20 — 50 ms keeps the added latency under ~25 ms.
-# ``settings.kafka.fetch_max_wait_ms`` overrides it per worker (a Kafka broker answers as soon as data arrives,
-# so there it only sets how often an idle consumer asks).
+# up to about half of that wait whatever is produced meanwhile, so at 1500 that wait was the end-to-end
+# latency floor. Shorter waits cost empty fetches while idle; 50 ms keeps the added latency under ~25 ms
+# (docs/performance.md, "Fetch wait", has the sweep). ``settings.kafka.fetch_max_wait_ms`` overrides it per
+# worker (a Kafka broker answers as soon as data arrives, so there it only sets how often an idle consumer
+# asks).
 FETCH_MAX_WAIT_MS = KafkaSettings.fetch_max_wait_ms
 
 ROLES = ("caption", "classify", "all", "monitor")  # monitor: no agents; the CLI adds web + alerts
@@ -82,9 +80,8 @@ def create_app(settings: Settings, role: str = "all", *, register: bool = True) 
         # need them — Redis effects are idempotent, so a redelivered post never counts twice.
         processing_guarantee="at_least_once",
         producer_acks=-1,
-        # a short linger lets one micro-batch's records share a produce request per partition: at 400 posts/s
-        # on the bench host the broker's CPU per post fell 1.23 -> 0.76-0.82 ms and p99 at 50 % load 170 ->
-        # 101-104 ms at 2 ms (5 ms: 110-121, two runs each; 1 ms: 94 at a lower rate, 10 ms: 134, one run each)
+        # a short linger lets one micro-batch's records share a produce request per partition: less broker
+        # CPU per post and a lower p99 (docs/performance.md, "Producer linger")
         producer_linger=settings.kafka.producer_linger_ms / 1000,
         broker_session_timeout=settings.kafka.session_timeout_s,
         broker_heartbeat_interval=settings.kafka.heartbeat_interval_s,

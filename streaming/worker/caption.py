@@ -30,7 +30,7 @@ Per micro-batch:
 Offsets (``stage.register_stage``): events are taken in micro-batches (``stage.MicroBatches``: at once
 when the stage is idle) and acked only after every forward and DLQ send of the batch has been
 acknowledged by the broker (at least once; the classify stage is idempotent in Redis). Each batch is
-logged on one line (``captioned batch n=… described=… cache_hits=…``), which the end-to-end bench reads.
+logged on one line (``captioned batch n=… described=… cache_hits=…``) and counted on /metrics.
 """
 from __future__ import annotations
 

@@ -147,7 +147,6 @@ class Classifying(Stage):
         self.load_model = load_model
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.predictor = None
-        self._candidate: Candidate | None = None
         self.slot: CandidateSlot | None = None     # the registry's candidate while a rollout is on
         self.registry = Registry(settings.classify.model_registry) if settings.classify.model_registry else None
         self.model_dir = serving_dir(settings)
@@ -215,11 +214,8 @@ class Classifying(Stage):
 
     @property
     def candidate(self) -> Candidate | None:
-        return self.slot.candidate if self.slot is not None else self._candidate
-
-    @candidate.setter
-    def candidate(self, candidate: Candidate | None) -> None:  # tests and the bench set one by hand
-        self._candidate = candidate
+        """The registry's candidate while a rollout is on (None without a registry)."""
+        return self.slot.candidate if self.slot is not None else None
 
     def observe(self, batch: ClassifyBatch, n_events: int, seconds: float) -> None:
         metrics.observe_classify_batch(batch, n_events, seconds, self.predictor.version)

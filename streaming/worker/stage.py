@@ -18,7 +18,7 @@ holds ``batch_max`` events, when no event came for ``QUIET_S`` (the rest of that
 seconds after its first event, whichever first; events that arrived while the stage was busy form the next
 batch at once. faust's own ``noack_take`` waits ``within`` after every batch whatever is already there, and
 that wait was most of the latency at low and medium load: a post waited up to a whole window in each stage
-(measured, bench/e2e.py).
+(docs/performance.md, "Latency floor").
 
 Offsets are acked only after all of them succeeded, for every part; any failure raises before the ack, so
 the batch is delivered again (at least once; the Redis sink is idempotent per post id). ``observe`` runs
@@ -287,10 +287,9 @@ async def run_stage(stream: Any, stage: Stage, sinks: Sequence[Sink], send: Send
 
     Two coroutines joined by a one-slot queue: one computes the parts of each micro-batch, the other
     delivers them in order and acks a batch after its last part. So a part's delivery (Redis, and the
-    broker's acknowledgement of its records: 25-50 ms for 32 results on the bench host, as long as the
-    model's work) overlaps the computing of the next part, of the same batch or the next one. Before, the
-    classify loop spent a third of its time waiting on deliveries at 50 % load (per-batch timings taken during
-    bench/e2e.py)."""
+    broker's acknowledgement of its records: about as long as the model's own work on the batch) overlaps
+    the computing of the next part, of the same batch or the next one (docs/performance.md, "Deliveries
+    overlap the next batch")."""
     handoff: asyncio.Queue = asyncio.Queue(maxsize=1)
 
     async def compute() -> None:
