@@ -144,7 +144,7 @@ def load_expression_model(path: str | Path = WEIGHTS_FILE) -> MiniXception:
 def convert_keras_h5(h5_path: str | Path, out_path: str | Path = WEIGHTS_FILE) -> None:
     """Copy every weight array of the Keras HDF5 file into safetensors as ``<layer>.<weight>`` (how
     ``WEIGHTS_FILE`` was made; needs h5py, which is not a dependency)."""
-    import h5py
+    import h5py  # pyright: ignore[reportMissingImports]  # not a dependency: this one-off conversion only
     from safetensors.numpy import save_file
 
     tensors = {}

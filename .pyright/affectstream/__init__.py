@@ -1,0 +1,1 @@
+../../affectstream/__init__.py

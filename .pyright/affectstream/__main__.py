@@ -1,0 +1,1 @@
+../../affectstream/__main__.py

@@ -1,0 +1,1 @@
+../../affectstream/analyzer.py

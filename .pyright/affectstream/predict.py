@@ -1,0 +1,1 @@
+../../affectstream/predict.py
