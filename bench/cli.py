@@ -362,8 +362,8 @@ def table(r: dict) -> str:
 @click.option("--rounds", type=int, default=None, help="Timing rounds per variant (default: the preset's).")
 @click.option("--int8-gate", "gate_dir", type=click.Path(file_okay=False), default=None,
               help="Only run the int8 quality gate on this model directory (writes int8_gate.json) and exit.")
-@click.option("--gate-data", default="../shared/data", show_default=True,
-              help="Folder holding twitter2015/ and twitter2017/ for the int8 gate (skipped where absent).")
+@click.option("--gate-data", default=None,
+              help="Folder holding twitter2015/ and twitter2017/ for the int8 gate [default: $AFFECTSTREAM_DATA or ./data]; a missing set is recorded in the gate.")
 @click.option("--retrain-bench", is_flag=True, help="Also time the retraining job (trains the default preset twice).")
 def bench(quick: bool, json_path: str | None, skip_e2e: bool, skip_caption: bool, shapes: str, device: str,
           rounds: int | None, gate_dir: str | None, gate_data: str, retrain_bench: bool) -> None:

@@ -72,7 +72,7 @@ def variant_config(base: TrainConfig, variant: str, seed: int, root: Path) -> Tr
 # fields added to TrainConfig later, with the value every run made before them had
 _LEGACY = {"class_bias": False, "distill_from": "", "distill_weight": 0.5, "distill_temperature": 2.0,
            "init_from": "", "uniformity_ramp": 0.0, "scorer_warmup": 0.0,
-           "weight_ema": 0.0}
+           "weight_ema": 0.0, "max_extra_train": 0}
 
 
 def comparable(cfg: TrainConfig | dict) -> dict:
