@@ -8,7 +8,7 @@ the serving predictor; brands are found in the text and the description by the w
 and made targets as the classify stage makes them (``streaming.worker.scoring.post_targets``).
 
     >>> from affectstream import Analyzer
-    >>> analyzer = Analyzer.from_pretrained("models/brands")
+    >>> analyzer = Analyzer.from_pretrained("models/default")
     >>> analysis = analyzer("Switched from acme to nimbus, so much better", brands=["acme", "nimbus"])
     >>> analysis.label, [(t.brand, t.label) for t in analysis.targets]
 

@@ -52,7 +52,7 @@ class Sizes:
     vlm_image_size: int | None = None      # None: BLIP-base's 384 px
     cache_lookups: int = 20_000
     mention_posts: int = 20_000            # brands: posts through the mention matcher per round
-    brands_model: str = "models/brands"    # brands: a target-aware model directory for the (post, target) cost
+    brands_model: str = "models/default"   # brands: a target-aware model directory for the (post, target) cost
     peers_model: str = "models/default"    # peers: the served model (the scratch MiniLM when it is absent)
     peer_posts: int = 512                  # peers: posts per round, every variant and batch size
     rss_posts: int = 512                   # peers: posts served by each backend's memory probe

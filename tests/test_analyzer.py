@@ -1,5 +1,5 @@
-"""The Python API (`affectstream.Analyzer`) and `affectstream predict`, on the committed models/default (post
-level, offline describer) and models/brands (target-aware): labels, rationales, captions, per-brand targets,
+"""The Python API (`affectstream.Analyzer`) and `affectstream predict`, on the committed models/posts (post
+level, offline describer) and models/default (posts and targets in one model): labels, rationales, captions, per-brand targets,
 images from bytes, files and URLs through the SSRF guard, and the lazy top-level import."""
 import http.server
 import io
@@ -20,7 +20,8 @@ from affectstream.model.targets import TargetInput
 from affectstream.predict import predict
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT, BRANDS = ROOT / "models" / "default", ROOT / "models" / "brands"
+# DEFAULT: a post-level model (the previous default); BRANDS: the deployed default, which also reads targets
+DEFAULT, BRANDS = ROOT / "models" / "posts", ROOT / "models" / "default"
 
 
 @pytest.fixture(scope="module")
