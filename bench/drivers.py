@@ -18,6 +18,7 @@ import asyncio
 import random
 import statistics
 import time
+import uuid
 from dataclasses import dataclass
 
 from affectstream.streaming.monitor.drivers import DriverReader
@@ -67,7 +68,8 @@ async def sink_cost(url: str, cfg: DriverBench) -> dict:
     """Median ms per batch with and without driver terms, alternating; fresh ids and prefixes each round."""
     rng = random.Random(7)
     times: dict[str, list[float]] = {"off": [], "on": []}
-    sinks = {name: RedisSink(Settings.load({"redis_url": url, "redis_prefix": f"bs{name}:",
+    run = uuid.uuid4().hex[:6]   # fresh keys: posts new to the sink, as in a live stream
+    sinks = {name: RedisSink(Settings.load({"redis_url": url, "redis_prefix": f"bs{run}{name}:",
                                             "driver_labels": "" if name == "off" else LABELS_SETTING}))
              for name in times}
     brands = [f"brand{i}" for i in range(20)]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,8 @@ SHOWN_LABELS = ("negative", "positive")   # labels whose drivers the API and the
 TOP = 8                     # drivers per label on the API and the dashboard
 ALERT_TOP = 3               # drivers named in an alert
 BASELINE_POSTS_MIN = 10     # fewer posts of a label in the baseline say too little: contrast with the rest
+HOUR_WINDOW_CACHE_S = 60.0  # a 24 h / 7 d payload is reused this long (the dashboard asks every 15 s)
+CACHE_MAX = 5000
 EXAMPLES_PER_TERM = 3
 EXAMPLE_POSTS_MAX = 300     # stored results read for examples, newest minutes first
 EXAMPLE_MINUTES_MAX = 180   # examples are the newest posts: a long window's last three hours
@@ -99,6 +102,7 @@ class DriverReader:
         self.client, self.settings, self.keys = client, settings, settings.keys
         self.rollup = Rollup(client, settings)
         self.labels = self.rollup.labels
+        self._cache: dict[tuple, tuple[float, dict]] = {}   # hour-unit payloads: key -> (expires, payload)
 
     async def counts(self, brand: str, buckets: list[str], unit: str) -> Counts:
         if unit == "minute":
@@ -145,8 +149,21 @@ class DriverReader:
 
     async def drivers(self, brand: str, minutes: int, end: str, top: int = TOP) -> dict:
         """The ``/api/drivers`` payload: per driver label the window's and the baseline's posts and the
-        terms that rose most, each with example posts."""
+        terms that rose most, each with example posts. A 24 h or 7 d payload is reused for
+        ``HOUR_WINDOW_CACHE_S`` (its hours change only by the current one)."""
         span = span_for(end, minutes)
+        key, now = (brand, minutes, hour_of(end), top), time.monotonic()
+        cached = self._cache.get(key) if span.unit == "hour" else None
+        if cached and cached[0] > now:
+            return cached[1]
+        payload = await self._drivers(brand, minutes, end, top, span)
+        if span.unit == "hour":
+            if len(self._cache) >= CACHE_MAX:
+                self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+            self._cache[key] = (now + HOUR_WINDOW_CACHE_S, payload)
+        return payload
+
+    async def _drivers(self, brand: str, minutes: int, end: str, top: int, span: Span) -> dict:
         window = await self.counts(brand, span.window, span.unit)
         baseline = await self.counts(brand, span.baseline, span.unit)
         corpora = {label: contrast(window, baseline, label) for label in self.labels}

@@ -20,6 +20,8 @@ import collections
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from affectstream.streaming.monitor.fightin_words import OTHER
 from affectstream.streaming.worker.driver_terms import ROLLUP_SETTLE_MS, driver_labels
 from affectstream.streaming.worker.redis_keys import RedisKeys, hour_minutes, hour_ms
@@ -55,8 +57,9 @@ return 0
 
 
 # KEYS: per hour of one brand-day, its label hash then its L term hashes   ARGV: L, number of hours
-# -> L + 1 flat (field, sum) arrays: the label counts, then each label's terms, summed over the hours.
-# Summing in Redis sends one reply per day instead of every hour's fields (a 7-day window: 14 replies).
+# -> JSON [{label: sum}, {term: sum} for each label], summed over the hours. Summing in Redis sends one
+# reply per day instead of every hour's fields (a 7-day window: 14), and one JSON string parses in C where
+# RESP arrays of thousands of fields parse in Python.
 SUM_LUA = """
 local nl, nh = tonumber(ARGV[1]), tonumber(ARGV[2])
 local sums = {}
@@ -68,12 +71,8 @@ for h = 0, nh - 1 do
   end
 end
 local out = {}
-for k = 0, nl do
-  local flat = {}
-  for f, v in pairs(sums[k]) do flat[#flat + 1] = f; flat[#flat + 1] = v end
-  out[k + 1] = flat
-end
-return out
+for k = 0, nl do out[k + 1] = sums[k] end
+return cjson.encode(out)
 """
 
 
@@ -135,8 +134,8 @@ class Rollup:
         for reply in await run_pipelined(self.client, calls):
             if isinstance(reply, BaseException):
                 raise reply
-            pairs = [dict(zip(flat[::2], flat[1::2])) for flat in reply]
-            out.add(pairs[0], dict(zip(self.labels, pairs[1:])))
+            sums = [part or {} for part in orjson.loads(reply)]
+            out.add(sums[0], dict(zip(self.labels, sums[1:])))
         return out
 
     async def hour_from_minutes(self, brand: str, hour: str) -> Counts:

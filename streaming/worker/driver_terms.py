@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from affectstream.streaming.worker.settings import Settings
 
 MAX_TERM_CHARS = 40
+TERM_SEP = "\x1f"            # joins a post's terms into one script argument; no term holds a control character
 MAX_TERMS_PER_BUCKET = 32   # per post and bucket: a rationale is top-K words, K is far smaller
 SIDES = ("text", "image")
 _WORD_SPLIT = re.compile(r"[^\w]+")
@@ -37,7 +38,8 @@ def normalise(word: str) -> str | None:
     w = w.strip(EDGE_PUNCTUATION).lstrip("#")
     if w.endswith("'s") or w.endswith("’s"):
         w = w[:-2]
-    if len(w) < 2 or len(w) > MAX_TERM_CHARS or not any(c.isalpha() for c in w) or w in STOPWORDS:
+    if (len(w) < 2 or len(w) > MAX_TERM_CHARS or not w.isprintable() or not any(c.isalpha() for c in w)
+            or w in STOPWORDS):
         return None
     return w
 
@@ -52,12 +54,16 @@ def brand_words(result: Result) -> set[str]:
         for mention in target.get("mentions") or ():
             if isinstance(mention, Mapping):
                 names += [str(mention.get("name", "")), str(mention.get("alias", ""))]
-    words = set()
+    words: set[str] = set()
     for name in names:
-        lowered = name.lower()
-        words.add(lowered)
-        words.update(part for part in _WORD_SPLIT.split(lowered) if part)
+        words.update(_parts(name.lower()))
     return words
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parts(text: str) -> frozenset[str]:
+    """``text`` and its words (split at anything but letters, digits and ``_``)."""
+    return frozenset([text, *(part for part in _WORD_SPLIT.split(text) if part)])
 
 
 def terms_of(rationale: Iterable[Any], drop: set[str]) -> tuple[str, ...]:
@@ -67,7 +73,7 @@ def terms_of(rationale: Iterable[Any], drop: set[str]) -> tuple[str, ...]:
         if not isinstance(entry, Mapping) or entry.get("source") not in SIDES:
             continue
         term = normalise(str(entry.get("text", "")))
-        if term is None or term in drop or any(part in drop for part in _WORD_SPLIT.split(term) if part):
+        if term is None or not drop.isdisjoint(_parts(term)):
             continue
         out[f"{entry['source']}:{term}"] = None
         if len(out) >= MAX_TERMS_PER_BUCKET:

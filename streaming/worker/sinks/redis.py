@@ -53,7 +53,7 @@ from redis.exceptions import OutOfMemoryError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from affectstream.streaming.worker.redis_client import async_redis
-from affectstream.streaming.worker.driver_terms import MARK_AGAIN_AFTER_MS, bucket_terms, driver_labels
+from affectstream.streaming.worker.driver_terms import MARK_AGAIN_AFTER_MS, TERM_SEP, bucket_terms, driver_labels
 from affectstream.streaming.worker.redis_keys import HOUR_CHARS, RedisKeys, hour_ms, hour_of, minute_bucket
 from affectstream.streaming.worker.redis_scripts import run_pipelined
 from affectstream.streaming.worker.result import Result
@@ -90,35 +90,38 @@ return {redis.call('GET', KEYS[2]), redis.call('GET', KEYS[1])}
 """
 # KEYS: counted set, bucket, then the term hash of each driver label
 # ARGV: bucket ttl, terms a hash keeps, number L of driver labels, the L labels (in KEYS order), then per
-#       post: id, label, number n of terms, the n terms  -> how many posts were new
+#       post: id, label, its terms joined by TERM_SEP ('' = none)  -> how many posts were new
+# (one argument for a post's terms: the client encodes a third as many arguments)
 # A hash that holds `cap` fields takes no new term: it counts as 'other' (terms are "side:word", never
-# 'other'), so a kept term's count is exact and the hash's total is the bucket's total.
+# 'other'), so a kept term's count is exact and the hash's total is the bucket's total. A term hash gets its
+# TTL when it is created (a minute's posts come within about a minute: one EXPIRE instead of one a call).
 COUNT_LUA = """
 local ttl, cap, nl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local hashes, sizes = {}, {}
+local hashes, sizes, created = {}, {}, {}
 for j = 1, nl do hashes[ARGV[3 + j]] = KEYS[2 + j] end
 local added, i = 0, 4 + nl
 while i <= #ARGV do
-  local n = tonumber(ARGV[i + 2])
   if redis.call('SADD', KEYS[1], ARGV[i]) == 1 then
     redis.call('HINCRBY', KEYS[2], ARGV[i + 1], 1)
     added = added + 1
     local h = hashes[ARGV[i + 1]]
-    if h and n > 0 then
-      if not sizes[h] then sizes[h] = redis.call('HLEN', h) end
-      for t = i + 3, i + 2 + n do
-        local term = ARGV[t]
+    if h and ARGV[i + 2] ~= '' then
+      if not sizes[h] then
+        sizes[h] = redis.call('HLEN', h)
+        if sizes[h] == 0 then created[#created + 1] = h end
+      end
+      for term in string.gmatch(ARGV[i + 2], '[^\\31]+') do
         if sizes[h] >= cap and redis.call('HEXISTS', h, term) == 0 then term = 'other' end
         if redis.call('HINCRBY', h, term, 1) == 1 then sizes[h] = sizes[h] + 1 end
       end
     end
   end
-  i = i + 3 + n
+  i = i + 3
 end
 if added > 0 then
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[2], ttl)
-  for h in pairs(sizes) do redis.call('EXPIRE', h, ttl) end
+  for _, h in ipairs(created) do redis.call('EXPIRE', h, ttl) end
 end
 return added
 """
@@ -177,11 +180,11 @@ class _Write:
         self.terms = bucket_terms(counted, untargeted_brand) if with_terms else {}
         self.buckets = {(brand, minute) for brand in self.labels}
 
-    def count_args(self, brand: str, counted_labels: tuple[str, ...]) -> tuple[Any, ...]:
-        """COUNT_LUA's arguments for this post in ``brand``'s bucket: id, label, n, the n terms."""
+    def count_args(self, brand: str, counted_labels: tuple[str, ...]) -> tuple[str, str, str]:
+        """COUNT_LUA's arguments for this post in ``brand``'s bucket: id, label, its terms joined."""
         label = self.labels[brand]
         terms = self.terms.get(brand, ()) if label in counted_labels else ()
-        return (self.counted.id, label, len(terms), *terms)
+        return self.counted.id, label, TERM_SEP.join(terms)
 
     @property
     def hours(self) -> set[str]:
