@@ -188,8 +188,9 @@ class DriverSettings:
     terms_per_bucket: int = setting("driver_terms_per_bucket", 100,
                                     "Distinct terms a (brand, label, minute) bucket keeps; later new ones count "
                                     "as 'other'.")
-    terms_per_hour: int = setting("driver_terms_per_hour", 200,
-                                  "Terms an hour bucket keeps (the most frequent; the rest count as 'other').")
+    terms_per_hour: int = setting("driver_terms_per_hour", 120,
+                                  "Terms an hour bucket keeps (the most frequent; the rest count as 'other'; "
+                                  "up to 127 stays in Redis's compact hash encoding).")
     hour_ttl_s: int = setting("driver_hour_ttl_s", 15 * 24 * 3600,
                               "How long an hour bucket is kept (a 7-day window and its 7-day baseline).")
 
