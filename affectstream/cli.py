@@ -218,7 +218,10 @@ def demo(settings: Settings, sample: str, live: bool, rate: float, timeout_s: fl
 
     if embedded:
         settings = settings.replace(broker_url="", redis_url="")
-    summary = run_demo(settings, sample=Path(sample), live=live, rate=rate, timeout_s=timeout_s, workers=workers, hold=hold)
+    from affectstream.streaming.monitor.drivers import summary_drivers
+
+    summary = run_demo(settings, sample=Path(sample), live=live, rate=rate, timeout_s=timeout_s, workers=workers,
+                       hold=hold, drivers_of=summary_drivers)
     sys.exit(0 if summary.complete else 1)
 
 

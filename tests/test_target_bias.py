@@ -14,7 +14,8 @@ from affectstream.model.config import SENTIMENT_LABELS
 from affectstream.model.deploy import load_deployed
 from affectstream.model.targets import TargetInput, shift_scores
 from affectstream.training.samples import Sample
-from affectstream.training.train import capped, with_target_bias
+from affectstream.training.mixing import capped
+from affectstream.training.train import with_target_bias
 from tests.tiny_models import save_tiny
 
 ITEMS = [TargetInput("acme is great but nimbus is awful", "", "acme", ((0, 4),)),

@@ -32,6 +32,7 @@ from affectstream.training.batches import encode_batch, length_bucketed_batches
 from affectstream.training.config import TrainConfig
 from affectstream.training.datasets import KINDS, load_dataset
 from affectstream.training.descriptions import describe_samples
+from affectstream.training.mixing import capped
 from affectstream.training.samples import Dataset, Sample
 
 log = logging.getLogger("affectstream.train")
@@ -104,26 +105,6 @@ def predict_labels(model: AlignedClassifier, tokenizer, samples: list[Sample], d
             for s, i in zip(batch, out.emotion_logits.argmax(-1).tolist()):
                 emotions[s.id] = model.config.emotion_labels[i]
     return [sentiments[s.id] for s in samples], [emotions.get(s.id) for s in samples]
-
-
-def capped(samples: list[Sample], cap: int, seed: int) -> list[Sample]:
-    """At most `cap` samples (0: all), drawn by whole sentence (training.contrast.sentence_key) so a sentence's
-    targets, and the contrast between them, stay together."""
-    if not cap or len(samples) <= cap:
-        return samples
-    from affectstream.training.contrast import sentence_key
-
-    groups: dict[str, list[Sample]] = {}
-    for s in samples:
-        groups.setdefault(sentence_key(s), []).append(s)
-    keys = sorted(groups)
-    random.Random(seed).shuffle(keys)
-    out: list[Sample] = []
-    for key in keys:
-        if len(out) >= cap:
-            break
-        out += groups[key]
-    return out
 
 
 def with_target_bias(logits: torch.Tensor, batch: list[Sample], bias: tuple[float, ...]) -> torch.Tensor:

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import orjson
 
-from affectstream.streaming.monitor.drivers import summary_drivers
 from affectstream.streaming.tools.demo_view import LABELS, Progress, Watcher, watch
 from affectstream.streaming.tools.sample import BRANDS_FILE
 from affectstream.streaming.tools.workers import WorkerProcess
@@ -152,8 +151,10 @@ class Summary:
 
 
 def run_demo(settings: Settings, *, sample: Path, live: bool = True, rate: float = 0.0, timeout_s: float = 600.0,
-             workers: int = 1, say=None, hold: bool = False) -> Summary:
-    """Run the demo; ``hold`` keeps the workers and the dashboard up after the stream until Ctrl-C."""
+             workers: int = 1, say=None, hold: bool = False, drivers_of=None) -> Summary:
+    """Run the demo; ``hold`` keeps the workers and the dashboard up after the stream until Ctrl-C.
+    ``drivers_of(settings, brands, now_ms)``: brand -> label -> top driver terms for the summary (the CLI passes
+    the monitor's reader: tools and monitor share a layer, so the demo does not import it)."""
     from rich.console import Console
 
     from affectstream.streaming.tools.producer import produce_lines, read_lines
@@ -211,7 +212,8 @@ def run_demo(settings: Settings, *, sample: Path, live: bool = True, rate: float
             if produce_error:
                 raise produce_error[0]
             watcher.refresh_brands()
-            drivers = summary_drivers(s, sorted(progress.brand_counts), int(time.time() * 1000))
+            if drivers_of is not None:
+                drivers = drivers_of(s, sorted(progress.brand_counts), int(time.time() * 1000))
             if hold and web_port and complete:
                 _hold(procs, dashboard_url(settings, web_port), say)
         finally:
