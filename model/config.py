@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 from transformers import AutoConfig, PreTrainedConfig
 
 from affectstream.model.normalize import SCHEMES as NORMALIZATION_SCHEMES
+from affectstream.model.tokenization import TOKEN_SELECTIONS
 
 SENTIMENT_LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
 # MSED's six emotion classes, in the order the MSED paper lists them.
@@ -49,6 +50,7 @@ class AlignedConfig(PreTrainedConfig):
     description_format: str = DESCRIPTION_FORMAT
     target_format: str = ""                  # "" = post-level only; "marked-v1" = trained on model.targets.mark_target texts
     text_normalization: str = "none"         # model.normalize scheme applied to the post text ("none": directories from before it)
+    token_selection: str = "all"             # "all" real tokens may be chosen, or only "content" words' (model.tokenization)
     version: str = "untrained"
     trained: bool = False
     training_data: str = ""
@@ -70,6 +72,8 @@ class AlignedConfig(PreTrainedConfig):
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.text_normalization not in NORMALIZATION_SCHEMES:
             raise ValueError(f"text_normalization must be one of {NORMALIZATION_SCHEMES}, got {self.text_normalization!r}")
+        if self.token_selection not in TOKEN_SELECTIONS:
+            raise ValueError(f"token_selection must be one of {TOKEN_SELECTIONS}, got {self.token_selection!r}")
         if len(self.sentiment_labels) < 2:
             raise ValueError("need at least two sentiment labels")
         if self.sentiment_bias and len(self.sentiment_bias) != len(self.sentiment_labels):

@@ -178,7 +178,8 @@ class PairPredictor(ABC):
 
     def encode(self, pairs: list[tuple[str, str]], marked: str = "") -> EncodedPairs:
         return encode_pairs(self.tokenizer, [text for text, _ in pairs], [description for _, description in pairs],
-                            self.config.max_length, marked=marked, normalization=self.config.text_normalization)
+                            self.config.max_length, marked=marked, normalization=self.config.text_normalization,
+                            selection=getattr(self.config, "token_selection", "all"))
 
     @torch.inference_mode()
     def _predict_batch(self, pairs: list[tuple[str, str]], marked: str = "") -> list[Prediction]:

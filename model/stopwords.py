@@ -6,6 +6,10 @@ One list for every place that asks "is this rationale word a reason?": the drive
 """
 from __future__ import annotations
 
+import functools
+
+from affectstream.model.rationale import EMOTICON, display_word
+
 STOPWORDS = frozenset("""
 a about above after again against ain all am an and any are aren't as at be because been before being below
 between both but by can can't cannot could couldn't did didn't do does doesn't doing don't done down during
@@ -22,3 +26,13 @@ would wouldn't yeah yes yet you you'd you'll you're you've your yours yourself y
 wont didnt doesnt isnt wasnt arent thats whats youre theyre amp also even still another
 image photo picture pic shows showing shown background view close closeup
 """.split())
+
+
+@functools.lru_cache(maxsize=1 << 16)  # asked for every word of every post on the serving path; words repeat
+def is_content_word(word: str) -> bool:
+    """Whether a whitespace-delimited word can be a reason: an emoticon, or a word with a letter or digit
+    that is not a function word once its edge punctuation and a leading '#'/'@' are gone."""
+    if EMOTICON.fullmatch(word.strip()):
+        return True
+    w = display_word(word.strip()).lower().lstrip("#@")
+    return any(c.isalnum() for c in w) and w not in STOPWORDS

@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
 from affectstream.model.normalize import normalize_texts
+from affectstream.model.stopwords import is_content_word
 from affectstream.model.targets import markers_of
 
 SOURCE_SPECIAL, SOURCE_TEXT, SOURCE_IMAGE = -1, 0, 1
@@ -25,6 +26,10 @@ SOURCE_NAMES = {SOURCE_TEXT: "text", SOURCE_IMAGE: "image"}
 # scene: …`) are its layout, not its content: they are never selected, so rationales show what the image
 # holds rather than the words "objects" and "scene". Free-text VLM descriptions rarely match.
 DESCRIPTION_FIELD_LABELS = re.compile(r"\b(?:objects|text in image|scene):")
+WORD = re.compile(r"\S+")
+# which tokens the scorer may choose (AlignedConfig.token_selection): "all" real tokens, or only the tokens of
+# "content" words (model.stopwords.is_content_word) — then a rationale is never "the", "is" or "!"
+TOKEN_SELECTIONS = ("all", "content")
 
 
 @dataclass
@@ -62,7 +67,7 @@ def pair_encoder(tokenizer: PreTrainedTokenizerFast, max_length: int) -> Tokeniz
 
 def encode_pairs(
     tokenizer: PreTrainedTokenizerFast, texts: list[str], descriptions: list[str], max_length: int,
-    marked: str = "", normalization: str = "none",
+    marked: str = "", normalization: str = "none", selection: str = "all",
 ) -> EncodedPairs:
     """Tokenise a batch with dynamic padding (to the longest pair in the batch, not to max_length).
 
@@ -72,7 +77,9 @@ def encode_pairs(
     post text only. Not to the description: it is written by a captioner (no handles, links or
     elongations), and the offline describer's quoted OCR text and field labels must reach the model and
     the field-label pattern exactly as the describer wrote them. The returned ``texts`` are the
-    normalised ones, so rationale offsets slice the words the model read."""
+    normalised ones, so rationale offsets slice the words the model read.
+    ``selection``: the model's ``token_selection``; "content" leaves only content-word tokens selectable,
+    except in a post that has none (it keeps every real token, so it still has a rationale)."""
     if not tokenizer.is_fast:
         raise TypeError("affectstream needs a fast tokenizer (offsets and sequence ids)")
     texts = normalize_texts(list(texts), normalization, marked)
@@ -94,6 +101,12 @@ def encode_pairs(
     selectable = (source != SOURCE_SPECIAL) & attention_mask.bool() & non_empty & ~field_label_tokens(descriptions, source, offsets)
     if marked:
         selectable &= ~tokens_inside(texts, markers_of(marked), source, offsets, SOURCE_TEXT)
+    if selection == "content":
+        content = selectable & ~function_word_tokens(texts, source, offsets, SOURCE_TEXT) \
+            & ~function_word_tokens(descriptions, source, offsets, SOURCE_IMAGE)
+        selectable = torch.where(content.any(dim=1, keepdim=True), content, selectable)
+    elif selection != "all":
+        raise ValueError(f"selection must be one of {TOKEN_SELECTIONS}, got {selection!r}")
     return EncodedPairs(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                         selectable=selectable, source=source, offsets=offsets, texts=texts, descriptions=descriptions)
 
@@ -125,16 +138,32 @@ def field_label_tokens(descriptions: list[str], source: torch.Tensor, offsets: t
     return tokens_inside(descriptions, DESCRIPTION_FIELD_LABELS, source, offsets, SOURCE_IMAGE)
 
 
+def function_word_tokens(sides: list[str], source: torch.Tensor, offsets: torch.Tensor, side: int) -> torch.Tensor:
+    """(batch, seq) bool: tokens of `side` inside a whitespace-delimited word that is not a content word."""
+    spans = [[m.span() for m in WORD.finditer(string) if not is_content_word(m.group())] for string in sides]
+    return tokens_in_spans(spans, source, offsets, side)
+
+
 def tokens_inside(sides: list[str], pattern: re.Pattern, source: torch.Tensor, offsets: torch.Tensor,
                   side: int) -> torch.Tensor:
     """(batch, seq) bool: tokens of `side` (SOURCE_TEXT | SOURCE_IMAGE) inside a match of `pattern` in that side's string."""
-    mask = torch.zeros(source.shape, dtype=torch.bool)
-    for row, string in enumerate(sides):
-        spans = [m.span() for m in pattern.finditer(string)]
-        if not spans:
-            continue
-        # plain lists, not per-element tensor indexing: this runs for every marked post on the serving path
-        for col, ((start, end), token_side) in enumerate(zip(offsets[row].tolist(), source[row].tolist())):
-            if token_side == side and any(lo <= start and end <= hi for lo, hi in spans):
-                mask[row, col] = True
-    return mask
+    return tokens_in_spans([[m.span() for m in pattern.finditer(string)] for string in sides], source, offsets, side)
+
+
+def tokens_in_spans(spans: list[list[tuple[int, int]]], source: torch.Tensor, offsets: torch.Tensor,
+                    side: int) -> torch.Tensor:
+    """(batch, seq) bool: tokens of `side` whose char span lies inside one of their row's `spans` (sorted,
+    not overlapping: regex matches)."""
+    if not any(spans):
+        return torch.zeros(source.shape, dtype=torch.bool)
+    # one sorted line for the whole batch (row r's chars at r·stride + c), so one searchsorted finds, for every
+    # token, the last span starting at or before it: this runs for every post on the serving path
+    stride = int(max(offsets.max().item(), max(hi for row in spans for _, hi in row))) + 1
+    rows = [(r, lo, hi) for r, row_spans in enumerate(spans) for lo, hi in row_spans]
+    span_lo = torch.tensor([r * stride + lo for r, lo, _ in rows])
+    span_hi = torch.tensor([r * stride + hi for r, _, hi in rows])
+    base = torch.arange(source.shape[0]).unsqueeze(1) * stride                    # (batch, 1)
+    token_lo, token_hi = base + offsets[..., 0], base + offsets[..., 1]           # (batch, seq)
+    i = torch.searchsorted(span_lo, token_lo, right=True) - 1                    # (batch, seq)
+    inside = (i >= 0) & (token_hi <= span_hi[i.clamp(min=0)])
+    return inside & (source == side)

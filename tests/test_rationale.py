@@ -111,3 +111,42 @@ def bert_tokenizer_cached():
     if not _BERT:
         _BERT.append(bert_tokenizer())
     return _BERT[0]
+
+
+def selected_words(tokenizer, text, description, selection):
+    batch = encode_pairs(tokenizer, [text], [description], 64, selection=selection)
+    spans = [TokenSpan(SOURCE_NAMES[int(batch.source[0, col])], *batch.offsets[0, col].tolist(), score=0.5)
+             for col in range(batch.input_ids.shape[1]) if batch.selectable[0, col]]
+    return {w.text for w in merge_to_words(spans, {"text": text, "image": description})}
+
+
+def test_content_selection_leaves_only_content_words_selectable(tokenizer):
+    text, description = "The refund is so slow!!! and it's not ok :(", "objects: a laptop. scene: the office"
+    assert selected_words(tokenizer, text, description, "content") == {"refund", "slow", ":(", "laptop", "office"}
+    assert {"The", "is", "so", "not"} <= selected_words(tokenizer, text, description, "all")
+
+
+def test_a_post_of_function_words_only_keeps_every_token(tokenizer):
+    assert selected_words(tokenizer, "it is what it is", "", "content") == {"it", "is", "what"}
+
+
+def test_content_selection_is_per_row(tokenizer):
+    batch = encode_pairs(tokenizer, ["it is what it is", "great refund"], ["", ""], 64, selection="content")
+    plain = encode_pairs(tokenizer, ["it is what it is", "great refund"], ["", ""], 64)
+    assert batch.selectable[0].tolist() == plain.selectable[0].tolist()
+    assert batch.selectable[1].sum() <= plain.selectable[1].sum()
+
+
+def test_an_unknown_selection_is_refused():
+    with pytest.raises(ValueError, match="selection"):
+        encode_pairs(bert_tokenizer_cached(), ["a"], [""], 16, selection="nouns")
+
+
+@given(st.lists(st.tuples(st.text(max_size=60), st.text(max_size=60)), min_size=1, max_size=5))
+def test_content_selection_is_a_subset_and_never_empties_a_post(pairs):
+    tokenizer = bert_tokenizer_cached()
+    texts, descriptions = [t for t, _ in pairs], [d for _, d in pairs]
+    plain = encode_pairs(tokenizer, texts, descriptions, 32)
+    content = encode_pairs(tokenizer, texts, descriptions, 32, selection="content")
+    assert not (content.selectable & ~plain.selectable).any()
+    assert content.selectable.any(dim=1).tolist() == plain.selectable.any(dim=1).tolist()

@@ -20,3 +20,8 @@ def test_content_words():
 def test_shares_are_shares(rationales):
     r = rationale_readability(rationales)
     assert 0.0 <= r["stopword_share"] <= 1.0 and 0.0 <= r["content_first"] <= 1.0
+
+
+def test_an_emoticon_is_a_reason_and_a_function_word_is_not():
+    assert is_content_word(":(") and is_content_word(":-D")
+    assert not is_content_word("it's") and not is_content_word("!!!")

@@ -27,13 +27,14 @@ def length_bucketed_batches(samples: list[Sample], descriptions: dict[str, str],
 
 
 def encode_batch(tokenizer, batch: list[Sample], descriptions: dict[str, str], max_length: int,
-                 target_format: str = TARGET_FORMAT, normalization: str = "none"):
+                 target_format: str = TARGET_FORMAT, normalization: str = "none", selection: str = "all"):
     """Samples with a target are read with it marked (`Sample.model_text`); marker tokens are never selected.
-    ``normalization``: the model's `text_normalization`, so training reads text as serving will."""
+    ``normalization``, ``selection``: the model's `text_normalization` and `token_selection`, so training reads
+    text as serving will."""
     marked = target_format if any(s.target is not None for s in batch) else ""
     encoded = encode_pairs(tokenizer, [s.model_text(target_format) for s in batch],
                            [descriptions.get(s.id, "") for s in batch], max_length, marked=marked,
-                           normalization=normalization)
+                           normalization=normalization, selection=selection)
     labels = torch.tensor([SENTIMENT_LABELS.index(s.label) for s in batch])
     emotions = torch.tensor([EMOTION_LABELS.index(s.emotion) if s.emotion else -100 for s in batch])
     return encoded, labels, emotions

@@ -85,7 +85,8 @@ def sentiment_logits(model, tokenizer, samples, descriptions: dict[str, str], ma
         batch = [samples[i] for i in order[start:start + 64]]
         encoded, _, _ = encode_batch(tokenizer, batch, descriptions, max_length,
                                      getattr(model.config, "target_format", "") or TARGET_FORMAT,
-                                     normalization=getattr(model.config, "text_normalization", "none"))
+                                     normalization=getattr(model.config, "text_normalization", "none"),
+                                     selection=getattr(model.config, "token_selection", "all"))
         with autocast(device, bf16):
             out = model(**{k: v.to(device) for k, v in encoded.model_inputs().items()})
         rows.append(out.sentiment_logits.float().cpu())

@@ -140,7 +140,7 @@ def render_card(*, config: dict[str, Any], metrics: dict[str, Any], dataset: dic
     add("| setting | value |\n|---|---|")
     for key, label in (("encoder", "encoder"), ("captioner", "captioner"), ("top_k", "K (at most)"),
                        ("top_k_ratio", "K per post, ρ"), ("top_k_min", "K at least"),
-                       ("min_weight_share", "rationale weight share"), ("text_normalization", "text normalisation"),
+                       ("min_weight_share", "rationale weight share"), ("text_normalization", "text normalisation"), ("token_selection", "token selection"),
                        ("uniformity_weight", "λ"), ("sentiment_bias", "sentiment logit bias"),
                        ("max_length", "max length"), ("pooling", "pooling"),
                        ("sentiment_labels", "sentiment labels"), ("emotion_labels", "emotion labels"),

@@ -71,7 +71,7 @@ def _normalization(model) -> str:
 
 
 def _encode(model, tokenizer, pairs: list[tuple[str, str]]):
-    kwargs = {"normalization": _normalization(model)} if _normalization(model) != "none" else {}
+    kwargs = {"normalization": _normalization(model), "selection": getattr(model.config, "token_selection", "all")}
     return encode_pairs(tokenizer, [t for t, _ in pairs], [d for _, d in pairs], model.config.max_length, **kwargs)
 
 

@@ -5,19 +5,13 @@
 - ``content_first``: the share of posts whose first (highest-scoring) rationale word is a content word.
 
 Plus the mean number of words shown per post. Negations ("not", "never", "no") are in the stopword list, so
-these figures are strict: a rationale "not good" counts one stopword of two.
+these figures are strict: a rationale "not good" counts one stopword of two. An emoticon counts as content.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from affectstream.model.rationale import EDGE_PUNCTUATION
-from affectstream.model.stopwords import STOPWORDS
-
-
-def is_content_word(word: str) -> bool:
-    w = word.strip().lower().strip(EDGE_PUNCTUATION).lstrip("#@")
-    return bool(w) and any(c.isalnum() for c in w) and w not in STOPWORDS
+from affectstream.model.stopwords import is_content_word
 
 
 def rationale_readability(rationales: Sequence[Sequence[str]]) -> dict[str, float | int]:

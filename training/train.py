@@ -95,7 +95,8 @@ def predict_labels(model: AlignedClassifier, tokenizer, samples: list[Sample], d
         batch = ordered[start:start + 64]
         encoded, _, _ = encode_batch(tokenizer, batch, descriptions, cfg.max_length,
                                      getattr(model.config, "target_format", "") or TARGET_FORMAT,
-                                     normalization=getattr(model.config, "text_normalization", "none"))
+                                     normalization=getattr(model.config, "text_normalization", "none"),
+                                     selection=getattr(model.config, "token_selection", "all"))
         with autocast(device, cfg.bf16):
             out = model(**{k: v.to(device) for k, v in encoded.model_inputs().items()})
         logits = with_target_bias(out.sentiment_logits.float().cpu(), batch, model.config.target_bias)
@@ -205,7 +206,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
     descriptions, image_errors = describe_samples([s for s in samples if s.has_image], captioner, cfg.cache_dir)
     train_samples = [s for s in datasets[0].samples if s.split == "train"]
     for extra in datasets[1:]:
-        train_samples += capped(extra.split("train"), cfg.max_extra_train, cfg.seed)
+        cap = 0 if extra.name in cfg.uncapped_extras else cfg.max_extra_train
+        train_samples += capped(extra.split("train"), cap, cfg.seed)
     if cfg.max_train_samples:
         train_samples = random.Random(cfg.seed).sample(train_samples, min(cfg.max_train_samples, len(train_samples)))
     dev_samples = [s for s in samples if s.split == "dev"]
@@ -224,7 +226,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
         top_k_ratio=cfg.top_k_ratio, top_k_min=cfg.top_k_min, min_weight_share=cfg.min_weight_share,
         captioner=captioner.name, version=cfg.version or default_version(cfg), trained=True,
         target_format=TARGET_FORMAT if any(s.target is not None for s in train_samples) else "",
-        text_normalization=cfg.text_normalization, training_data="+".join(d.name for d in datasets))
+        text_normalization=cfg.text_normalization, token_selection=cfg.token_selection, training_data="+".join(d.name for d in datasets))
     model = AlignedClassifier(model_cfg, encoder).to(device)
     if cfg.init_from:
         init_from_trained(model, cfg.init_from)
@@ -262,7 +264,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not progress)
         for batch in bar:
             encoded, labels, emotions = encode_batch(tokenizer, batch, descriptions, cfg.max_length,
-                                                     normalization=model.config.text_normalization)
+                                                     normalization=model.config.text_normalization,
+                                                     selection=model.config.token_selection)
             progress_share = step / max(1, total_steps)
             with autocast(device, cfg.bf16):
                 out = model(**{k: v.to(device) for k, v in encoded.model_inputs().items()},
