@@ -57,13 +57,14 @@ class Sizes:
     peer_posts: int = 512                  # peers: posts per round, every variant and batch size
     rss_posts: int = 512                   # peers: posts served by each backend's memory probe
     int8_gate: bool = True                 # run the int8 quality gate on the peers' model first
+    drivers: tuple[int, int] = (120, 1000)  # drivers (bench/drivers.py): sink batches per variant, brands × 7 days
 
 
 FULL = Sizes()
 QUICK = Sizes(posts=64, naive_posts=8, batch_sizes=(1, 8, 32, 64), rounds=1, roberta_layers=2, roberta_posts=64,
               roberta_naive_posts=4, peak_seconds=0.3, burst=200, load_seconds=2.0, goal_rounds=1, caption_images=4,
               offline_images=32, offline_rounds=1, vlm_images=1, vlm_batch=1, vlm_tokens=4, vlm_image_size=96,
-              cache_lookups=2_000, mention_posts=2_000, peer_posts=64, rss_posts=32, int8_gate=False)
+              cache_lookups=2_000, mention_posts=2_000, peer_posts=64, rss_posts=32, int8_gate=False, drivers=(20, 20))
 
 
 def machine() -> dict:
@@ -121,7 +122,7 @@ def run_bench(sizes: Sizes, *, shapes: tuple[str, ...], e2e: bool, caption: bool
     from affectstream.bench.model_rows import run_rows
 
     results.update(run_rows(posts=sizes.peer_posts, rounds=sizes.rounds, device=device, root=root,
-                            peers_model=sizes.peers_model, retrain=retrain, say=say))
+                            peers_model=sizes.peers_model, retrain=retrain, drivers=sizes.drivers, say=say))
     if e2e and built:
         from affectstream.bench import e2e as e2e_bench
 

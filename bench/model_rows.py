@@ -1,11 +1,13 @@
-"""The model-lifecycle rows of ``affectstream bench``: shadow scoring's cost, MPNet-base serving, retraining time.
+"""The model-lifecycle rows of ``affectstream bench``: shadow scoring's cost, MPNet-base serving, retraining time,
+and what brand drivers cost (the sink, Redis memory, ``/api/drivers``).
 
 Each row lives in its own module (``bench/shadow.py``, ``bench/mpnet.py``, ``bench/retrain.py``); this one
 only runs them with the bench's sizes, prints them and turns their goals into target rows:
 - shadow at 10 % of traffic costs at most 12 % of classify throughput (issue: feedback loop);
 - MPNet-base serving (only where the ``[mpnet]`` pieces are installed; otherwise the reason is printed);
 - the retraining job with 1,000 corrections within a plain retrain × (examples ratio) × 1.10 — opt-in
-  (``--retrain-bench``): it trains the default preset twice.
+  (``--retrain-bench``): it trains the default preset twice;
+- driver terms add at most 20 % to the Redis sink's time (``bench/drivers.py``, on a redis-server of its own).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Callable
 
 
 def run_rows(*, posts: int, rounds: int, device: str, root: Path, peers_model: str, retrain: bool,
-             say: Callable[[str], None] = print) -> dict:
+             drivers: tuple[int, int] = (120, 1000), say: Callable[[str], None] = print) -> dict:
     from affectstream.bench.mpnet import mpnet_row
     from affectstream.bench.shadow import bench_shadow
     from affectstream.model.encoders import EncoderUnavailable
@@ -34,6 +36,10 @@ def run_rows(*, posts: int, rounds: int, device: str, root: Path, peers_model: s
         from affectstream.bench.retrain import bench_retrain
 
         out["retrain"] = bench_retrain(tempfile.mkdtemp(prefix="affectstream-retrain-bench-"), say=say)
+    from affectstream.bench.drivers import DriverBench, bench_drivers
+
+    say(f"drivers: sink cost, a brand-day, {drivers[1]} brands × 7 days ...")
+    out["drivers"] = bench_drivers(DriverBench(sink_batches=drivers[0], brands=drivers[1]))
     return out
 
 
@@ -57,6 +63,10 @@ def rows_table(r: dict) -> list[str]:
         lines += [f"retraining — preset {t['preset']}, {t['corrections']} corrections ({t['status']}): plain "
                   f"{t['plain_s']} s, retrain {t['retrain_s']} s, goal <= {t['goal_s']} s "
                   f"(plain x examples ratio {t['examples_ratio']} x {1 + t['margin']:.2f})", ""]
+    if d := r.get("drivers"):
+        from affectstream.bench.drivers import rows as driver_rows
+
+        lines += ["| brand drivers (bench/drivers.py) | value | goal |", "|---|---|---|", *driver_rows(d), ""]
     return lines
 
 
@@ -68,4 +78,10 @@ def rows_targets(r: dict) -> list[dict]:
     if t := r.get("retrain"):
         rows.append({"target": f"retrain ({t['corrections']} corrections) seconds", "value": t["retrain_s"],
                      "goal": t["goal_s"], "unit": "s, at most", "met": t["met"]})
+    if d := r.get("drivers"):
+        for s in (d["sink"], d.get("sink_short")):
+            if s:
+                rows.append({"target": f"drivers: added Redis sink time ({s['words']} rationale words)",
+                             "value": s["added"], "goal": s["goal"], "unit": "share, at most",
+                             "met": s["added"] <= s["goal"]})
     return rows

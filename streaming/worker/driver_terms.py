@@ -66,16 +66,28 @@ def _parts(text: str) -> frozenset[str]:
     return frozenset([text, *(part for part in _WORD_SPLIT.split(text) if part)])
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def side_term(source: Any, text: Any) -> tuple[str, frozenset[str]] | None:
+    """(rationale side, word) -> (``side:term``, the term's words), or None when it counts nothing."""
+    if source not in SIDES:
+        return None
+    term = normalise(str(text))
+    return None if term is None else (f"{source}:{term}", _parts(term))
+
+
 def terms_of(rationale: Iterable[Any], drop: set[str]) -> tuple[str, ...]:
     """Rationale entries -> distinct ``side:term`` strings, in rationale order (best first)."""
     out: dict[str, None] = {}
     for entry in rationale:
-        if not isinstance(entry, Mapping) or entry.get("source") not in SIDES:
+        if not isinstance(entry, dict):  # a result parsed from JSON holds plain dicts
             continue
-        term = normalise(str(entry.get("text", "")))
-        if term is None or not drop.isdisjoint(_parts(term)):
+        try:
+            found = side_term(entry.get("source"), entry.get("text", ""))
+        except TypeError:  # an unhashable side or word: not a term
             continue
-        out[f"{entry['source']}:{term}"] = None
+        if found is None or not drop.isdisjoint(found[1]):
+            continue
+        out[found[0]] = None
         if len(out) >= MAX_TERMS_PER_BUCKET:
             break
     return tuple(out)
@@ -88,11 +100,16 @@ def bucket_terms(result: Result, untargeted_brand: str = "") -> dict[str, tuple[
     drop = brand_words(result)
     own = {t["brand"]: t.get("rationale") or () for t in result.targets
            if isinstance(t, Mapping) and isinstance(t.get("brand"), str) and isinstance(t.get("label"), str)}
-    post_terms = terms_of(result.rationale, drop)
+    post_terms: tuple[str, ...] | None = None   # only when a bucket has no target of its own
     out = {}
     for brand in counted_brands([*own, *result.brands], untargeted_brand):
-        if brand != ALL_BRANDS:
-            out[brand] = terms_of(own[brand], drop) if brand in own else post_terms
+        if brand == ALL_BRANDS:
+            continue
+        if brand in own:
+            out[brand] = terms_of(own[brand], drop)
+        else:
+            post_terms = terms_of(result.rationale, drop) if post_terms is None else post_terms
+            out[brand] = post_terms
     return out
 
 

@@ -174,7 +174,12 @@ def _slot_tags() -> tuple[str, ...]:
 
 def minute_bucket(ms: int) -> str:
     """Epoch ms -> UTC minute "YYYYMMDDHHMM"."""
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime(MINUTE_FORMAT)
+    return _minute_of(int(ms // 60_000))
+
+
+@functools.lru_cache(maxsize=4096)  # asked for every result the sink counts; a stream's results share minutes
+def _minute_of(minute: int) -> str:
+    return datetime.fromtimestamp(minute * 60, tz=timezone.utc).strftime(MINUTE_FORMAT)
 
 
 def parse_minute(minute: str) -> datetime:

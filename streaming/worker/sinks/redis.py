@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import re
 import time
@@ -95,33 +96,59 @@ return {redis.call('GET', KEYS[2]), redis.call('GET', KEYS[1])}
 # A hash that holds `cap` fields takes no new term: it counts as 'other' (terms are "side:word", never
 # 'other'), so a kept term's count is exact and the hash's total is the bucket's total. A term hash gets its
 # TTL when it is created (a minute's posts come within about a minute: one EXPIRE instead of one a call).
+# The new posts' labels and terms are summed in Lua first, then a term hash is read once (HMGET) and written
+# once (HSET) rather than one HINCRBY per term (up to MULTI_TERMS distinct terms; past that, term by term):
+# terms are taken in order of first appearance, so the kept set is the one a post-by-post count would keep.
 COUNT_LUA = """
+local MULTI_TERMS = 1000
 local ttl, cap, nl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local hashes, sizes, created = {}, {}, {}
+local hashes = {}
 for j = 1, nl do hashes[ARGV[3 + j]] = KEYS[2 + j] end
-local added, i = 0, 4 + nl
+local added, i, labels, terms = 0, 4 + nl, {}, {}
 while i <= #ARGV do
   if redis.call('SADD', KEYS[1], ARGV[i]) == 1 then
-    redis.call('HINCRBY', KEYS[2], ARGV[i + 1], 1)
+    local label = ARGV[i + 1]
+    labels[label] = (labels[label] or 0) + 1
     added = added + 1
-    local h = hashes[ARGV[i + 1]]
+    local h = hashes[label]
     if h and ARGV[i + 2] ~= '' then
-      if not sizes[h] then
-        sizes[h] = redis.call('HLEN', h)
-        if sizes[h] == 0 then created[#created + 1] = h end
-      end
+      local t = terms[h]
+      if not t then t = {n = {}, order = {}}; terms[h] = t end
       for term in string.gmatch(ARGV[i + 2], '[^\\31]+') do
-        if sizes[h] >= cap and redis.call('HEXISTS', h, term) == 0 then term = 'other' end
-        if redis.call('HINCRBY', h, term, 1) == 1 then sizes[h] = sizes[h] + 1 end
+        if not t.n[term] then t.n[term] = 0; t.order[#t.order + 1] = term end
+        t.n[term] = t.n[term] + 1
       end
     end
   end
   i = i + 3
 end
-if added > 0 then
-  redis.call('EXPIRE', KEYS[1], ttl)
-  redis.call('EXPIRE', KEYS[2], ttl)
-  for _, h in ipairs(created) do redis.call('EXPIRE', h, ttl) end
+if added == 0 then return 0 end
+for label, n in pairs(labels) do redis.call('HINCRBY', KEYS[2], label, n) end
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+for h, t in pairs(terms) do
+  local size = redis.call('HLEN', h)
+  local created, other = size == 0, 0
+  if #t.order <= MULTI_TERMS then
+    local got = created and {} or redis.call('HMGET', h, unpack(t.order))
+    local fields = {}
+    for j, term in ipairs(t.order) do
+      local n = t.n[term]
+      if got[j] then n = n + tonumber(got[j])
+      elseif size < cap then size = size + 1
+      else other, n = other + n, nil end
+      if n then fields[#fields + 1] = term; fields[#fields + 1] = n end
+    end
+    if #fields > 0 then redis.call('HSET', h, unpack(fields)) end
+  else
+    for _, term in ipairs(t.order) do
+      local n = t.n[term]
+      if size >= cap and redis.call('HEXISTS', h, term) == 0 then other = other + n
+      elseif redis.call('HINCRBY', h, term, n) == n then size = size + 1 end
+    end
+  end
+  if other > 0 then redis.call('HINCRBY', h, 'other', other) end
+  if created then redis.call('EXPIRE', h, ttl) end
 end
 return added
 """
@@ -148,9 +175,10 @@ def claim_keys(keys: RedisKeys, post_id: str) -> list[str]:
     return [keys.post(post_id), keys.seen(post_id), keys.post_input(post_id)]
 
 
-def count_keys(keys: RedisKeys, brand: str, minute: str, driver_labels: tuple[str, ...] = ()) -> list[str]:
-    return [keys.counted(brand, minute), keys.brand(brand, minute),
-            *(keys.terms(brand, label, minute) for label in driver_labels)]
+@functools.lru_cache(maxsize=4096)  # one call per bucket per batch; a stream's batches share buckets
+def count_keys(keys: RedisKeys, brand: str, minute: str, driver_labels: tuple[str, ...] = ()) -> tuple[str, ...]:
+    return (keys.counted(brand, minute), keys.brand(brand, minute),
+            *(keys.terms(brand, label, minute) for label in driver_labels))
 
 
 def announce_keys(keys: RedisKeys, post_id: str) -> list[str]:
@@ -172,10 +200,11 @@ class _Write:
     buckets: set[tuple[str, str]] = field(default_factory=set)
     labels: dict[str, str] = field(default_factory=dict)
     terms: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    minute: str = ""
 
     def to_count(self, counted: Result, json: bytes, untargeted_brand: str, with_terms: bool = True) -> None:
         self.counted, self.json, self.step = counted, json, COUNT
-        minute = minute_bucket(counted.event_ms)
+        self.minute = minute = minute_bucket(counted.event_ms)
         self.labels = counted.bucket_labels(untargeted_brand)
         self.terms = bucket_terms(counted, untargeted_brand) if with_terms else {}
         self.buckets = {(brand, minute) for brand in self.labels}
@@ -189,7 +218,7 @@ class _Write:
     @property
     def hours(self) -> set[str]:
         """The rollup's "<hour>:<brand>" members of this post's buckets."""
-        hour = hour_of(minute_bucket(self.counted.event_ms))
+        hour = hour_of(self.minute)
         return {f"{hour}:{brand}" for brand in self.labels}
 
 
