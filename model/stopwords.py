@@ -30,9 +30,10 @@ image photo picture pic shows showing shown background view close closeup
 
 @functools.lru_cache(maxsize=1 << 16)  # asked for every word of every post on the serving path; words repeat
 def is_content_word(word: str) -> bool:
-    """Whether a whitespace-delimited word can be a reason: an emoticon, or a word with a letter or digit
-    that is not a function word once its edge punctuation and a leading '#'/'@' are gone."""
+    """Whether a whitespace-delimited word can be a reason: an emoticon, or a word of two characters or more
+    with a letter or digit that is not a function word once its edge punctuation and a leading '#'/'@' are
+    gone (a lone "s" is what is left of "»'s" after a marked brand)."""
     if EMOTICON.fullmatch(word.strip()):
         return True
     w = display_word(word.strip()).lower().lstrip("#@")
-    return any(c.isalnum() for c in w) and w not in STOPWORDS
+    return len(w) >= 2 and any(c.isalnum() for c in w) and w not in STOPWORDS

@@ -25,3 +25,7 @@ def test_shares_are_shares(rationales):
 def test_an_emoticon_is_a_reason_and_a_function_word_is_not():
     assert is_content_word(":(") and is_content_word(":-D")
     assert not is_content_word("it's") and not is_content_word("!!!")
+
+
+def test_a_lone_letter_left_by_a_marked_brand_is_not_a_reason():
+    assert not is_content_word("»'s") and not is_content_word("s") and is_content_word("5g")
