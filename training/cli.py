@@ -16,7 +16,7 @@ OPTIONS = [  # (flag, TrainConfig field, type)
     ("--top-k-ratio", "top_k_ratio", float), ("--top-k-min", "top_k_min", int),
     ("--min-weight-share", "min_weight_share", float),
     ("--token-selection", "token_selection", click.Choice(["all", "content"])),
-    ("--max-length", "max_length", int), ("--epochs", "epochs", int), ("--batch-size", "batch_size", int),
+    ("--max-length", "max_length", int), ("--max-extra-train", "max_extra_train", int), ("--epochs", "epochs", int), ("--batch-size", "batch_size", int),
     ("--lr", "lr", float), ("--head-lr", "head_lr", float), ("--seed", "seed", int), ("--out", "out_dir", str),
     ("--run-dir", "run_dir", str), ("--max-train-samples", "max_train_samples", int),
     ("--proxy-size", "proxy_size", int), ("--threads", "threads", int), ("--version", "version", str),
@@ -31,13 +31,18 @@ def train_options(fn):
     fn = click.option("--preset", type=click.Choice(sorted(PRESETS)), default="default", show_default=True)(fn)
     fn = click.option("--extra", "extra_datasets", multiple=True, help="Also train on this dataset kind (repeatable).")(fn)
     fn = click.option("--no-resume", is_flag=True, help="Ignore an existing checkpoint in --run-dir.")(fn)
+    fn = click.option("--uncapped", "uncapped_extras", default=None,
+                      help="Extra datasets drawn whole past --max-extra-train, comma-separated ('' for none).")(fn)
     for flag, name, kind in OPTIONS:
         fn = click.option(flag, name, type=kind, default=None, help=f"Overrides TrainConfig.{name}.")(fn)
     return fn
 
 
-def config_from(preset: str, extra_datasets: tuple[str, ...], no_resume: bool, **flags) -> TrainConfig:
+def config_from(preset: str, extra_datasets: tuple[str, ...], no_resume: bool, uncapped_extras: str | None = None,
+                **flags) -> TrainConfig:
     changes = {k: v for k, v in flags.items() if v is not None}
+    if uncapped_extras is not None:
+        changes["uncapped_extras"] = tuple(n.strip() for n in uncapped_extras.split(",") if n.strip())
     if extra_datasets:
         changes["extra_datasets"] = tuple(extra_datasets)
     if no_resume:
