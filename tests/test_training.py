@@ -1,6 +1,7 @@
 """Training smoke tests: a tiny random encoder learns a keyword task, exports, reloads, predicts the same."""
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -149,3 +150,22 @@ def test_evaluate_reads_the_models_own_split_and_warns_about_another(tmp_path, k
     other = CliRunner().invoke(main, args + ["--seed", "13"])
     assert other.exit_code == 0, other.output
     assert "trained on the seed-14 split" in other.output
+
+
+def test_evaluate_on_a_target_set_scores_the_post_label_against_the_targets_gold(tmp_path, keyword_jsonl):
+    """`evaluate` on a target-level set also prints the same model's post label scored against every
+    target's gold label, so "does reading the target beat the post's own label?" is one command."""
+    import re
+
+    from click.testing import CliRunner
+
+    from affectstream.cli import main
+
+    dong = Path(__file__).parent / "fixtures" / "absa" / "apc_datasets" / "101.ACL_Twitter" / "acl-14-short-data"
+    out = train(tiny_cfg(tmp_path, keyword_jsonl, epochs=1), progress=False).out_dir
+    result = CliRunner().invoke(main, ["evaluate", str(out), "--dataset", "dong2014", "--data-path", str(dong)])
+    assert result.exit_code == 0, result.output
+    line = re.search(r"post label for every target \(as served\): accuracy ([\d.]+), macro-F1 ([\d.]+) "
+                     r"\(target labels: ([\d.]+)\)", result.output)
+    assert line, result.output
+    assert all(0.0 <= float(v) <= 1.0 for v in line.groups())

@@ -164,10 +164,13 @@ def evaluate(model_dir: str, dataset: str, data_path: str | None, split: str, se
         c = metrics["contrast"]
         click.echo(f"multi-target posts: {c['multi_target']}; whose gold labels differ: {c['contrast']}; of those, "
                    f"told apart {c['contrast_share']:.3f}, every target right {c['both_right']:.3f}")
-    readable = served_rationale_readability(model_dir, samples, descriptions)
+    readable, post_level = served_rationale_readability(model_dir, samples, descriptions)
     click.echo(f"rationales (as served): {readable['words_per_post']:.1f} words per post, "
                f"{readable['stopword_share']:.1%} stopwords or punctuation, content word first in "
                f"{readable['content_first']:.1%} of posts")
+    if post_level:
+        click.echo(f"the same model's post label for every target (as served): accuracy {post_level['accuracy']:.4f}, "
+                   f"macro-F1 {post_level['macro_f1']:.4f} (target labels: {metrics['macro_f1']:.4f})")
     if with_faithfulness:
         from affectstream.training.card import attach_section, faithfulness_body
         from affectstream.training.faithfulness import faithfulness, render
@@ -208,11 +211,14 @@ def evaluate_comparative(model_dir: str, path: str, attach: bool) -> None:
         click.echo(f"attached to {Path(model_dir) / 'card.md'}")
 
 
-def served_rationale_readability(model_dir: str, samples: list, descriptions: dict[str, str]) -> dict:
+def served_rationale_readability(model_dir: str, samples: list, descriptions: dict[str, str]) -> tuple[dict, dict | None]:
     """training.readability over the rationales the serving predictor shows: per target for (post, target)
-    samples, per post otherwise."""
+    samples, per post otherwise; and, where there are targets, the same predictor's post-level label scored
+    against each target's gold label (does reading the target beat the post's own label?)."""
+    from affectstream.model.config import SENTIMENT_LABELS
     from affectstream.model.predictor import BatchPredictor
     from affectstream.model.targets import TargetInput
+    from affectstream.training.evaluate import classification_metrics
     from affectstream.training.readability import rationale_readability
 
     predictor = BatchPredictor.from_directory(model_dir, device="cpu")
@@ -221,7 +227,11 @@ def served_rationale_readability(model_dir: str, samples: list, descriptions: di
     predictions = predictor.predict_targets(
         [TargetInput(s.text, descriptions.get(s.id, ""), s.target, tuple(s.target_spans)) for s in targets])
     predictions += predictor.predict([(s.text, descriptions.get(s.id, "")) for s in posts])
-    return rationale_readability([[w.text for w in p.rationale] for p in predictions])
+    post_level = None
+    if targets:
+        as_posts = predictor.predict([(s.text, descriptions.get(s.id, "")) for s in targets])
+        post_level = classification_metrics([s.label for s in targets], [p.label for p in as_posts], SENTIMENT_LABELS)
+    return rationale_readability([[w.text for w in p.rationale] for p in predictions]), post_level
 
 
 def training_seed(model_dir: str | Path) -> int | None:
