@@ -144,3 +144,21 @@ def test_onnx_graph_carries_the_bias(tmp_path, monkeypatch):
     for a, b, c in zip(torch_biased, onnx_biased, onnx_plain):
         assert a.label == b.label and all(abs(a.scores[k] - b.scores[k]) <= 2e-3 for k in a.scores)
         assert b.scores["neutral"] > c.scores["neutral"] + 0.05   # the +3 on neutral is in the graph
+
+
+def test_a_directory_switched_to_content_selection_is_refitted_and_scored_as_served(tmp_path, skewed_jsonl):
+    cfg = PRESETS["tiny"].replace(dataset="jsonl", data_path=str(skewed_jsonl), out_dir=str(tmp_path / "out"),
+                                  run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), epochs=1)
+    out = train(cfg, progress=False).out_dir
+    weights = (out / "model.safetensors").read_bytes()
+    record = calibrate_directory(out, token_selection="content")
+    assert record["token_selection"] == {"trained": "all", "served": "content"}
+    model, tokenizer, config = load_deployed(out)
+    assert config.token_selection == "content" and config.sentiment_bias == tuple(record["bias"].values())
+    assert (out / "model.safetensors").read_bytes() == weights
+    # the recorded test score is the served model's: content selection and the refitted bias
+    test = load_datasets(cfg)[0].split("test")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert evaluate_split(model, tokenizer, test, {}, cfg, torch.device("cpu"))["macro_f1"] == pytest.approx(
+        metrics["test"]["posts"]["macro_f1"], abs=1e-9)
+    assert "token selection 'content' (trained with 'all')" in (out / "card.md").read_text()

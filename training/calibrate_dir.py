@@ -11,10 +11,14 @@ from affectstream.training.calibrate import calibrate_model
 from affectstream.training.config import TrainConfig
 
 
-def calibrate_directory(model_dir: str | Path, device: str = "cpu") -> dict:
+def calibrate_directory(model_dir: str | Path, device: str = "cpu", token_selection: str | None = None) -> dict:
     """Fit the bias for a trained model directory without retraining: the datasets and split seed come from
-    its metrics.json; config.json gains `sentiment_bias` (weights untouched); metrics.json's test scores,
-    `class_bias` record and card.md's Method / Results / Reproducibility sections are rewritten."""
+    its metrics.json; config.json gains `sentiment_bias` (weights untouched) and, for a model trained on
+    (post, target) pairs as well, a refitted `target_bias`; metrics.json's test scores, `class_bias` record
+    and card.md's Method / Results / Reproducibility sections are rewritten.
+
+    ``token_selection``: serve choosing among these tokens from now on ("content": content words only), set
+    before the fit, so the biases and the test scores are those of the model as it will be served."""
     from affectstream.model.captioners import build_captioner
     from affectstream.model.deploy import load_deployed
     from affectstream.model.device import pick_device
@@ -28,6 +32,9 @@ def calibrate_directory(model_dir: str | Path, device: str = "cpu") -> dict:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items() if k in fields})
     model, tokenizer, model_cfg = load_deployed(model_dir)
+    trained_selection = getattr(model.config, "token_selection", "all")
+    if token_selection:
+        model.config.token_selection = token_selection
     torch_device = pick_device(device)
     model.to(torch_device)
     datasets = load_datasets(cfg)
@@ -43,6 +50,15 @@ def calibrate_directory(model_dir: str | Path, device: str = "cpu") -> dict:
     before = {name: m["macro_f1"] for name, m in test_scores().items()}
     record = calibrate_model(model, tokenizer, primary.split("dev"), descriptions, cfg.max_length, torch_device,
                              cfg.bf16, fitted_on=f"{primary.name} dev")
+    target_dev = [s for d in datasets[1:] for s in d.split("dev") if s.target is not None]
+    if target_dev and model.config.target_bias:
+        from affectstream.training.calibrate import calibrate_targets
+
+        record["targets"] = calibrate_targets(
+            model, tokenizer, target_dev, descriptions, cfg.max_length, torch_device, cfg.bf16,
+            fitted_on=" + ".join(d.name for d in datasets[1:] if any(s.target for s in d.split("dev"))) + " dev")
+    if model.config.token_selection != trained_selection:
+        record["token_selection"] = {"trained": trained_selection, "served": model.config.token_selection}
     metrics["test"] = test_scores()
     record |= {"post_hoc": True, "test_macro_f1_before": before,
                "test_macro_f1_after": {name: m["macro_f1"] for name, m in metrics["test"].items()}}
@@ -51,6 +67,9 @@ def calibrate_directory(model_dir: str | Path, device: str = "cpu") -> dict:
     # config.json: only the one key changes (a re-save would also rewrite the stored dtype and bookkeeping)
     config = json.loads((model_dir / "config.json").read_text())
     config["sentiment_bias"] = list(model.config.sentiment_bias)
+    if "targets" in record:
+        config["target_bias"] = list(model.config.target_bias)
+    config["token_selection"] = model.config.token_selection
     (model_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False, default=str))
     refresh_card(model_dir, model.config.method_options(), metrics, datasets)
@@ -66,6 +85,12 @@ def describe_record(record: dict) -> str:
     bias = ", ".join(f"{label} {value:+.2f}" for label, value in record["bias"].items())
     text = (f"per-class logit bias ({bias}) fitted on {record['fitted_on']} ({record['n']} posts) for macro-F1: "
             f"dev macro-F1 {record['dev_macro_f1_before']:.4f} → {record['dev_macro_f1_after']:.4f}")
+    if selection := record.get("token_selection"):
+        text = (f"token selection {selection['served']!r} (trained with {selection['trained']!r}), then " + text)
+    if targets := record.get("targets"):
+        target_bias = ", ".join(f"{label} {value:+.2f}" for label, value in targets["bias"].items())
+        text += (f"; target-level bias ({target_bias}) on {targets['fitted_on']} ({targets['n']} targets): dev macro-F1 "
+                 f"{targets['dev_macro_f1_before']:.4f} → {targets['dev_macro_f1_after']:.4f}")
     if record.get("test_macro_f1_before"):
         text += "; test macro-F1 " + ", ".join(
             f"{name} {record['test_macro_f1_before'][name]:.4f} → {after:.4f}"

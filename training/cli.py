@@ -187,13 +187,16 @@ def evaluate(model_dir: str, dataset: str, data_path: str | None, split: str, se
 @click.command()
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-def calibrate(model_dir: str, device: str) -> None:
+@click.option("--token-selection", type=click.Choice(["all", "content"]), default=None,
+              help="Serve choosing among these tokens from now on; set before the fit [default: unchanged].")
+def calibrate(model_dir: str, device: str, token_selection: str | None) -> None:
     """Fit the per-class logit bias of a trained MODEL_DIR on its dev split (no retraining): rewrites its
-    config.json (`sentiment_bias`; weights unchanged), metrics.json's test scores and card.md."""
+    config.json (`sentiment_bias`, and `target_bias` for a model that reads targets; weights unchanged),
+    metrics.json's test scores and card.md."""
     from affectstream.training.calibrate_dir import calibrate_directory, describe_record
 
     logging.basicConfig(level=logging.WARNING)
-    record = calibrate_directory(model_dir, device)
+    record = calibrate_directory(model_dir, device, token_selection)
     click.echo(f"{model_dir}: {describe_record(record)}")
 
 
