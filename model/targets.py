@@ -36,20 +36,24 @@ class MarkerFormat:
     prefix: str                   # "{}" is the target's name; used when the text does not mention it
     pattern: re.Pattern           # every marker this format writes: tokens inside a match are never selectable
     forbidden: str                # characters removed from a name put inside the prefix
+    mention: re.Pattern           # a marked mention or prefix whole, markers and name: with content-word
+                                  # selection none of it is chosen ("acme" never explains acme's label)
 
 
 FORMATS: dict[str, MarkerFormat] = {
-    "marked-v2": MarkerFormat("«", "»", "«={}»", re.compile(r"«=[^«»]*»|[«»]"), "«»"),
-    "marked-v1": MarkerFormat("<t>", "</t>", "<t={}>", re.compile(r"</?t>|<t=[^<>]*>"), "<>"),
+    "marked-v2": MarkerFormat("«", "»", "«={}»", re.compile(r"«=[^«»]*»|[«»]"), "«»", re.compile(r"«[^«»]*»")),
+    "marked-v1": MarkerFormat("<t>", "</t>", "<t={}>", re.compile(r"</?t>|<t=[^<>]*>"), "<>",
+                              re.compile(r"<t>.*?</t>|<t=[^<>]*>")),
 }
 MARKERS = FORMATS[TARGET_FORMAT].pattern
 
 
-def markers_of(target_format: str) -> re.Pattern:
-    """The marker pattern of a model's `target_format`; ValueError for a format this code cannot write."""
+def markers_of(target_format: str, whole_mentions: bool = False) -> re.Pattern:
+    """The marker pattern of a model's `target_format` (``whole_mentions``: the pattern of a marked mention
+    with its name); ValueError for a format this code cannot write."""
     if target_format not in FORMATS:
         raise ValueError(f"unknown target format {target_format!r}; known: {sorted(FORMATS)}")
-    return FORMATS[target_format].pattern
+    return FORMATS[target_format].mention if whole_mentions else FORMATS[target_format].pattern
 
 
 @dataclass(frozen=True)

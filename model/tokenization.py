@@ -79,7 +79,8 @@ def encode_pairs(
     the field-label pattern exactly as the describer wrote them. The returned ``texts`` are the
     normalised ones, so rationale offsets slice the words the model read.
     ``selection``: the model's ``token_selection``; "content" leaves only content-word tokens selectable,
-    except in a post that has none (it keeps every real token, so it still has a rationale)."""
+    and not the marked target's own name, except in a post that has none (it keeps every real token but
+    the markers, so it still has a rationale)."""
     if not tokenizer.is_fast:
         raise TypeError("affectstream needs a fast tokenizer (offsets and sequence ids)")
     texts = normalize_texts(list(texts), normalization, marked)
@@ -104,6 +105,8 @@ def encode_pairs(
     if selection == "content":
         content = selectable & ~function_word_tokens(texts, source, offsets, SOURCE_TEXT) \
             & ~function_word_tokens(descriptions, source, offsets, SOURCE_IMAGE)
+        if marked:
+            content &= ~tokens_inside(texts, markers_of(marked, whole_mentions=True), source, offsets, SOURCE_TEXT)
         selectable = torch.where(content.any(dim=1, keepdim=True), content, selectable)
     elif selection != "all":
         raise ValueError(f"selection must be one of {TOKEN_SELECTIONS}, got {selection!r}")

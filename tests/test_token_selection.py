@@ -44,3 +44,16 @@ def test_the_setting_is_validated_and_old_directories_choose_among_every_token(t
     data.pop("token_selection")
     (tmp_path / "config.json").write_text(json.dumps(data))
     assert AlignedConfig.from_pretrained(tmp_path).token_selection == "all"
+
+
+def test_the_marked_target_is_never_its_own_reason():
+    from affectstream.model.targets import TARGET_FORMAT
+
+    model, tokenizer = tiny_classifier(top_k=16, token_selection="content", target_format=TARGET_FORMAT)
+    predictor = BatchPredictor(model, tokenizer, model.config, device="cpu", dtype="fp32")
+    text = "acme support was awful but nimbus fixed it"
+    [acme, nimbus] = predictor.predict_targets(
+        [TargetInput(text, "", "acme", ((0, 4),)), TargetInput(text, "", "nimbus", ((27, 33),))])
+    assert "acme" not in {w.text for w in acme.rationale} and "nimbus" not in {w.text for w in nimbus.rationale}
+    [alone] = predictor.predict_targets([TargetInput("acme", "", "acme", ((0, 4),))])
+    assert alone.label in ("negative", "neutral", "positive")
