@@ -169,3 +169,19 @@ def test_evaluate_on_a_target_set_scores_the_post_label_against_the_targets_gold
                      r"\(target labels: ([\d.]+)\)", result.output)
     assert line, result.output
     assert all(0.0 <= float(v) <= 1.0 for v in line.groups())
+
+
+def test_a_model_trained_on_every_token_can_be_exported_choosing_content_words(tmp_path, keyword_jsonl):
+    """TrainConfig.serve_selection (the default preset's "content"): trained choosing among every token, exported
+    choosing among content words, with its test scores measured that way."""
+    from affectstream.model.deploy import load_deployed
+    from affectstream.training.train import evaluate_split, load_datasets
+
+    cfg = tiny_cfg(tmp_path, keyword_jsonl, epochs=1, serve_selection="content")
+    result = train(cfg, progress=False)
+    model, tokenizer, config = load_deployed(result.out_dir)
+    assert config.token_selection == "content"
+    assert json.loads((result.out_dir / "metrics.json").read_text())["reproducibility"]["config"]["token_selection"] == "all"
+    test = load_datasets(cfg)[0].split("test")
+    assert evaluate_split(model, tokenizer, test, {}, cfg, torch.device("cpu"))["macro_f1"] == pytest.approx(
+        result.metrics["test"]["posts"]["macro_f1"], abs=0.02)   # bf16 export vs the fp32 model the trainer scored

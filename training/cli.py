@@ -16,6 +16,7 @@ OPTIONS = [  # (flag, TrainConfig field, type)
     ("--top-k-ratio", "top_k_ratio", float), ("--top-k-min", "top_k_min", int),
     ("--min-weight-share", "min_weight_share", float),
     ("--token-selection", "token_selection", click.Choice(["all", "content"])),
+    ("--serve-selection", "serve_selection", click.Choice(["all", "content"])),
     ("--max-length", "max_length", int), ("--max-extra-train", "max_extra_train", int), ("--epochs", "epochs", int), ("--batch-size", "batch_size", int),
     ("--lr", "lr", float), ("--head-lr", "head_lr", float), ("--seed", "seed", int), ("--out", "out_dir", str),
     ("--run-dir", "run_dir", str), ("--max-train-samples", "max_train_samples", int),

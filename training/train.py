@@ -309,6 +309,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
 
     # best weights → class bias on the primary dev split → test metrics per dataset → export
     model.load_state_dict(load_file(str(best_state_path)))
+    if cfg.serve_selection:  # serve choosing among other tokens than training did: bias fit, tests and export see it
+        model.config.token_selection = cfg.serve_selection
     class_bias = None
     if cfg.class_bias:  # move the argmax boundary toward dev macro-F1 (the minority class, e.g. neutral, gains)
         from affectstream.training.calibrate import calibrate_model
