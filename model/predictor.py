@@ -29,7 +29,7 @@ from affectstream.model.deploy import load_deployed
 from affectstream.model.device import pick_device, pick_dtype
 from affectstream.model.rationale import RationaleWord, TokenSpan, merge_to_words
 from affectstream.model.targets import TargetInput, mark_target, shift_scores
-from affectstream.model.tokenization import SOURCE_NAMES, EncodedPairs, encode_pairs
+from affectstream.model.tokenization import SOURCE_NAMES, EncodedPairs, encode_pairs, encoding_options
 from affectstream.model.torch_compat import pack_if_supported
 
 
@@ -178,8 +178,7 @@ class PairPredictor(ABC):
 
     def encode(self, pairs: list[tuple[str, str]], marked: str = "") -> EncodedPairs:
         return encode_pairs(self.tokenizer, [text for text, _ in pairs], [description for _, description in pairs],
-                            self.config.max_length, marked=marked, normalization=self.config.text_normalization,
-                            selection=getattr(self.config, "token_selection", "all"))
+                            self.config.max_length, marked=marked, **encoding_options(self.config))
 
     @torch.inference_mode()
     def _predict_batch(self, pairs: list[tuple[str, str]], marked: str = "") -> list[Prediction]:

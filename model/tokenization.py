@@ -50,6 +50,12 @@ class EncodedPairs:
         return inputs
 
 
+def encoding_options(config) -> dict[str, str]:
+    """`encode_pairs`'s model-dependent options from a model's config (AlignedConfig): how its text is
+    normalised and which tokens it may choose, so training, calibration, evaluation and serving read alike."""
+    return {"normalization": config.text_normalization, "selection": config.token_selection}
+
+
 @functools.lru_cache(maxsize=16)
 def pair_encoder(tokenizer: PreTrainedTokenizerFast, max_length: int) -> Tokenizer:
     """The Rust tokenizer behind `tokenizer`, configured once for pair truncation and dynamic padding.

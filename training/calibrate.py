@@ -70,10 +70,11 @@ def fit_bias(logits: torch.Tensor, truth: torch.Tensor, grid: tuple[float, ...] 
 def sentiment_logits(model, tokenizer, samples, descriptions: dict[str, str], max_length: int,
                      device: torch.device, bf16: bool = True) -> torch.Tensor:
     """The model's sentiment logits (N, C) for `samples`, in their order, read exactly as evaluation reads
-    them (training.train.encode_batch: the model's target format and text normalisation). The bias the model
+    them (training.train.encode_batch: the model's target format, text normalisation and token selection). The bias the model
     already carries is included (forward adds it); fit_bias then finds the change on top of it."""
     from affectstream.model.device import autocast
     from affectstream.model.targets import TARGET_FORMAT
+    from affectstream.model.tokenization import encoding_options
     from affectstream.training.batches import encode_batch
 
     model.eval()
@@ -85,8 +86,7 @@ def sentiment_logits(model, tokenizer, samples, descriptions: dict[str, str], ma
         batch = [samples[i] for i in order[start:start + 64]]
         encoded, _, _ = encode_batch(tokenizer, batch, descriptions, max_length,
                                      getattr(model.config, "target_format", "") or TARGET_FORMAT,
-                                     normalization=getattr(model.config, "text_normalization", "none"),
-                                     selection=getattr(model.config, "token_selection", "all"))
+                                     **encoding_options(model.config))
         with autocast(device, bf16):
             out = model(**{k: v.to(device) for k, v in encoded.model_inputs().items()})
         rows.append(out.sentiment_logits.float().cpu())
@@ -113,6 +113,19 @@ def calibrate_targets(model, tokenizer, dev_samples, descriptions: dict[str, str
     return {"bias": dict(zip(labels, model.config.target_bias)), "fitted_on": fitted_on, "n": fit.n,
             "objective": "macro_f1", "dev_macro_f1_before": fit.dev_macro_f1_before,
             "dev_macro_f1_after": fit.dev_macro_f1_after}
+
+
+def calibrate_target_sets(model, tokenizer, datasets: list, descriptions: dict[str, str], max_length: int,
+                          device: torch.device, bf16: bool = True) -> dict | None:
+    """The target-level bias of a joint model (post-level primary set, (post, target) extra sets), fitted on
+    the extra sets' target dev samples; None for a model that has no such sets."""
+    primary_dev = datasets[0].split("dev")
+    target_sets = [d for d in datasets[1:] if any(s.target is not None for s in d.split("dev"))]
+    if not target_sets or not primary_dev or primary_dev[0].target is not None:
+        return None
+    target_dev = [s for d in target_sets for s in d.split("dev") if s.target is not None]
+    return calibrate_targets(model, tokenizer, target_dev, descriptions, max_length, device, bf16,
+                             fitted_on=" + ".join(d.name for d in target_sets) + " dev")
 
 
 def calibrate_model(model, tokenizer, dev_samples, descriptions: dict[str, str], max_length: int,

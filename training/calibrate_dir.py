@@ -7,7 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from affectstream.training.calibrate import calibrate_model
+from affectstream.training.calibrate import calibrate_model, calibrate_target_sets
 from affectstream.training.config import TrainConfig
 
 
@@ -50,13 +50,8 @@ def calibrate_directory(model_dir: str | Path, device: str = "cpu", token_select
     before = {name: m["macro_f1"] for name, m in test_scores().items()}
     record = calibrate_model(model, tokenizer, primary.split("dev"), descriptions, cfg.max_length, torch_device,
                              cfg.bf16, fitted_on=f"{primary.name} dev")
-    target_dev = [s for d in datasets[1:] for s in d.split("dev") if s.target is not None]
-    if target_dev and model.config.target_bias:
-        from affectstream.training.calibrate import calibrate_targets
-
-        record["targets"] = calibrate_targets(
-            model, tokenizer, target_dev, descriptions, cfg.max_length, torch_device, cfg.bf16,
-            fitted_on=" + ".join(d.name for d in datasets[1:] if any(s.target for s in d.split("dev"))) + " dev")
+    if targets := calibrate_target_sets(model, tokenizer, datasets, descriptions, cfg.max_length, torch_device, cfg.bf16):
+        record["targets"] = targets
     if model.config.token_selection != trained_selection:
         record["token_selection"] = {"trained": trained_selection, "served": model.config.token_selection}
     metrics["test"] = test_scores()

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from affectstream.model.rationale import TokenSpan, display_word, merge_to_words
-from affectstream.model.tokenization import SOURCE_NAMES, encode_pairs
+from affectstream.model.tokenization import SOURCE_NAMES, encode_pairs, encoding_options
 
 WORD = re.compile(r"\S+")
 Position = tuple[int, int]  # (side: 0 text | 1 description, word index on that side)
@@ -66,13 +66,9 @@ def sufficiency(p_full: float, p_only: float) -> float:
     return p_full - p_only
 
 
-def _normalization(model) -> str:
-    return getattr(model.config, "text_normalization", "none")
-
-
 def _encode(model, tokenizer, pairs: list[tuple[str, str]]):
-    kwargs = {"normalization": _normalization(model), "selection": getattr(model.config, "token_selection", "all")}
-    return encode_pairs(tokenizer, [t for t, _ in pairs], [d for _, d in pairs], model.config.max_length, **kwargs)
+    return encode_pairs(tokenizer, [t for t, _ in pairs], [d for _, d in pairs], model.config.max_length,
+                        **encoding_options(model.config))
 
 
 @torch.inference_mode()

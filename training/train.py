@@ -28,6 +28,7 @@ from affectstream.model.device import autocast, pick_device
 from affectstream.model.encoders import load_encoder
 from affectstream.model.losses import aligned_objective
 from affectstream.model.targets import TARGET_FORMAT
+from affectstream.model.tokenization import encoding_options
 from affectstream.training.batches import encode_batch, length_bucketed_batches
 from affectstream.training.config import TrainConfig
 from affectstream.training.datasets import KINDS, load_dataset
@@ -95,8 +96,7 @@ def predict_labels(model: AlignedClassifier, tokenizer, samples: list[Sample], d
         batch = ordered[start:start + 64]
         encoded, _, _ = encode_batch(tokenizer, batch, descriptions, cfg.max_length,
                                      getattr(model.config, "target_format", "") or TARGET_FORMAT,
-                                     normalization=getattr(model.config, "text_normalization", "none"),
-                                     selection=getattr(model.config, "token_selection", "all"))
+                                     **encoding_options(model.config))
         with autocast(device, cfg.bf16):
             out = model(**{k: v.to(device) for k, v in encoded.model_inputs().items()})
         logits = with_target_bias(out.sentiment_logits.float().cpu(), batch, model.config.target_bias)
@@ -264,8 +264,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not progress)
         for batch in bar:
             encoded, labels, emotions = encode_batch(tokenizer, batch, descriptions, cfg.max_length,
-                                                     normalization=model.config.text_normalization,
-                                                     selection=model.config.token_selection)
+                                                     **encoding_options(model.config))
             progress_share = step / max(1, total_steps)
             with autocast(device, cfg.bf16):
                 out = model(**{k: v.to(device) for k, v in encoded.model_inputs().items()},
@@ -317,13 +316,10 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
 
         class_bias = calibrate_model(model, tokenizer, datasets[0].split("dev"), descriptions, cfg.max_length, device,
                                      cfg.bf16, fitted_on=f"{datasets[0].name} dev")
-        target_dev = [s for d in datasets[1:] for s in d.split("dev") if s.target is not None]
-        if target_dev and datasets[0].split("dev") and datasets[0].split("dev")[0].target is None:
-            from affectstream.training.calibrate import calibrate_targets
+        from affectstream.training.calibrate import calibrate_target_sets
 
-            class_bias["targets"] = calibrate_targets(
-                model, tokenizer, target_dev, descriptions, cfg.max_length, device, cfg.bf16,
-                fitted_on=" + ".join(d.name for d in datasets[1:] if any(s.target for s in d.split("dev"))) + " dev")
+        if targets := calibrate_target_sets(model, tokenizer, datasets, descriptions, cfg.max_length, device, cfg.bf16):
+            class_bias["targets"] = targets
     tests = {d.name: evaluate_split(model, tokenizer, d.split("test"), descriptions, cfg, device)
              for d in datasets if d.split("test")}
     metrics = {
