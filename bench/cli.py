@@ -57,7 +57,7 @@ class Sizes:
     peer_posts: int = 512                  # peers: posts per round, every variant and batch size
     rss_posts: int = 512                   # peers: posts served by each backend's memory probe
     int8_gate: bool = True                 # run the int8 quality gate on the peers' model first
-    drivers: tuple[int, int] = (120, 1000)  # drivers (bench/drivers.py): sink batches per variant, brands × 7 days
+    drivers: tuple[int, int] = (200, 1000)  # drivers (bench/drivers.py): sink batches per variant, brands × 7 days
 
 
 FULL = Sizes()

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from affectstream.model.rationale import EDGE_PUNCTUATION, EMOTICON
 from affectstream.model.stopwords import STOPWORDS
-from affectstream.streaming.worker.redis_keys import ALL_BRANDS, counted_brands
+from affectstream.streaming.worker.redis_keys import ALL_BRANDS
 from affectstream.streaming.worker.result import Result
 
 if TYPE_CHECKING:
@@ -46,18 +47,23 @@ def normalise(word: str) -> str | None:
 
 def brand_words(result: Result) -> set[str]:
     """The words of every brand the result is about: ids, mention names and aliases, split into words."""
-    names: list[str] = list(result.brands)
+    words: set[str] = set()
+    for brand in result.brands:
+        words |= _name_words(str(brand))
     for target in result.targets:
         if not isinstance(target, Mapping):
             continue
-        names.append(str(target.get("brand", "")))
+        words |= _name_words(str(target.get("brand", "")))
         for mention in target.get("mentions") or ():
             if isinstance(mention, Mapping):
-                names += [str(mention.get("name", "")), str(mention.get("alias", ""))]
-    words: set[str] = set()
-    for name in names:
-        words.update(_parts(name.lower()))
+                words |= _name_words(str(mention.get("name", "")))
+                words |= _name_words(str(mention.get("alias", "")))
     return words
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _name_words(name: str) -> frozenset[str]:
+    return _parts(name.lower())
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -85,31 +91,30 @@ def terms_of(rationale: Iterable[Any], drop: set[str]) -> tuple[str, ...]:
             found = side_term(entry.get("source"), entry.get("text", ""))
         except TypeError:  # an unhashable side or word: not a term
             continue
-        if found is None or not drop.isdisjoint(found[1]):
-            continue
-        out[found[0]] = None
-        if len(out) >= MAX_TERMS_PER_BUCKET:
-            break
+        if found is not None and drop.isdisjoint(found[1]):
+            out[found[0]] = None
+            if len(out) >= MAX_TERMS_PER_BUCKET:
+                break
     return tuple(out)
 
 
 def bucket_terms(result: Result, untargeted_brand: str = "") -> dict[str, tuple[str, ...]]:
     """Brand bucket -> the terms the result adds there, for the buckets of ``Result.bucket_labels`` but
     ``_all``: the whole stream's drivers are nobody's (alerts and the dashboard are per brand), and they
-    would double the sink's term work."""
+    would double the sink's term work. (The sink runs this for every result: one pass, no ABC checks on
+    the plain dicts a result holds.)"""
+    own: dict[str, Any] = {}    # brand -> its target's rationale (the last entry for a brand, as bucket_labels)
+    for t in result.targets:
+        if isinstance(t, Mapping) and isinstance(brand := t.get("brand"), str) and isinstance(t.get("label"), str):
+            own[brand] = t.get("rationale") or ()
     drop = brand_words(result)
-    own = {t["brand"]: t.get("rationale") or () for t in result.targets
-           if isinstance(t, Mapping) and isinstance(t.get("brand"), str) and isinstance(t.get("label"), str)}
-    post_terms: tuple[str, ...] | None = None   # only when a bucket has no target of its own
-    out = {}
-    for brand in counted_brands([*own, *result.brands], untargeted_brand):
-        if brand == ALL_BRANDS:
-            continue
-        if brand in own:
-            out[brand] = terms_of(own[brand], drop)
-        else:
-            post_terms = terms_of(result.rationale, drop) if post_terms is None else post_terms
-            out[brand] = post_terms
+    out = {brand: terms_of(rationale, drop) for brand, rationale in own.items() if brand != ALL_BRANDS}
+    rest = [brand for brand in result.brands if brand not in own and brand != ALL_BRANDS]
+    if not own and not result.brands and untargeted_brand and untargeted_brand != ALL_BRANDS:
+        rest = [untargeted_brand]
+    if rest:   # buckets without a target of their own get the post-level rationale's terms
+        post_terms = terms_of(result.rationale, drop)
+        out.update(dict.fromkeys(rest, post_terms))
     return out
 
 

@@ -2,11 +2,11 @@
 ``await script(keys=..., args=...)`` (redis-py sends EVALSHA and, when the server answers NOSCRIPT, loads the
 script and runs it again), or many calls in one pipeline with ``run_pipelined``.
 
-In a pipeline the call is ``script(keys, args, client=pipe)``. redis-py's single-Redis pipeline loads the
-scripts it carries before it runs (SCRIPT EXISTS, then SCRIPT LOAD for the missing ones); its cluster pipeline
-sends the EVALSHA as it is, so after a master restarted or its scripts were flushed a call can come back
-NOSCRIPT. Such a call did not run, so ``run_pipelined`` runs it again on its own through the script object,
-which loads the script on that call's master.
+``run_pipelined`` queues plain EVALSHA calls. (Passing the pipeline to the script object would make redis-py's
+single-Redis pipeline ask SCRIPT EXISTS first, one more round trip for every pipeline, although the scripts
+are nearly always there.) After a server restarted or its scripts were flushed a call comes back NOSCRIPT;
+such a call did not run, so ``run_pipelined`` runs it again on its own through the script object, which
+loads the script on that call's server (on a cluster, that call's master) and runs it.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ async def run_pipelined(client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
         return []
     async with client.pipeline(transaction=False) as pipe:
         for script, keys, args in calls:
-            await script(keys=keys, args=args, client=pipe)
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
         replies = await pipe.execute(raise_on_error=False)
     return [await _alone(call) if isinstance(reply, NoScriptError) else reply
             for call, reply in zip(calls, replies)]

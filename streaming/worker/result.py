@@ -12,8 +12,9 @@ brand ids; ``targets_overflow`` counts the targets left out by ``settings.brands
 ``bucket_labels`` says which label counts in which brand-minute bucket (the Redis sink and the monitor)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import orjson
 

@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 HOUR_MS = 3_600_000
 RETRY_FIRST_S = 0.1
 RETRY_MAX_S = 5.0
+MARKS_KEPT = 4096   # marks the sink holds before it forgets the expired ones (a mark is checked for expiry anyway)
 LOG_EVERY_S = 10.0  # while retrying: one warning line per interval, whatever the number of retries
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
 # refusals that pass by themselves: Redis is up but will not take writes right now
@@ -84,7 +85,7 @@ def claim_keys(keys: RedisKeys, post_id: str) -> list[str]:
     return [keys.post(post_id), keys.seen(post_id), keys.post_input(post_id)]
 
 
-@functools.lru_cache(maxsize=4096)  # one call per bucket per batch; a stream's batches share buckets
+@functools.lru_cache(maxsize=1 << 14)  # one call per bucket per batch; a stream's batches share buckets
 def count_keys(keys: RedisKeys, brand: str, minute: str, driver_labels: tuple[str, ...] = ()) -> tuple[str, ...]:
     return (keys.counted(brand, minute), keys.brand(brand, minute),
             *(keys.terms(brand, label, minute) for label in driver_labels))
@@ -112,7 +113,14 @@ class _Write:
     minute: str = ""
 
     def to_count(self, counted: Result, json: bytes, untargeted_brand: str, with_terms: bool = True) -> None:
-        self.counted, self.json, self.step = counted, json, COUNT
+        """Count ``counted`` (this item's result, or the stored first one of a post claimed before)."""
+        if counted is not self.counted:   # not the result `prepare` read
+            self.prepare(counted, json, untargeted_brand, with_terms)
+        self.step = COUNT
+
+    def prepare(self, counted: Result, json: bytes, untargeted_brand: str, with_terms: bool) -> None:
+        """Its buckets, labels and terms (``to_count`` makes them the ones counted)."""
+        self.counted, self.json = counted, json
         self.minute = minute = minute_bucket(counted.event_ms)
         self.labels = counted.bucket_labels(untargeted_brand)
         self.terms = bucket_terms(counted, untargeted_brand) if with_terms else {}
@@ -123,12 +131,6 @@ class _Write:
         label = self.labels[brand]
         terms = self.terms.get(brand, ()) if label in counted_labels else ()
         return self.counted.id, label, TERM_SEP.join(terms)
-
-    @property
-    def hours(self) -> set[str]:
-        """The rollup's "<hour>:<brand>" members of this post's buckets."""
-        hour = hour_of(self.minute)
-        return {f"{hour}:{brand}" for brand in self.labels}
 
 
 class SinkStopped(RuntimeError):
@@ -157,6 +159,7 @@ class RedisSink(Sink):
         self._claim, self._count, self._mark, self._announce = (self.client.register_script(s) for s in SCRIPTS)
         self.driver_labels = driver_labels(settings)
         self._marked: dict[str, int] = {}  # "<hour>:<brand>" marked by this sink -> until when that suffices
+        self._prune_above = MARKS_KEPT
         self._stop = asyncio.Event()
         self._stalled = 0  # writes that failed at least once and have not succeeded yet
 
@@ -220,21 +223,33 @@ class RedisSink(Sink):
 
     async def _claim_step(self, pending: list[_Write], fresh: set[str]) -> BaseException | None:
         s, todo = self.settings, [w for w in pending if w.step == CLAIM]
-        replies = await self._run([(self._claim, claim_keys(s.keys, w.item.result.id),
-                                    [w.item.json, s.redis.result_ttl_s, s.redis.seen_ttl_s, w.item.input or b""])
-                                   for w in todo])
+        untargeted, with_terms = s.brands.untargeted, bool(self.driver_labels)
+        calls = [(self._claim, claim_keys(s.keys, w.item.result.id),
+                  [w.item.json, s.redis.result_ttl_s, s.redis.seen_ttl_s, w.item.input or b""]) for w in todo]
+        replies, _ = await asyncio.gather(self._run(calls), self._prepare(todo, untargeted, with_terms))
         error = None
         for w, reply in zip(todo, replies):
             if isinstance(reply, BaseException):
                 error = _retryable_or_raise(reply)
             elif reply == 1:
-                w.to_count(w.item.result, w.item.json, s.brands.untargeted, bool(self.driver_labels))
+                w.to_count(w.item.result, w.item.json, untargeted, with_terms)
             elif reply[0] == b"c":  # claimed by a write that has not finished: finish it with the first result
                 stored = reply[1] or w.item.json
-                w.to_count(Result.from_json(stored), stored, s.brands.untargeted, bool(self.driver_labels))
+                first = w.item.result if stored == w.item.json else Result.from_json(stored)
+                w.to_count(first, stored, untargeted, with_terms)
             else:
                 w.step = DONE
         return error
+
+    @staticmethod
+    async def _prepare(todo: list[_Write], untargeted: str, with_terms: bool) -> None:
+        """Each result's buckets, labels and terms while Redis runs the claims: the claim pipeline is sent
+        before this runs (it is the first of the two gathered tasks and does not wait before it sends), and
+        nearly every post is claimed now, so its own result is what gets counted."""
+        await asyncio.sleep(0)
+        for w in todo:
+            if w.counted is not w.item.result:
+                w.prepare(w.item.result, w.item.json, untargeted, with_terms)
 
     async def _count_step(self, pending: list[_Write], fresh: set[str]) -> BaseException | None:
         s, todo = self.settings, [w for w in pending if w.step == COUNT]
@@ -242,11 +257,13 @@ class RedisSink(Sink):
         for w in todo:
             for bucket in w.buckets:
                 by_bucket[bucket].append(w)
-        labels = self.driver_labels
-        head = [s.redis.bucket_ttl_s, s.drivers.terms_per_bucket, len(labels), *labels]
-        calls = [(self._count, count_keys(s.keys, *bucket, labels),
-                  [*head, *(x for w in writes for x in w.count_args(bucket[0], labels))])
-                 for bucket, writes in by_bucket.items()]
+        labels, ttl, cap = self.driver_labels, s.redis.bucket_ttl_s, s.drivers.terms_per_bucket
+        calls = []
+        for (brand, minute), writes in by_bucket.items():
+            args = [x for w in writes for x in w.count_args(brand, labels)]
+            with_terms = {args[i + 1] for i in range(0, len(args), 3) if args[i + 2]}
+            passed = tuple(label for label in labels if label in with_terms)   # only the term hashes written
+            calls.append((self._count, count_keys(s.keys, brand, minute, passed), [ttl, cap, len(passed), *passed, *args]))
         error = None
         for (bucket, writes), reply in zip(by_bucket.items(), await self._run(calls)):
             if isinstance(reply, BaseException):
@@ -264,8 +281,12 @@ class RedisSink(Sink):
         if not todo:
             return None
         now = int(time.time() * 1000)
-        self._marked = {m: until for m, until in self._marked.items() if until > now}
-        members = sorted(set().union(*(w.hours for w in todo)) - set(self._marked))
+        if len(self._marked) > self._prune_above:   # forget marks that no longer suffice (a run meets many hours)
+            self._marked = {m: until for m, until in self._marked.items() if until > now}
+            self._prune_above = max(MARKS_KEPT, 2 * len(self._marked))
+        marked = self._marked
+        hours = {hour_member(brand, w.minute) for w in todo for brand in w.labels}
+        members = sorted(m for m in hours if marked.get(m, 0) <= now)
         if members:
             reply = (await self._run([(self._mark, [s.keys.rollup_due], [s.drivers.hour_ttl_s, *members])]))[0]
             if isinstance(reply, BaseException):
@@ -303,6 +324,12 @@ class RedisSink(Sink):
         self.stop()
         if self._own_client:
             await self.client.aclose()
+
+
+@functools.lru_cache(maxsize=4096)   # one per bucket of every result; a stream's results share them
+def hour_member(brand: str, minute: str) -> str:
+    """The rollup's member for a brand-minute bucket: "<hour>:<brand>" (``RedisKeys.rollup_due``)."""
+    return f"{hour_of(minute)}:{brand}"
 
 
 def _mark_lasts(member: str) -> int:

@@ -17,9 +17,10 @@ if redis.call('SET', KEYS[2], 'c', 'NX', 'EX', ARGV[3]) then
 end
 return {redis.call('GET', KEYS[2]), redis.call('GET', KEYS[1])}
 """
-# KEYS: counted set, bucket, then the term hash of each driver label
-# ARGV: bucket ttl, terms a hash keeps, number L of driver labels, the L labels (in KEYS order), then per
-#       post: id, label, its terms joined by TERM_SEP ('' = none)  -> how many posts were new
+# KEYS: counted set, bucket, then the term hash of each label passed
+# ARGV: bucket ttl, terms a hash keeps, number L of labels passed (the driver labels among the call's posts
+#       with terms), the L labels (in KEYS order), then per post: id, label, its terms joined by TERM_SEP
+#       ('' = none)  -> how many posts were new
 # (one argument for a post's terms: the client encodes a third as many arguments)
 # A hash that holds `cap` fields takes no new term: it counts as 'other' (terms are "side:word", never
 # 'other'), so a kept term's count is exact and the hash's total is the bucket's total. A term hash gets its
@@ -27,52 +28,56 @@ return {redis.call('GET', KEYS[2]), redis.call('GET', KEYS[1])}
 # The new posts' labels and terms are summed in Lua first, then a term hash is read once (HMGET) and written
 # once (HSET) rather than one HINCRBY per term (up to MULTI_TERMS distinct terms; past that, term by term):
 # terms are taken in order of first appearance, so the kept set is the one a post-by-post count would keep.
+# A label no post of which was counted in the bucket before has no term hash yet (only this script writes
+# one, together with the bucket, whose TTL every call renews, so the bucket outlives it): no HLEN, no HMGET.
 COUNT_LUA = """
 local MULTI_TERMS = 1000
 local ttl, cap, nl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local hashes = {}
-for j = 1, nl do hashes[ARGV[3 + j]] = KEYS[2 + j] end
-local added, i, labels, terms = 0, 4 + nl, {}, {}
-while i <= #ARGV do
+local index = {}
+for j = 1, nl do index[ARGV[3 + j]] = j end
+local added, labels, counts, order = 0, {}, {}, {}
+for i = 4 + nl, #ARGV, 3 do
   if redis.call('SADD', KEYS[1], ARGV[i]) == 1 then
     local label = ARGV[i + 1]
     labels[label] = (labels[label] or 0) + 1
     added = added + 1
-    local h = hashes[label]
-    if h and ARGV[i + 2] ~= '' then
-      local t = terms[h]
-      if not t then t = {n = {}, order = {}}; terms[h] = t end
-      for term in string.gmatch(ARGV[i + 2], '[^\\31]+') do
-        if not t.n[term] then t.n[term] = 0; t.order[#t.order + 1] = term end
-        t.n[term] = t.n[term] + 1
+    local j, joined = index[label], ARGV[i + 2]
+    if j and joined ~= '' then
+      local n, o = counts[j], order[j]
+      if not n then n, o = {}, {}; counts[j], order[j] = n, o end
+      for term in string.gmatch(joined, '[^\\31]+') do
+        local c = n[term]
+        if c then n[term] = c + 1 else n[term] = 1; o[#o + 1] = term end
       end
     end
   end
-  i = i + 3
 end
 if added == 0 then return 0 end
-for label, n in pairs(labels) do redis.call('HINCRBY', KEYS[2], label, n) end
+local total = {}
+for label, n in pairs(labels) do total[label] = redis.call('HINCRBY', KEYS[2], label, n) end
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
-for h, t in pairs(terms) do
-  local size = redis.call('HLEN', h)
-  local created, other = size == 0, 0
-  if #t.order <= MULTI_TERMS then
-    local got = created and {} or redis.call('HMGET', h, unpack(t.order))
-    local fields = {}
-    for j, term in ipairs(t.order) do
-      local n = t.n[term]
-      if got[j] then n = n + tonumber(got[j])
+for j, o in pairs(order) do
+  local h, n, label = KEYS[2 + j], counts[j], ARGV[3 + j]
+  local created, size, other = total[label] == labels[label], 0, 0
+  if not created then size = redis.call('HLEN', h); created = size == 0 end
+  if #o <= MULTI_TERMS then
+    local got = created and {} or redis.call('HMGET', h, unpack(o))
+    local fields, f = {}, 0
+    for k = 1, #o do
+      local term = o[k]
+      local c, old = n[term], got[k]
+      if old then c = c + tonumber(old)
       elseif size < cap then size = size + 1
-      else other, n = other + n, nil end
-      if n then fields[#fields + 1] = term; fields[#fields + 1] = n end
+      else other, c = other + c, nil end
+      if c then fields[f + 1] = term; fields[f + 2] = c; f = f + 2 end
     end
-    if #fields > 0 then redis.call('HSET', h, unpack(fields)) end
+    if f > 0 then redis.call('HSET', h, unpack(fields)) end
   else
-    for _, term in ipairs(t.order) do
-      local n = t.n[term]
-      if size >= cap and redis.call('HEXISTS', h, term) == 0 then other = other + n
-      elseif redis.call('HINCRBY', h, term, n) == n then size = size + 1 end
+    for _, term in ipairs(o) do
+      local c = n[term]
+      if size >= cap and redis.call('HEXISTS', h, term) == 0 then other = other + c
+      elseif redis.call('HINCRBY', h, term, c) == c then size = size + 1 end
     end
   end
   if other > 0 then redis.call('HINCRBY', h, 'other', other) end
