@@ -7,6 +7,9 @@ import asyncio
 import collections
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from affectstream.streaming.monitor.alerts import AlertRule, detect_shift, make_alert
 from affectstream.streaming.monitor.drivers import DriverReader
@@ -80,6 +83,50 @@ def test_a_full_term_bucket_counts_new_terms_as_other_and_its_kept_terms_stay_ex
         return counts
 
     assert asyncio.run(run()) == {"text:refund": 2, "text:outage": 2, "other": 3}
+
+
+WORDS = ("refund", "outage", "late", "broken", "love", "fast", "slow", "great")
+STREAM = st.lists(st.lists(st.tuples(st.integers(0, 9), st.sampled_from(("negative", "neutral", "positive")),
+                                     st.lists(st.sampled_from(WORDS), max_size=4)),
+                           min_size=1, max_size=8), min_size=1, max_size=6)
+
+
+def recount(batches: list, cap: int) -> dict[tuple[int, str], dict[str, int]]:
+    """Post by post, in stream order: a post's first result counts once per minute; a term joins its hash
+    while the hash holds fewer than ``cap`` terms, later new ones count as ``other``."""
+    first: dict[int, tuple] = {}
+    hashes: dict[tuple[int, str], dict[str, int]] = collections.defaultdict(dict)
+    for batch in batches:
+        for i, label, words in batch:
+            if i in first:
+                continue
+            first[i] = (label, words)
+            counts = hashes[(i % 2, label)]   # a post's minute is i % 2
+            for term in dict.fromkeys(f"text:{w}" for w in words):
+                if term in counts or sum(1 for t in counts if t != "other") < cap and "other" not in counts:
+                    counts[term] = counts.get(term, 0) + 1
+                else:
+                    counts["other"] = counts.get("other", 0) + 1
+    return {k: v for k, v in hashes.items() if v}
+
+
+@hypothesis_settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=STREAM, cap=st.integers(1, 4))
+def test_term_counts_equal_a_post_by_post_recount_whatever_the_batches_and_redeliveries(redis_server, batches, cap):
+    """A redelivered post (here with another label and other words: a newer model) still counts its first
+    result, once; the script's sums per call keep the same terms a post-by-post count keeps."""
+    s = settings_for(redis=redis_server, driver_terms_per_bucket=cap)
+
+    async def run():
+        sink = RedisSink(s)
+        for batch in batches:
+            await sink.write([post(i, i % 2, label, tuple(words), post_words=()) for i, label, words in batch])
+        stored = {(minute, label): await term_counts(sink.client, s, "acme", label, minute)
+                  for minute in (0, 1) for label in ("negative", "neutral", "positive")}
+        await sink.close()
+        return {k: v for k, v in stored.items() if v}
+
+    assert asyncio.run(run()) == recount(batches, cap)
 
 
 def test_a_write_that_died_after_counting_is_marked_for_the_rollup_by_its_redelivery(redis_server):

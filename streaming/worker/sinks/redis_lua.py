@@ -30,6 +30,7 @@ return {redis.call('GET', KEYS[2]), redis.call('GET', KEYS[1])}
 # terms are taken in order of first appearance, so the kept set is the one a post-by-post count would keep.
 # A label no post of which was counted in the bucket before has no term hash yet (only this script writes
 # one, together with the bucket, whose TTL every call renews, so the bucket outlives it): no HLEN, no HMGET.
+# A hash gets its 'other' only once it is full, so an 'other' read with the terms says so: no HLEN either.
 COUNT_LUA = """
 local MULTI_TERMS = 1000
 local ttl, cap, nl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -58,13 +59,18 @@ for label, n in pairs(labels) do total[label] = redis.call('HINCRBY', KEYS[2], l
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
 for j, o in pairs(order) do
-  local h, n, label = KEYS[2 + j], counts[j], ARGV[3 + j]
-  local created, size, other = total[label] == labels[label], 0, 0
-  if not created then size = redis.call('HLEN', h); created = size == 0 end
-  if #o <= MULTI_TERMS then
-    local got = created and {} or redis.call('HMGET', h, unpack(o))
+  local h, n, m = KEYS[2 + j], counts[j], #o
+  local created = total[ARGV[3 + j]] == labels[ARGV[3 + j]]
+  if m <= MULTI_TERMS then
+    local got, size, other, had = {}, 0, 0, 0
+    if not created then
+      o[m + 1] = 'other'
+      got = redis.call('HMGET', h, unpack(o))
+      if got[m + 1] then had, size = tonumber(got[m + 1]), cap
+      else size = redis.call('HLEN', h); created = size == 0 end
+    end
     local fields, f = {}, 0
-    for k = 1, #o do
+    for k = 1, m do
       local term = o[k]
       local c, old = n[term], got[k]
       if old then c = c + tonumber(old)
@@ -72,15 +78,18 @@ for j, o in pairs(order) do
       else other, c = other + c, nil end
       if c then fields[f + 1] = term; fields[f + 2] = c; f = f + 2 end
     end
+    if other > 0 then fields[f + 1] = 'other'; fields[f + 2] = had + other; f = f + 2 end
     if f > 0 then redis.call('HSET', h, unpack(fields)) end
   else
+    local size, other = redis.call('HLEN', h), 0
+    created = size == 0
     for _, term in ipairs(o) do
       local c = n[term]
       if size >= cap and redis.call('HEXISTS', h, term) == 0 then other = other + c
       elseif redis.call('HINCRBY', h, term, c) == c then size = size + 1 end
     end
+    if other > 0 then redis.call('HINCRBY', h, 'other', other) end
   end
-  if other > 0 then redis.call('HINCRBY', h, 'other', other) end
   if created then redis.call('EXPIRE', h, ttl) end
 end
 return added
