@@ -51,11 +51,11 @@ def brand_words(result: Result) -> set[str]:
     for brand in result.brands:
         words |= _name_words(str(brand))
     for target in result.targets:
-        if not isinstance(target, Mapping):
+        if type(target) is not dict and not isinstance(target, Mapping):   # (dict first: no ABC check)
             continue
         words |= _name_words(str(target.get("brand", "")))
         for mention in target.get("mentions") or ():
-            if isinstance(mention, Mapping):
+            if type(mention) is dict or isinstance(mention, Mapping):
                 words |= _name_words(str(mention.get("name", "")))
                 words |= _name_words(str(mention.get("alias", "")))
     return words
@@ -105,7 +105,8 @@ def bucket_terms(result: Result, untargeted_brand: str = "") -> dict[str, tuple[
     the plain dicts a result holds.)"""
     own: dict[str, Any] = {}    # brand -> its target's rationale (the last entry for a brand, as bucket_labels)
     for t in result.targets:
-        if isinstance(t, Mapping) and isinstance(brand := t.get("brand"), str) and isinstance(t.get("label"), str):
+        if ((type(t) is dict or isinstance(t, Mapping)) and isinstance(brand := t.get("brand"), str)
+                and isinstance(t.get("label"), str)):
             own[brand] = t.get("rationale") or ()
     drop = brand_words(result)
     out = {brand: terms_of(rationale, drop) for brand, rationale in own.items() if brand != ALL_BRANDS}

@@ -102,14 +102,14 @@ CLAIM, COUNT, MARK, ANNOUNCE, DONE = "claim", "count", "mark", "announce", "done
 class _Write:
     """One result's way through the steps; ``counted`` is the result counted and announced (the stored first
     one for a post claimed before), ``buckets`` those of its buckets not yet counted, ``labels`` the label
-    and ``terms`` the rationale terms it counts in each brand's bucket (the first result's)."""
+    and ``terms`` the rationale terms it counts in each brand's bucket, joined (the first result's)."""
     item: SinkItem
     step: str = CLAIM
     counted: Result | None = None
     json: bytes = b""
     buckets: set[tuple[str, str]] = field(default_factory=set)
     labels: dict[str, str] = field(default_factory=dict)
-    terms: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    terms: dict[str, str] = field(default_factory=dict)   # brand -> its terms joined by TERM_SEP
     minute: str = ""
 
     def to_count(self, counted: Result, json: bytes, untargeted_brand: str, with_terms: bool = True) -> None:
@@ -123,14 +123,14 @@ class _Write:
         self.counted, self.json = counted, json
         self.minute = minute = minute_bucket(counted.event_ms)
         self.labels = counted.bucket_labels(untargeted_brand)
-        self.terms = bucket_terms(counted, untargeted_brand) if with_terms else {}
+        terms = bucket_terms(counted, untargeted_brand) if with_terms else {}
+        self.terms = {brand: TERM_SEP.join(words) for brand, words in terms.items() if words}
         self.buckets = {(brand, minute) for brand in self.labels}
 
     def count_args(self, brand: str, counted_labels: tuple[str, ...]) -> tuple[str, str, str]:
         """COUNT_LUA's arguments for this post in ``brand``'s bucket: id, label, its terms joined."""
         label = self.labels[brand]
-        terms = self.terms.get(brand, ()) if label in counted_labels else ()
-        return self.counted.id, label, TERM_SEP.join(terms)
+        return self.counted.id, label, self.terms.get(brand, "") if label in counted_labels else ""
 
 
 class SinkStopped(RuntimeError):
@@ -263,7 +263,8 @@ class RedisSink(Sink):
             args = [x for w in writes for x in w.count_args(brand, labels)]
             with_terms = {args[i + 1] for i in range(0, len(args), 3) if args[i + 2]}
             passed = tuple(label for label in labels if label in with_terms)   # only the term hashes written
-            calls.append((self._count, count_keys(s.keys, brand, minute, passed), [ttl, cap, len(passed), *passed, *args]))
+            keys = count_keys(s.keys, brand, minute, passed)
+            calls.append((self._count, keys, [ttl, cap, len(passed), *passed, *args]))
         error = None
         for (bucket, writes), reply in zip(by_bucket.items(), await self._run(calls)):
             if isinstance(reply, BaseException):
