@@ -92,8 +92,10 @@ class Result:
         """Brand bucket -> the label counted there: each target's own label; a listed brand without a
         target entry (a result from before targets) the post-level label; ``untargeted_brand`` (when set)
         the post-level label of a post with no brand; ``_all`` always the post-level label."""
+        # (a plain dict is checked before the Mapping ABC: the sink asks this of every result)
         own = {t["brand"]: t["label"] for t in self.targets
-               if isinstance(t, Mapping) and isinstance(t.get("brand"), str) and isinstance(t.get("label"), str)}
+               if (type(t) is dict or isinstance(t, Mapping)) and isinstance(t.get("brand"), str)
+               and isinstance(t.get("label"), str)}
         brands = counted_brands([*own, *self.brands], untargeted_brand)
         return {brand: own.get(brand, self.label) if brand != ALL_BRANDS else self.label for brand in brands}
 
