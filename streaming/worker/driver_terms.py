@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from affectstream.model.rationale import EDGE_PUNCTUATION, EMOTICON
 from affectstream.model.stopwords import STOPWORDS
-from affectstream.streaming.worker.redis_keys import ALL_BRANDS
+from affectstream.streaming.worker.redis_keys import ALL_BRANDS, counted_brands
 from affectstream.streaming.worker.result import Result
 
 if TYPE_CHECKING:
@@ -101,21 +101,24 @@ def terms_of(rationale: Iterable[Any], drop: set[str]) -> tuple[str, ...]:
 def bucket_terms(result: Result, untargeted_brand: str = "") -> dict[str, tuple[str, ...]]:
     """Brand bucket -> the terms the result adds there, for the buckets of ``Result.bucket_labels`` but
     ``_all``: the whole stream's drivers are nobody's (alerts and the dashboard are per brand), and they
-    would double the sink's term work. (The sink runs this for every result: one pass, no ABC checks on
-    the plain dicts a result holds.)"""
+    would double the sink's term work. (The sink runs this for every result: no ABC check on the plain
+    dicts a result holds.)"""
     own: dict[str, Any] = {}    # brand -> its target's rationale (the last entry for a brand, as bucket_labels)
     for t in result.targets:
         if ((type(t) is dict or isinstance(t, Mapping)) and isinstance(brand := t.get("brand"), str)
                 and isinstance(t.get("label"), str)):
             own[brand] = t.get("rationale") or ()
     drop = brand_words(result)
-    out = {brand: terms_of(rationale, drop) for brand, rationale in own.items() if brand != ALL_BRANDS}
-    rest = [brand for brand in result.brands if brand not in own and brand != ALL_BRANDS]
-    if not own and not result.brands and untargeted_brand and untargeted_brand != ALL_BRANDS:
-        rest = [untargeted_brand]
-    if rest:   # buckets without a target of their own get the post-level rationale's terms
-        post_terms = terms_of(result.rationale, drop)
-        out.update(dict.fromkeys(rest, post_terms))
+    post_terms: tuple[str, ...] | None = None   # only when a bucket has no target of its own
+    out = {}
+    for brand in counted_brands([*own, *result.brands], untargeted_brand):   # the buckets bucket_labels names
+        if brand == ALL_BRANDS:
+            continue
+        if brand in own:
+            out[brand] = terms_of(own[brand], drop)
+        else:
+            post_terms = terms_of(result.rationale, drop) if post_terms is None else post_terms
+            out[brand] = post_terms
     return out
 
 

@@ -86,9 +86,10 @@ def claim_keys(keys: RedisKeys, post_id: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=1 << 14)  # one call per bucket per batch; a stream's batches share buckets
-def count_keys(keys: RedisKeys, brand: str, minute: str, driver_labels: tuple[str, ...] = ()) -> tuple[str, ...]:
+def count_keys(keys: RedisKeys, brand: str, minute: str, term_labels: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """COUNT_LUA's keys: the bucket's counted set and label hash, then the term hash of each label passed."""
     return (keys.counted(brand, minute), keys.brand(brand, minute),
-            *(keys.terms(brand, label, minute) for label in driver_labels))
+            *(keys.terms(brand, label, minute) for label in term_labels))
 
 
 def announce_keys(keys: RedisKeys, post_id: str) -> list[str]:
@@ -261,7 +262,7 @@ class RedisSink(Sink):
         calls = []
         for (brand, minute), writes in by_bucket.items():
             args = [x for w in writes for x in w.count_args(brand, labels)]
-            with_terms = {args[i + 1] for i in range(0, len(args), 3) if args[i + 2]}
+            with_terms = {w.labels[brand] for w in writes if brand in w.terms}
             passed = tuple(label for label in labels if label in with_terms)   # only the term hashes written
             keys = count_keys(s.keys, brand, minute, passed)
             calls.append((self._count, keys, [ttl, cap, len(passed), *passed, *args]))
